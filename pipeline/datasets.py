@@ -1,0 +1,322 @@
+"""Dataset indexes: UCF-101, HMDB-51 and plain class folders -> ``(key, path, label)`` per split.
+
+Indexing reads the split files and lists the dataset folders; it never opens a video.
+A video's *key* is its path relative to the dataset root with ``/`` separators
+(``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi``), so names repeated across classes stay apart.
+
+Split files are checked strictly: a bad line, an unknown class, a duplicate entry or a video in both
+train and test raises :class:`SplitFileError` naming the file and line. Videos a split file names but
+that are not on disk are left out of ``train``/``test`` and listed in ``SplitIndex.missing``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+DATASETS = ("ucf101", "hmdb51", "folder")
+DEFAULT_TEST_FRACTION = 0.3
+VIDEO_EXTENSIONS = frozenset(
+    {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"}
+)
+HMDB_FLAGS = {"0": None, "1": "train", "2": "test"}  # 0 = not used in this split
+
+
+class SplitFileError(ValueError):
+    """A split or class-index file that cannot be trusted. The message is ``file:line: reason``."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, reason: str):
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+class MissingVideosError(FileNotFoundError):
+    """Raised in strict mode when split files name videos that are not on disk."""
+
+
+class VideoEntry(NamedTuple):
+    key: str  # path relative to the dataset root, '/'-separated
+    path: Path  # root / key
+    label: int  # 0-based index into SplitIndex.classes
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    dataset: str
+    split: int
+    root: Path
+    classes: tuple[str, ...]
+    train: tuple[VideoEntry, ...]
+    test: tuple[VideoEntry, ...]
+    missing: tuple[str, ...]  # keys named by the split files but absent under root
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "classes": len(self.classes),
+            "train": len(self.train),
+            "test": len(self.test),
+            "missing": len(self.missing),
+        }
+
+
+def describe_missing(missing: tuple[str, ...] | list[str], root: Path, limit: int = 5) -> str:
+    """One line: how many videos are missing under ``root`` and the first few of their keys."""
+    shown = ", ".join(missing[:limit])
+    more = f", ... (+{len(missing) - limit} more)" if len(missing) > limit else ""
+    return f"{len(missing)} video(s) named by the split files are missing under {root}: {shown}{more}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file as ``(line_number, stripped_text)``; CRLF and BOM tolerated."""
+    if not path.is_file():
+        raise SplitFileError(path, None, "file not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SplitFileError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_class_index(path: Path) -> tuple[str, ...]:
+    """``classInd.txt``: lines ``<id> <ClassName>``, ids 1..N (1-based) -> class names in id order."""
+    by_id: dict[int, str] = {}
+    seen_names: dict[str, int] = {}
+    for n, line in _read_lines(path):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise SplitFileError(path, n, f"bad line {line!r}: expected '<id> <ClassName>'")
+        class_id, name = int(parts[0]), parts[1]
+        if class_id in by_id:
+            raise SplitFileError(path, n, f"duplicate class id {class_id}")
+        if name in seen_names:
+            raise SplitFileError(path, n, f"duplicate class name {name!r} (also line {seen_names[name]})")
+        by_id[class_id] = name
+        seen_names[name] = n
+    if not by_id:
+        raise SplitFileError(path, None, "no classes")
+    if sorted(by_id) != list(range(1, len(by_id) + 1)):
+        raise SplitFileError(path, None, f"class ids must be 1..{len(by_id)} without gaps")
+    return tuple(by_id[i] for i in range(1, len(by_id) + 1))
+
+
+def _read_ucf_list(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """A UCF-101-format list: ``<Class>/<video> [<1-based id>]`` -> {key: (label, line)}.
+
+    The label is the class folder's id in ``classes``; an explicit id must agree with it.
+    """
+    class_ids = {name: i for i, name in enumerate(classes)}
+    entries: dict[str, tuple[int, int]] = {}
+    for n, line in _read_lines(path):
+        parts = line.split()
+        if len(parts) not in (1, 2):
+            raise SplitFileError(path, n, f"bad line {line!r}: expected '<Class>/<video> [<class id>]'")
+        key = parts[0].replace("\\", "/")
+        folder, sep, name = key.partition("/")
+        if not sep or not name:
+            raise SplitFileError(path, n, f"bad line {line!r}: the video must be given as <Class>/<video>")
+        if folder not in class_ids:
+            raise SplitFileError(path, n, f"unknown class {folder!r} (not in the class index)")
+        label = class_ids[folder]
+        if len(parts) == 2:
+            if not parts[1].isdigit():
+                raise SplitFileError(path, n, f"bad class id {parts[1]!r}: expected an integer")
+            if int(parts[1]) - 1 != label:
+                raise SplitFileError(
+                    path, n, f"class id {parts[1]} contradicts the folder {folder!r} (id {label + 1})"
+                )
+        if key in entries:
+            raise SplitFileError(path, n, f"duplicate entry {key!r} (first on line {entries[key][1]})")
+        entries[key] = (label, n)
+    return entries
+
+
+def _check_disjoint(train_file: Path, train: dict, test_file: Path, test: dict) -> None:
+    for key, (_, n) in test.items():
+        if key in train:
+            raise SplitFileError(
+                test_file, n, f"{key!r} is also in the training list ({train_file.name}:{train[key][1]})"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding files on disk without opening them
+
+
+class _FileLister:
+    """Answers 'is this key a file under root?' from one directory listing per folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._dirs: dict[str, frozenset[str]] = {}
+
+    def exists(self, key: str) -> bool:
+        folder, _, name = key.rpartition("/")
+        if folder not in self._dirs:
+            try:
+                with os.scandir(self.root / folder) as it:
+                    self._dirs[folder] = frozenset(e.name for e in it if e.is_file())
+            except (FileNotFoundError, NotADirectoryError):
+                self._dirs[folder] = frozenset()
+        return name in self._dirs[folder]
+
+
+def _split_present(root: Path, entries: dict[str, tuple[int, int]], lister: _FileLister):
+    present, missing = [], []
+    for key, (label, _) in entries.items():
+        if lister.exists(key):
+            present.append(VideoEntry(key, root / key, label))
+        else:
+            missing.append(key)
+    return present, missing
+
+
+def _finish(dataset, split, root, classes, train, test, missing, strict) -> SplitIndex:
+    if strict and missing:
+        raise MissingVideosError(describe_missing(missing, root))
+    return SplitIndex(dataset, split, root, tuple(classes), tuple(train), tuple(test), tuple(missing))
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: {what} not found (or not a directory)")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The three dataset kinds
+
+
+def index_ucf101(root: Path, splits: Path, split: int = 1, *, strict: bool = False) -> SplitIndex:
+    """UCF-101 as distributed: ``classInd.txt``, ``trainlist0N.txt``, ``testlist0N.txt`` in ``splits``."""
+    root, splits = _require_dir(Path(root), "dataset root"), _require_dir(Path(splits), "split folder")
+    classes = read_class_index(splits / "classInd.txt")
+    return _index_from_ucf_lists("ucf101", root, splits, split, classes, strict)
+
+
+def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> SplitIndex:
+    train_file, test_file = splits / f"trainlist{split:02d}.txt", splits / f"testlist{split:02d}.txt"
+    train_entries = _read_ucf_list(train_file, classes)
+    test_entries = _read_ucf_list(test_file, classes)
+    _check_disjoint(train_file, train_entries, test_file, test_entries)
+    lister = _FileLister(root)
+    train, missing_train = _split_present(root, train_entries, lister)
+    test, missing_test = _split_present(root, test_entries, lister)
+    return _finish(dataset, split, root, classes, train, test, missing_train + missing_test, strict)
+
+
+_HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
+
+
+def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = False) -> SplitIndex:
+    """HMDB-51: one file per class and split, ``<class>_test_split<N>.txt``, lines ``<name>.avi <0|1|2>``.
+
+    Labels follow the plain sort of the class names (``kick`` before ``kick_ball``). Published
+    HMDB-51 label lists number some classes differently, so compare with them by class name.
+    """
+    root, splits = _require_dir(Path(root), "dataset root"), _require_dir(Path(splits), "split folder")
+    by_class = {
+        m["cls"]: p
+        for p in splits.iterdir()
+        if (m := _HMDB_FILE.match(p.name)) and int(m["split"]) == split
+    }
+    if not by_class:
+        raise SplitFileError(splits, None, f"no HMDB-51 split files named <class>_test_split{split}.txt")
+    classes = tuple(sorted(by_class))
+    files = [by_class[c] for c in classes]
+    parts: dict[str, dict[str, tuple[int, int]]] = {"train": {}, "test": {}}
+    for label, path in enumerate(files):
+        seen: dict[str, int] = {}
+        for n, line in _read_lines(path):
+            tokens = line.split()
+            if len(tokens) != 2 or tokens[1] not in HMDB_FLAGS or "/" in tokens[0]:
+                raise SplitFileError(path, n, f"bad line {line!r}: expected '<name>.avi <0|1|2>'")
+            name, flag = tokens
+            if name in seen:
+                raise SplitFileError(path, n, f"duplicate entry {name!r} (first on line {seen[name]})")
+            seen[name] = n
+            if HMDB_FLAGS[flag] is not None:
+                parts[HMDB_FLAGS[flag]][f"{classes[label]}/{name}"] = (label, n)
+    lister = _FileLister(root)
+    train, missing_train = _split_present(root, parts["train"], lister)
+    test, missing_test = _split_present(root, parts["test"], lister)
+    return _finish("hmdb51", split, root, classes, train, test, missing_train + missing_test, strict)
+
+
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by the key alone (sha1), the same on every machine and Python run."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def index_folder(
+    root: Path,
+    splits: Path | None = None,
+    split: int = 1,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    strict: bool = False,
+) -> SplitIndex:
+    """Plain class folders ``<root>/<class>/<video>``.
+
+    With ``splits``: ``trainlist0N.txt`` / ``testlist0N.txt`` in UCF-101 format (and ``classInd.txt``
+    if present, else the sorted class folders). Without: per class, the videos sorted by
+    :func:`stable_fraction` of their key, the first ``round(n * test_fraction)`` (at least one when a
+    class has two or more videos) go to test.
+    """
+    root = _require_dir(Path(root), "dataset root")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+    skip = Path(splits).resolve() if splits is not None else None
+    videos = {}  # class folder -> its video file names, for folders holding at least one video
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.resolve() == skip:
+            continue
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if e.is_file() and Path(e.name).suffix.lower() in VIDEO_EXTENSIONS]
+        if names:
+            videos[folder.name] = names
+    if splits is not None:
+        splits = _require_dir(Path(splits), "split folder")
+        class_index = splits / "classInd.txt"
+        classes = read_class_index(class_index) if class_index.is_file() else tuple(videos)
+        return _index_from_ucf_lists("folder", root, splits, split, classes, strict)
+
+    classes, train, test = tuple(videos), [], []
+    for label, folder in enumerate(classes):
+        keys = sorted((f"{folder}/{name}" for name in videos[folder]), key=lambda k: (stable_fraction(k), k))
+        n_test = int(len(keys) * test_fraction + 0.5)
+        if test_fraction > 0 and len(keys) >= 2:
+            n_test = min(max(n_test, 1), len(keys) - 1)
+        test += [VideoEntry(k, root / k, label) for k in sorted(keys[:n_test])]
+        train += [VideoEntry(k, root / k, label) for k in sorted(keys[n_test:])]
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    return _finish("folder", split, root, classes, train, test, [], strict)
+
+
+def build_index(
+    dataset: str,
+    root: Path,
+    splits: Path | None = None,
+    split: int = 1,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    strict: bool = False,
+) -> SplitIndex:
+    """Index ``dataset`` (one of :data:`DATASETS`) for one split."""
+    if split < 1:
+        raise ValueError(f"split must be a positive number, got {split}")
+    if dataset == "folder":
+        return index_folder(root, splits, split, test_fraction=test_fraction, strict=strict)
+    if dataset not in ("ucf101", "hmdb51"):
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if splits is None:
+        raise ValueError(f"{dataset} needs its split folder (--splits)")
+    index = index_ucf101 if dataset == "ucf101" else index_hmdb51
+    return index(root, splits, split, strict=strict)
