@@ -10,8 +10,27 @@ import click
 
 from pipeline import __version__
 from pipeline import datasets
+from pipeline.config import (
+    FEATURE_DTYPES,
+    PAPER_CROP,
+    PAPER_SHORT_SIDE,
+    PRECISIONS,
+    ExtractConfig,
+    Preprocess,
+    default_workers,
+)
 
 DATASET_CHOICE = click.Choice(datasets.DATASETS)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug. Heavy modules are only consulted once imported."""
+    types: list[type[BaseException]] = [datasets.SplitFileError, datasets.MissingVideosError,
+                                        FileNotFoundError, ValueError]
+    for module, names in (("pipeline.cache", ("CacheError",)), ("pipeline.extract", ("ExtractError",))):
+        if module in sys.modules:
+            types += [getattr(sys.modules[module], n) for n in names]
+    return tuple(types)
 
 
 @contextlib.contextmanager
@@ -19,8 +38,10 @@ def user_errors():
     """Turn the pipeline's input errors into a one-line ``Error: ...`` and exit status 1."""
     try:
         yield
-    except (datasets.SplitFileError, datasets.MissingVideosError, FileNotFoundError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    except Exception as err:
+        if isinstance(err, _user_error_types()):
+            raise click.ClickException(str(err)) from None
+        raise
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +82,82 @@ def index(dataset, root, splits, split, test_fraction, strict, as_json):
             f"{dataset} split {split}: {s['classes']} classes, {s['train']} train, "
             f"{s['test']} test, {s['missing']} missing"
         )
+
+
+@main.command()
+@click.option("--dataset", type=DATASET_CHOICE, required=True, help="Index format.")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
+@click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The HDF5 cache to write or resume.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="'imagenet' (torchvision download/cache), 'random' (seeded; tests and the demo) or a state_dict path.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Frames per backbone batch.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default: CPU cores - 1, at most 8).")
+@click.option("--short-side", type=int, default=PAPER_SHORT_SIDE, show_default=True, help="Resize shorter side to this.")
+@click.option("--crop", type=int, default=PAPER_CROP, show_default=True, help="Centre crop size.")
+@click.option("--dtype", type=click.Choice(FEATURE_DTYPES), default="float16", show_default=True,
+              help="Storage type of the features.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
+@click.option("--strict", is_flag=True, help="Stop at the first video that fails, or a split file naming a missing video.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def extract(dataset, root, splits, out, weights, seed, device, batch_size, workers, short_side, crop, dtype,
+            precision, strict, quiet):
+    """Stage 1: frozen ResNet-34 features of every video into an HDF5 cache (resumable)."""
+    from pipeline.extract import run_extract
+
+    with user_errors():
+        cfg = ExtractConfig(
+            dataset=dataset, root=root, splits=splits, out=out, weights=weights, seed=seed, device=device,
+            batch_size=batch_size, workers=default_workers() if workers is None else workers,
+            preprocess=Preprocess(short_side=short_side, crop=crop), dtype=dtype, precision=precision,
+            strict=strict,
+        )
+        s = run_extract(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo(
+        f"extracted {s.extracted} videos ({s.frames} frames) in {s.seconds:.1f} s, {s.frames_per_second:.1f} frames/s "
+        f"on {s.device}; {s.already_done} were already done, {len(s.failed)} failed, {s.missing} missing; "
+        f"weights {s.weights} -> {s.out}"
+    )
+    for key, reason in s.failed:
+        click.echo(f"  failed: {key}: {reason}")
+
+
+@main.command()
+@click.argument("cache_file", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Check every entry; exit 1 if anything is wrong.")
+def inspect(cache_file, verify):
+    """Print a cache's configuration, counts, size and level shapes."""
+    from pipeline import cache as cache_mod
+
+    with user_errors(), cache_mod.FeatureCache(cache_file) as c:
+        ident = c.identity
+        pre = ident["preprocess"]
+        size = cache_file.stat().st_size
+        click.echo(f"cache       {cache_file} ({size / 2**20:.1f} MiB, schema {c.attrs['schema_version']}, "
+                   f"mrrn {c.attrs['mrrn_version']}, updated {c.attrs['updated_utc']})")
+        click.echo(f"dataset     {ident['dataset']}, {len(c.classes)} classes")
+        click.echo(f"backbone    {ident['backbone']}, weights {ident['weights']}, precision {ident['precision']}")
+        click.echo(f"preprocess  short side {pre['short_side']}, crop {pre['crop']}, resize {pre['resize']}, "
+                   f"mean {pre['mean']}, std {pre['std']}")
+        click.echo(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
+        for level, (layer, dim) in sorted(ident["levels"].items(), key=lambda kv: kv[1][1]):
+            click.echo(f"level       {level:<4} {layer}: {c.level_shape(level)} {ident['dtype']}")
+        for f in c.failed:
+            click.echo(f"failed      {f.key}: {f.reason}")
+        pending = cache_mod.pending_journal(cache_file)
+        if pending:
+            click.echo(f"pending     {pending} finished video(s) in {cache_mod.journal_dir(cache_file)} not yet merged; "
+                       "rerun the same `mrrn extract` to merge them")
+        if verify:
+            problems = c.verify()
+            for p in problems:
+                click.echo(f"problem     {p}")
+            if problems:
+                raise click.ClickException(f"{cache_file}: {len(problems)} problem(s) found")
+            click.echo("verify      ok: every entry has consistent offsets, frame counts, shapes and finite values")
 
 
 @main.command("sample-data")

@@ -320,3 +320,50 @@ def build_index(
         raise ValueError(f"{dataset} needs its split folder (--splits)")
     index = index_ucf101 if dataset == "ucf101" else index_hmdb51
     return index(root, splits, split, strict=strict)
+
+
+@dataclass(frozen=True)
+class VideoSet:
+    """Every video of a dataset, for extraction (splits are applied later, at training time)."""
+
+    dataset: str
+    root: Path
+    classes: tuple[str, ...]
+    videos: tuple[VideoEntry, ...]  # sorted by key
+    missing: tuple[str, ...]
+
+
+def _split_numbers(splits: Path, pattern: str) -> list[int]:
+    found = {int(m[1]) for p in splits.iterdir() if (m := re.match(pattern, p.name))}
+    return sorted(found)
+
+
+def list_videos(dataset: str, root: Path, splits: Path | None = None, *, strict: bool = False) -> VideoSet:
+    """The union of every split the split folder holds (each split file is checked as in
+    :func:`build_index`); for ``folder`` without split files, every video in the class folders."""
+    root = Path(root)
+    if dataset == "folder" and splits is None:
+        idx = index_folder(root, test_fraction=0.0)
+        return VideoSet(dataset, idx.root, idx.classes, tuple(sorted(idx.train)), ())
+    if splits is None:
+        raise ValueError(f"{dataset} needs its split folder (--splits)")
+    splits = _require_dir(Path(splits), "split folder")
+    pattern = r"^.+_test_split(\d+)\.txt$" if dataset == "hmdb51" else r"^trainlist(\d+)\.txt$"
+    numbers = _split_numbers(splits, pattern)
+    if not numbers:
+        raise SplitFileError(splits, None, f"no {dataset} split files found")
+    entries: dict[str, VideoEntry] = {}
+    missing: dict[str, None] = {}
+    classes: tuple[str, ...] = ()
+    for n in numbers:
+        idx = build_index(dataset, root, splits, n)
+        if classes and idx.classes != classes:
+            raise SplitFileError(splits, None, f"split {n} has other classes than split {numbers[0]}")
+        classes = idx.classes
+        for e in idx.train + idx.test:
+            entries.setdefault(e.key, e)
+        missing.update(dict.fromkeys(idx.missing))
+    missing_keys = tuple(sorted(missing))
+    if strict and missing_keys:
+        raise MissingVideosError(describe_missing(missing_keys, root))
+    return VideoSet(dataset, root, classes, tuple(entries[k] for k in sorted(entries)), missing_keys)

@@ -28,3 +28,39 @@ def sample_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     write_sample_dataset(out, seed=0)
     return out
+
+
+def write_video(path: Path, n_frames: int, size: tuple[int, int] = (80, 60), seed: int = 0, fps: float = 25.0) -> Path:
+    """A real MJPG .avi of ``n_frames`` random-ish RGB frames of ``size`` (width, height)."""
+    import cv2
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    base = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    for t in range(n_frames):
+        writer.write(np.roll(base, 3 * t, axis=1))
+    writer.release()
+    return path
+
+
+def small_extract_config(root: Path, out: Path, **overrides):
+    """Extraction settings small enough for two CPU cores: 64 px crops, seeded random weights."""
+    from pipeline.config import ExtractConfig, Preprocess
+
+    settings = dict(dataset="folder", root=root, out=out, weights="random", seed=0, batch_size=16, workers=1,
+                    preprocess=Preprocess(short_side=64, crop=64))
+    settings.update(overrides)
+    return ExtractConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def sample_cache(sample_dir, tmp_path_factory) -> Path:
+    """The sample dataset extracted once per session (64 px crops, random weights seed 0)."""
+    from pipeline.extract import run_extract
+
+    out = tmp_path_factory.mktemp("cache") / "sample.h5"
+    cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist")
+    run_extract(cfg, progress=False, log=lambda m: None)
+    return out

@@ -1,0 +1,157 @@
+"""The frozen torchvision ResNet-34 that turns frames into the paper's three feature levels.
+
+``MultiLevelResNet`` returns the spatial mean (eq. 7) of layer2, layer3 and layer4:
+low (N, 128), mid (N, 256), high (N, 512). The classifier (avgpool + fc) is never computed.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from pipeline.config import BACKBONE, IMAGENET_WEIGHTS, LEVELS
+
+
+class WeightsError(ValueError):
+    """Backbone weights that cannot be loaded; the message says which and why."""
+
+
+class MultiLevelResNet(nn.Module):
+    """Frozen ResNet trunk -> {level: (N, C)} pooled activations, levels as in ``config.LEVELS``."""
+
+    def __init__(self, resnet: torchvision.models.ResNet):
+        super().__init__()
+        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # frozen: batch-norm statistics never update
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (N, 3, H, W) normalised frames -> {"low": (N, 128), "mid": (N, 256), "high": (N, 512)}."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected frames (N, 3, H, W), got {tuple(x.shape)}")
+        l2 = self.layer2(self.layer1(self.stem(x)))
+        l3 = self.layer3(l2)
+        l4 = self.layer4(l3)
+        return {"low": l2.mean(dim=(2, 3)), "mid": l3.mean(dim=(2, 3)), "high": l4.mean(dim=(2, 3))}
+
+
+@dataclass(frozen=True)
+class LoadedBackbone:
+    model: MultiLevelResNet
+    identity: str  # what the cache records: which weights, exactly
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_identity(weights: str, seed: int) -> str:
+    """The identity string a cache records for ``--weights`` (cheap: hashes a local file, loads nothing)."""
+    if weights == "imagenet":
+        return f"torchvision:{IMAGENET_WEIGHTS}"
+    if weights == "random":
+        return f"random:seed={seed}"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"{weights}: weights file not found (use 'imagenet', 'random' or a state_dict path)")
+    return f"sha256:{sha256_file(path)}"
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; report it as one line
+        raise WeightsError(f"{path}: cannot read a state_dict ({type(err).__name__}: {err})") from None
+    for nested in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(nested), dict):
+            obj = obj[nested]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone(weights: str = "imagenet", seed: int = 0) -> LoadedBackbone:
+    """ResNet-34 with ``weights``: 'imagenet' (torchvision's download and cache), 'random' (seeded), or a
+    path to a state_dict in torchvision's key layout (the classifier keys ``fc.*`` may be absent)."""
+    identity = weights_identity(weights, seed)
+    if weights == "imagenet":
+        try:
+            resnet = torchvision.models.resnet34(weights=torchvision.models.ResNet34_Weights.IMAGENET1K_V1)
+        except Exception as err:  # network errors come in many types
+            raise WeightsError(
+                f"cannot load torchvision's {IMAGENET_WEIGHTS} ({type(err).__name__}: {err}); without internet, "
+                "put the file in $TORCH_HOME/hub/checkpoints/ or pass --weights PATH"
+            ) from None
+    elif weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            resnet = torchvision.models.resnet34(weights=None)
+    else:
+        resnet = torchvision.models.resnet34(weights=None)
+        state = _state_dict_from_file(Path(weights))
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise WeightsError(
+                f"{weights}: not a torchvision {BACKBONE} state_dict "
+                f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+            )
+    return LoadedBackbone(MultiLevelResNet(resnet), identity)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+class FeatureExtractor:
+    """The backbone placed on a device: frames (N, 3, H, W) -> {level: (N, C) float32 on the CPU}."""
+
+    def __init__(self, backbone: LoadedBackbone, device: torch.device, precision: str = "fp32"):
+        self.device = device
+        self.precision = precision
+        self.model = backbone.model.to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = frames.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.model(x)
+        return {level: out[level].float().cpu() for level in LEVELS}

@@ -1,0 +1,76 @@
+"""Configuration: the paper's defaults live here, once (MRRN section 4.2 and DESIGN.md)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# ImageNet normalisation used by torchvision's ResNet-34 weights and by the paper.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The paper's three levels: the spatial mean of ResNet-34's last three stages (eq. 7).
+LEVELS = {"low": ("layer2", 128), "mid": ("layer3", 256), "high": ("layer4", 512)}
+BACKBONE = "resnet34"
+IMAGENET_WEIGHTS = "ResNet34_Weights.IMAGENET1K_V1"
+
+# Preprocessing (paper: shorter side -> 256, centre crop 224 at test time).
+PAPER_SHORT_SIDE = 256
+PAPER_CROP = 224
+
+FEATURE_DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def default_workers() -> int:
+    """Decoding processes: leave one core to inference, at least one worker, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How frames become backbone inputs: resize shorter side, centre crop, [0,1], normalise."""
+
+    short_side: int = PAPER_SHORT_SIDE
+    crop: int = PAPER_CROP
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "bilinear-antialias"  # torchvision.transforms.v2.functional.resize on float RGB
+
+    def __post_init__(self):
+        if self.crop < 32 or self.short_side < self.crop:
+            raise ValueError(
+                f"need 32 <= crop <= short side, got crop {self.crop} and short side {self.short_side}"
+            )
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `mrrn extract` needs. Fields marked identity decide whether a cache can be resumed."""
+
+    dataset: str
+    root: Path
+    out: Path
+    splits: Path | None = None
+    weights: str = "imagenet"  # "imagenet", "random" or a path to a torchvision-layout state_dict
+    seed: int = 0  # seeds --weights random
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    dtype: str = "float16"  # how features are stored
+    precision: str = "auto"  # inference precision; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU
+    device: str = "auto"
+    batch_size: int = 64
+    workers: int = field(default_factory=default_workers)
+    chunk_frames: int = 64  # decoded frames per piece handed from a worker (bounds memory per video)
+    strict: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in FEATURE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size < 1 or self.workers < 0 or self.chunk_frames < 1:
+            raise ValueError("batch size and chunk frames must be >= 1 and workers >= 0")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}

@@ -1,0 +1,266 @@
+"""Stage 1: decode every video once, run the frozen backbone, write the feature cache.
+
+Worker processes (a torch DataLoader over an IterableDataset) decode videos in bounded chunks and,
+on CPU, preprocess them too; the main process gathers frames from several videos into full batches,
+runs the backbone and hands each finished video to the cache writer, which puts it on disk at once.
+A video that fails to decode is recorded with its reason and the run goes on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from pipeline import cache as cache_mod
+from pipeline.backbone import (
+    FeatureExtractor,
+    load_backbone,
+    resolve_device,
+    resolve_precision,
+    weights_identity,
+)
+from pipeline.config import BACKBONE, LEVELS, ExtractConfig, Preprocess
+from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
+from pipeline.video import VideoDecodeError, VideoReader, preprocess
+
+
+class ExtractError(Exception):
+    """The run as a whole failed (every video failed, or one failed under --strict)."""
+
+
+def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str) -> dict:
+    """What a cache must agree on to be resumed or extended (see data/README.md)."""
+    pre = cfg.preprocess
+    return {
+        "backbone": BACKBONE,
+        "weights": weights_identity(cfg.weights, cfg.seed),
+        "preprocess": {
+            "short_side": pre.short_side, "crop": pre.crop, "mean": list(pre.mean), "std": list(pre.std),
+            "resize": pre.resize,
+        },
+        "levels": {level: [layer, dim] for level, (layer, dim) in LEVELS.items()},
+        "dtype": cfg.dtype,
+        "precision": precision,
+        "dataset": videos.dataset,
+        "classes": list(videos.classes),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding workers
+
+
+@dataclass
+class _Job:
+    index: int  # position in the run's todo list
+    entry: VideoEntry
+
+
+class DecodeStream(IterableDataset):
+    """Yields, per video, its chunks and then one final item with its info or its failure reason.
+
+    Items: ``{"index", "frames": Tensor or None, "info": dict or None, "error": str or None}``.
+    Frames are uint8 ``(n, H, W, 3)`` when ``pre`` is None (the GPU preprocesses), else the
+    preprocessed float ``(n, 3, crop, crop)``. Worker w of W takes jobs w, w+W, ...
+    """
+
+    def __init__(self, jobs: list[_Job], chunk_frames: int, pre: Preprocess | None):
+        self.jobs, self.chunk_frames, self.pre = jobs, chunk_frames, pre
+
+    def __iter__(self):
+        import cv2
+
+        cv2.setNumThreads(1)
+        w = get_worker_info()
+        jobs = self.jobs if w is None else self.jobs[w.id :: w.num_workers]
+        for job in jobs:
+            reader = VideoReader(job.entry.path, self.chunk_frames)
+            try:
+                for chunk in reader.chunks():
+                    frames = torch.from_numpy(chunk)
+                    if self.pre is not None:
+                        frames = preprocess(frames, self.pre)
+                    yield {"index": job.index, "frames": frames, "info": None, "error": None}
+            except VideoDecodeError as err:
+                yield {"index": job.index, "frames": None, "info": None, "error": str(err)}
+                continue
+            except Exception as err:  # an unexpected decoder failure must not end the whole run
+                yield {"index": job.index, "frames": None, "info": None, "error": f"{type(err).__name__}: {err}"}
+                continue
+            yield {"index": job.index, "frames": None, "info": reader.info.__dict__, "error": None}
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching frames of several videos
+
+
+@dataclass
+class _VideoState:
+    parts: dict[str, list[np.ndarray]] = field(default_factory=lambda: {lvl: [] for lvl in LEVELS})
+    received: int = 0  # frames handed to the backbone queue
+    done: int = 0  # frames whose features came back
+    info: dict | None = None  # set when the video's last item arrived
+
+
+class _Batcher:
+    """Gathers frames from consecutive chunks (of any videos) into batches of exactly ``batch_size``."""
+
+    def __init__(self, extractor: FeatureExtractor, batch_size: int, on_features):
+        self.extractor, self.batch_size, self.on_features = extractor, batch_size, on_features
+        self.pieces: list[tuple[int, torch.Tensor]] = []  # (video index, frames (n, 3, h, w))
+        self.count = 0
+
+    def add(self, index: int, frames: torch.Tensor):
+        self.pieces.append((index, frames))
+        self.count += len(frames)
+        while self.count >= self.batch_size:
+            self._run(self.batch_size)
+
+    def flush(self):
+        if self.count:
+            self._run(self.count)
+
+    def _run(self, n: int):
+        take, owners, left = [], [], n
+        while left:
+            index, frames = self.pieces[0]
+            k = min(left, len(frames))
+            take.append(frames[:k])
+            owners.append((index, k))
+            if k == len(frames):
+                self.pieces.pop(0)
+            else:
+                self.pieces[0] = (index, frames[k:])
+            left -= k
+        self.count -= n
+        out = self.extractor(torch.cat(take))  # {level: (n, C)}
+        row = 0
+        for index, k in owners:
+            self.on_features(index, {lvl: out[lvl][row : row + k].numpy() for lvl in LEVELS})
+            row += k
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class ExtractSummary:
+    out: str
+    videos: int  # in the dataset
+    already_done: int  # complete before this run
+    extracted: int  # this run
+    failed: list[tuple[str, str]]  # (key, reason) this run
+    frames: int  # decoded this run
+    seconds: float
+    missing: int  # named by split files but not on disk
+    weights: str
+    device: str
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> ExtractSummary:
+    started = time.perf_counter()
+    videos = list_videos(cfg.dataset, cfg.root, cfg.splits, strict=cfg.strict)
+    if videos.missing:
+        log(f"warning: {describe_missing(videos.missing, videos.root)}")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    identity = cache_identity(cfg, videos, precision)
+    failed: list[tuple[str, str]] = []
+    frames_total = extracted = 0
+    with cache_mod.CacheWriter(cfg.out, identity) as writer:
+        todo = [v for v in videos.videos if v.key not in writer.complete]
+        already = len(videos.videos) - len(todo)
+        if already:
+            log(f"resuming {cfg.out}: {already} of {len(videos.videos)} videos already extracted")
+        if todo:
+            if cfg.weights == "random":
+                log(f"note: --weights random (seed {cfg.seed}): features come from an untrained ResNet-34")
+            extractor = FeatureExtractor(load_backbone(cfg.weights, cfg.seed), device, precision)
+            states: dict[int, _VideoState] = {}
+            bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+
+            def finish_if_complete(index: int):
+                nonlocal extracted, frames_total
+                st = states[index]
+                if st.info is None or st.done != st.info["frames"]:
+                    return
+                entry = todo[index]
+                rec = cache_mod.VideoRecord(
+                    key=entry.key, label=entry.label, class_name=videos.classes[entry.label], **st.info
+                )
+                writer.add_video(rec, {lvl: np.concatenate(st.parts[lvl]) for lvl in LEVELS})
+                del states[index]
+                extracted += 1
+                frames_total += rec.frames
+                bar.update(1)
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(done=extracted, failed=len(failed), fps=f"{frames_total / elapsed:.1f}", refresh=False)
+
+            def on_features(index: int, feats: dict[str, np.ndarray]):
+                st = states.get(index)
+                if st is None:  # the video failed while its earlier frames were queued
+                    return
+                for lvl in LEVELS:
+                    st.parts[lvl].append(feats[lvl])
+                st.done += len(feats["low"])
+                finish_if_complete(index)
+
+            batcher = _Batcher(extractor, cfg.batch_size, on_features)
+            on_gpu = device.type == "cuda"
+            stream = DecodeStream([_Job(i, e) for i, e in enumerate(todo)], cfg.chunk_frames,
+                                  None if on_gpu else cfg.preprocess)
+            loader = DataLoader(
+                stream, batch_size=None, num_workers=cfg.workers, pin_memory=on_gpu,
+                prefetch_factor=4 if cfg.workers else None,
+            )
+            try:
+                for item in loader:
+                    index = item["index"]
+                    st = states.setdefault(index, _VideoState())
+                    if item["error"] is not None:
+                        entry = todo[index]
+                        reason = item["error"]
+                        writer.add_failure(cache_mod.FailedRecord(entry.key, entry.label,
+                                                                  videos.classes[entry.label], reason))
+                        failed.append((entry.key, reason))
+                        del states[index]
+                        bar.update(1)
+                        bar.set_postfix(done=extracted, failed=len(failed), refresh=False)
+                        (tqdm.write if progress else log)(f"skipped {entry.path}: {reason}")
+                        if cfg.strict:
+                            raise ExtractError(f"{entry.path}: {reason} (--strict)")
+                        continue
+                    if item["frames"] is not None:
+                        frames = item["frames"]
+                        if on_gpu:
+                            frames = preprocess(frames.to(device, non_blocking=True), cfg.preprocess)
+                        st.received += len(frames)
+                        batcher.add(index, frames)
+                    else:
+                        st.info = item["info"]
+                        finish_if_complete(index)
+                batcher.flush()
+            finally:
+                bar.close()
+                writer.finish()
+        else:
+            writer.finish()
+        with cache_mod.FeatureCache(cfg.out) as done:
+            ok_videos = len(done.videos)
+    summary = ExtractSummary(
+        out=str(cfg.out), videos=len(videos.videos), already_done=already, extracted=extracted, failed=failed,
+        frames=frames_total, seconds=time.perf_counter() - started, missing=len(videos.missing),
+        weights=identity["weights"], device=f"{device} ({precision})",
+    )
+    if ok_videos == 0:
+        raise ExtractError(f"{cfg.out}: every video failed to decode; nothing was extracted")
+    return summary

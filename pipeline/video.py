@@ -1,0 +1,113 @@
+"""Video decoding with OpenCV in bounded chunks, and the frame preprocessing of the paper.
+
+Decoding never holds a whole video: :meth:`VideoReader.chunks` yields at most ``chunk_frames``
+frames (and at most ``max_chunk_bytes``) at a time. Frame counts are the frames actually decoded,
+never ``CAP_PROP_FRAME_COUNT``; that header value is kept only to notice truncated files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # keep FFmpeg's own warnings off the progress bar
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torchvision.transforms.v2 import functional as TF  # noqa: E402
+
+from pipeline.config import Preprocess  # noqa: E402
+
+# A file that decodes to less than this share of the frames its header promises is called truncated.
+MIN_DECODED_SHARE = 0.9
+MAX_CHUNK_BYTES = 32 << 20  # raw RGB bytes per chunk: 1080p video -> 5 frames per chunk
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot be used; ``str(err)`` is a one-line reason (the caller names the file)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # frames actually decoded
+    fps: float  # container frame rate, 0.0 when unknown
+    width: int  # original frame size
+    height: int
+    frames_reported: int  # CAP_PROP_FRAME_COUNT, for the record; -1 when unknown
+
+
+class VideoReader:
+    """Decode one video as RGB uint8 chunks ``(n, H, W, 3)``; :attr:`info` is set once decoding ends."""
+
+    def __init__(self, path: str | os.PathLike, chunk_frames: int = 64, max_chunk_bytes: int = MAX_CHUNK_BYTES):
+        self.path = Path(path)
+        self.chunk_frames = chunk_frames
+        self.max_chunk_bytes = max_chunk_bytes
+        self.info: VideoInfo | None = None
+
+    def _open(self) -> cv2.VideoCapture:
+        if not self.path.exists():
+            raise VideoDecodeError("file not found")
+        if not self.path.is_file():
+            raise VideoDecodeError("not a regular file")
+        if not os.access(self.path, os.R_OK):
+            raise VideoDecodeError("file is not readable (permission denied)")
+        if self.path.stat().st_size == 0:
+            raise VideoDecodeError("empty file (0 bytes)")
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise VideoDecodeError("OpenCV cannot open it as a video (not a video, damaged header or unknown codec)")
+        return cap
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        cap = self._open()
+        try:
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or -1)
+            decoded, size, chunk = 0, None, []
+            limit = self.chunk_frames
+            while True:
+                ok, bgr = cap.read()
+                if not ok or bgr is None:
+                    break
+                if size is None:
+                    size = bgr.shape
+                    limit = max(1, min(self.chunk_frames, self.max_chunk_bytes // bgr.nbytes))
+                elif bgr.shape != size:
+                    raise VideoDecodeError(f"frame {decoded} is {bgr.shape[1]}x{bgr.shape[0]}, "
+                                           f"the first was {size[1]}x{size[0]}")
+                chunk.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                decoded += 1
+                if len(chunk) == limit:
+                    yield np.stack(chunk)
+                    chunk = []
+            if decoded == 0:
+                raise VideoDecodeError("no frames could be decoded")
+            if reported > 0 and decoded < MIN_DECODED_SHARE * reported:
+                raise VideoDecodeError(f"truncated: decoded {decoded} of the {reported} frames its header lists")
+            if chunk:
+                yield np.stack(chunk)
+            if not np.isfinite(fps) or fps < 0:
+                fps = 0.0
+            self.info = VideoInfo(decoded, fps, size[1], size[0], reported)
+        finally:
+            cap.release()
+
+
+def preprocess(frames: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """RGB uint8 frames ``(T, H, W, 3)`` on any device -> normalised float32 ``(T, 3, crop, crop)``.
+
+    Shorter side resized to ``pre.short_side`` (bilinear, antialiased), centre crop ``pre.crop``,
+    scaled to [0, 1], normalised with ``pre.mean`` / ``pre.std``. The same function runs in the
+    decoding workers (CPU) or on the GPU, so a cache means the same thing wherever it was made.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
+    x = TF.resize(x, [pre.short_side], antialias=True)
+    x = TF.center_crop(x, [pre.crop, pre.crop])
+    return TF.normalize(x, list(pre.mean), list(pre.std)).contiguous()  # (T, 3, crop, crop)

@@ -1,0 +1,91 @@
+"""The frozen multi-level ResNet-34: equal to torchvision's own layers, and every way of loading weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from pipeline.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file
+
+
+def torchvision_levels(model: torchvision.models.ResNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference: a plain torchvision forward, layer2/3/4 outputs taken by hooks, averaged over space."""
+    seen = {}
+    hooks = [getattr(model, layer).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for layer, name in (("layer2", "low"), ("layer3", "mid"), ("layer4", "high"))]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return {name: out.mean(dim=(2, 3)) for name, out in seen.items()}
+
+
+def seeded_resnet(seed: int) -> torchvision.models.ResNet:
+    torch.manual_seed(seed)
+    return torchvision.models.resnet34(weights=None)
+
+
+def test_levels_equal_a_direct_torchvision_forward():
+    x = torch.randn(3, 3, 64, 64)
+    out = FeatureExtractor(load_backbone("random", seed=7), torch.device("cpu"))(x)
+    ref = torchvision_levels(seeded_resnet(7), x)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"low": (3, 128), "mid": (3, 256), "high": (3, 512)}
+    for level in ("low", "mid", "high"):
+        torch.testing.assert_close(out[level], ref[level], rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode():
+    model = load_backbone("random", seed=0).model
+    model.train()
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a, b, c = load_backbone("random", 1), load_backbone("random", 1), load_backbone("random", 2)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before)
+    assert a.identity == "random:seed=1" and c.identity == "random:seed=2"
+    wa, wb, wc = (m.model.layer4[0].conv1.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_weights_path_round_trip(tmp_path):
+    state = seeded_resnet(3).state_dict()
+    path = tmp_path / "resnet34.pth"
+    torch.save(state, path)
+    loaded = load_backbone(str(path))
+    assert loaded.identity == f"sha256:{sha256_file(path)}"
+    x = torch.randn(2, 3, 64, 64)
+    cpu = torch.device("cpu")
+    torch.testing.assert_close(FeatureExtractor(loaded, cpu)(x)["high"], FeatureExtractor(load_backbone("random", 3), cpu)(x)["high"])
+    # the classifier is not needed; a checkpoint wrapped as {"state_dict": ...} with "module." prefixes is fine
+    trunk = {f"module.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    torch.save({"state_dict": trunk}, tmp_path / "wrapped.pth")
+    assert load_backbone(str(tmp_path / "wrapped.pth")).model.layer1[0].conv1.weight.equal(state["layer1.0.conv1.weight"])
+
+
+def test_bad_weights_files_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(WeightsError, match="weights file not found"):
+        load_backbone(str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pth: cannot read a state_dict"):
+        load_backbone(str(tmp_path / "junk.pth"))
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(WeightsError, match=r"r18.pth: not a torchvision resnet34 state_dict"):
+        load_backbone(str(tmp_path / "r18.pth"))
+
+
+def test_imagenet_weights_load_the_standard_torchvision_way_from_its_cache(tmp_path, monkeypatch):
+    """No download here: a file placed where torchvision caches IMAGENET1K_V1 is what gets loaded."""
+    weights = torchvision.models.ResNet34_Weights.IMAGENET1K_V1
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    state = seeded_resnet(11).state_dict()
+    torch.save(state, checkpoints / weights.url.rsplit("/", 1)[1])
+    loaded = load_backbone("imagenet")
+    assert loaded.identity == "torchvision:ResNet34_Weights.IMAGENET1K_V1"
+    assert loaded.model.layer4[1].conv2.weight.equal(state["layer4.1.conv2.weight"])

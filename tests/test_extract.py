@@ -1,0 +1,193 @@
+"""Stage 1 end to end: sample extraction, equality with torchvision, resume after kill -9, bad videos,
+refusals, --weights PATH and inspect --verify."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from pipeline.backbone import sha256_file
+from pipeline.cache import FeatureCache
+from pipeline.config import Preprocess
+from pipeline.extract import ExtractError, run_extract
+from pipeline.video import VideoReader, preprocess
+from tests.conftest import small_extract_config, write_video
+from tests.test_backbone import seeded_resnet, torchvision_levels
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = dict(progress=False, log=lambda m: None)
+
+
+def folder_dataset(root: Path, per_class: int = 2, frames: int = 20) -> Path:
+    for c, cls in enumerate(("jump", "walk")):
+        for i in range(per_class):
+            write_video(root / cls / f"{cls}{i}.avi", frames + 3 * i, seed=10 * c + i)
+    return root
+
+
+def extract_args(root: Path, out: Path, *extra) -> list[str]:
+    return ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out), "--weights", "random",
+            "--short-side", "64", "--crop", "64", "--batch-size", "16", "--workers", "1", "--quiet", *extra]
+
+
+def test_sample_dataset_extracts_every_video_with_its_metadata(sample_cache, sample_dir):
+    with FeatureCache(sample_cache) as c:
+        assert len(c.videos) == 80 and c.failed == ()
+        assert c.classes[:2] == ("CircleGrow", "CircleShrink")
+        assert c.identity["weights"] == "random:seed=0"
+        assert c.identity["preprocess"]["crop"] == 64
+        rec = c.videos[c.index["CircleGrow/v_CircleGrow_g01_c01.avi"]]
+        assert (rec.width, rec.height, rec.fps, rec.label, rec.class_name) == (128, 96, 25.0, 0, "CircleGrow")
+        frames = sum(len(ch) for ch in VideoReader(sample_dir / "videos" / rec.key).chunks())
+        assert rec.frames == frames
+        assert c.level_shape("low") == (c.total_frames, 128)
+        assert sum(v.frames < 30 for v in c.videos) >= 4
+        assert c.verify() == []
+
+
+def test_cached_features_equal_a_direct_torchvision_forward(sample_cache, sample_dir):
+    key = "FillUp/v_FillUp_g04_c02.avi"
+    frames = np.concatenate(list(VideoReader(sample_dir / "videos" / key).chunks()))
+    x = preprocess(torch.from_numpy(frames), Preprocess(short_side=64, crop=64))
+    ref = torchvision_levels(seeded_resnet(0), x)
+    with FeatureCache(sample_cache) as c:
+        for level in ("low", "mid", "high"):
+            got = torch.from_numpy(c.video_features(key, level).astype(np.float32))
+            scale = ref[level].abs().max()
+            torch.testing.assert_close(got, ref[level], rtol=2e-3, atol=2e-3 * float(scale))
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+    root = folder_dataset(tmp_path / "data", per_class=8, frames=30)
+    whole = tmp_path / "whole.h5"
+    run_extract(small_extract_config(root, whole), **QUIET)
+
+    out = tmp_path / "killed.h5"
+    cmd = [sys.executable, "cli.py", *extract_args(root, out, "--batch-size", "4")]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = Path(f"{out}.journal")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(journal.glob("*.npz"))) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    with FeatureCache(out) as c:  # still a valid, readable cache
+        assert c.verify() == []
+    done_before = len(list(journal.glob("*.npz")))
+    assert 3 <= done_before < 16
+
+    result = CliRunner().invoke(main, extract_args(root, out))
+    assert result.exit_code == 0, result.output
+    assert f"{done_before} were already done" in result.output
+    with FeatureCache(whole) as a, FeatureCache(out) as b:
+        assert [v.key for v in a.videos] == [v.key for v in b.videos]
+        assert [v.frames for v in a.videos] == [v.frames for v in b.videos]
+        for level in ("low", "mid", "high"):
+            np.testing.assert_allclose(a.load_level(level).astype(np.float32), b.load_level(level).astype(np.float32),
+                                       rtol=1e-2, atol=1e-2)
+        assert b.verify() == []
+    assert not journal.exists()
+
+
+def test_bad_videos_are_skipped_recorded_and_listed(tmp_path):
+    root = folder_dataset(tmp_path / "data")
+    (root / "walk" / "zero.avi").write_bytes(b"")
+    (root / "walk" / "text.avi").write_text("not a video\n" * 100)
+    good = (root / "jump" / "jump0.avi").read_bytes()
+    (root / "jump" / "trunc.avi").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "c.h5"
+    result = CliRunner().invoke(main, extract_args(root, out))
+    assert result.exit_code == 0, result.output
+    assert "extracted 4 videos" in result.output and "3 failed" in result.output
+    assert "failed: walk/zero.avi: empty file (0 bytes)" in result.output
+    assert f"skipped {root / 'jump' / 'trunc.avi'}: truncated" in result.stderr
+    with FeatureCache(out) as c:
+        assert sorted(v.key for v in c.videos) == ["jump/jump0.avi", "jump/jump1.avi", "walk/walk0.avi", "walk/walk1.avi"]
+        reasons = {f.key: f.reason for f in c.failed}
+    assert reasons["walk/zero.avi"] == "empty file (0 bytes)"
+    assert reasons["jump/trunc.avi"].startswith("truncated")
+    assert "cannot open it as a video" in reasons["walk/text.avi"]
+
+    strict = CliRunner().invoke(main, extract_args(root, tmp_path / "strict.h5", "--strict"))
+    assert strict.exit_code == 1
+    assert "(--strict)" in strict.stderr
+
+
+def test_every_video_failing_is_an_error(tmp_path):
+    root = tmp_path / "data"
+    (root / "walk").mkdir(parents=True)
+    (root / "walk" / "a.avi").write_bytes(b"")
+    with pytest.raises(ExtractError, match="every video failed"):
+        run_extract(small_extract_config(root, tmp_path / "c.h5"), **QUIET)
+
+
+def test_other_configuration_is_refused(tmp_path):
+    root = folder_dataset(tmp_path / "data", per_class=1)
+    out = tmp_path / "c.h5"
+    assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0
+    result = CliRunner().invoke(main, extract_args(root, out, "--crop", "48"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {out}: made with a different configuration (preprocess: cache")
+    assert "'crop': 64" in result.stderr and "'crop': 48" in result.stderr
+    again = CliRunner().invoke(main, extract_args(root, out))
+    assert again.exit_code == 0 and "2 were already done" in again.output
+
+
+def test_a_second_concurrent_writer_is_refused(tmp_path):
+    root = folder_dataset(tmp_path / "data", per_class=1)
+    out = tmp_path / "c.h5"
+    assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0
+    holder = subprocess.Popen(  # another process writing the same cache
+        [sys.executable, "-c", "import sys, time; from pipeline.cache import CacheWriter, read_identity; "
+         "w = CacheWriter(sys.argv[1], read_identity(sys.argv[1])).__enter__(); print('locked', flush=True); "
+         "time.sleep(120)", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = CliRunner().invoke(main, extract_args(root, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {out}: another mrrn process is writing this cache (lock {out}.lock is held); "
+                             "wait for it to finish or use another --out\n")
+    assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0  # free once that process is gone
+
+
+def test_weights_path_round_trip(tmp_path):
+    root = folder_dataset(tmp_path / "data", per_class=1)
+    weights = tmp_path / "r34.pth"
+    torch.save(seeded_resnet(0).state_dict(), weights)
+    by_path, by_seed = tmp_path / "path.h5", tmp_path / "seed.h5"
+    run_extract(small_extract_config(root, by_path, weights=str(weights)), **QUIET)
+    run_extract(small_extract_config(root, by_seed), **QUIET)
+    with FeatureCache(by_path) as a, FeatureCache(by_seed) as b:
+        assert a.identity["weights"] == f"sha256:{sha256_file(weights)}"
+        np.testing.assert_array_equal(a.load_level("high"), b.load_level("high"))
+
+
+def test_inspect_reports_and_verify_catches_a_corrupted_entry(sample_cache, tmp_path):
+    result = CliRunner().invoke(main, ["inspect", str(sample_cache), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "videos      80 ok, 0 failed" in result.output
+    assert "level       high layer4: (" in result.output and "verify      ok" in result.output
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(sample_cache.read_bytes())
+    with h5py.File(broken, "r+") as f:
+        f["features/high"][10] = np.inf
+    result = CliRunner().invoke(main, ["inspect", str(broken), "--verify"])
+    assert result.exit_code == 1
+    assert "frame(s) of level high are not finite" in result.output
+    assert result.stderr == f"Error: {broken}: 1 problem(s) found\n"
