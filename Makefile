@@ -10,11 +10,16 @@ DATASET ?= ucf101
 ROOT    ?= data/UCF-101
 SPLITS  ?= data/ucfTrainTestlist
 SPLIT   ?= 1
+CACHE   ?= data/$(DATASET)_resnet34.h5
+WEIGHTS ?= imagenet
+DEVICE  ?= auto
+EXTRACT_ARGS ?=
 
 SAMPLE  := data/sample
 SAMPLE_STAMP := $(SAMPLE)/ucfTrainTestlist/classInd.txt
+DEMO_CACHE := data/sample.h5
 
-.PHONY: install test demo sample index clean help
+.PHONY: install test demo sample index extract inspect bench clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -23,6 +28,9 @@ help:
 	@echo "make demo      run the pipeline end to end on the bundled sample dataset"
 	@echo "make sample    generate the sample dataset into $(SAMPLE)"
 	@echo "make index     index a dataset: DATASET=ucf101|hmdb51|folder ROOT=dir SPLITS=dir SPLIT=n"
+	@echo "make extract   stage 1 into CACHE=$(CACHE) (WEIGHTS=imagenet|random|path DEVICE=auto EXTRACT_ARGS=...)"
+	@echo "make inspect   describe and verify CACHE"
+	@echo "make bench     throughput benchmarks, appended to benchmarks/results.md"
 
 install: $(STAMP)
 
@@ -36,6 +44,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 $(SAMPLE_STAMP): pipeline/sample_data.py | $(STAMP)
+	rm -rf $(DEMO_CACHE) $(DEMO_CACHE).journal
 	$(MRRN) sample-data --out $(SAMPLE)
 
 sample: $(SAMPLE_STAMP)
@@ -43,10 +52,25 @@ sample: $(SAMPLE_STAMP)
 index: $(STAMP)
 	$(MRRN) index --dataset $(DATASET) --root $(ROOT) $(if $(SPLITS),--splits $(SPLITS)) --split $(SPLIT)
 
+extract: $(STAMP)
+	$(MRRN) extract --dataset $(DATASET) --root $(ROOT) $(if $(SPLITS),--splits $(SPLITS)) --out $(CACHE) \
+		--weights $(WEIGHTS) --device $(DEVICE) $(EXTRACT_ARGS)
+
+inspect: $(STAMP)
+	$(MRRN) inspect $(CACHE) --verify
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_cache.py
+
 demo: $(SAMPLE_STAMP)
-	@echo "== mrrn demo: the sample dataset, indexed as UCF-101 split 1"
+	@echo "== 1. index: the sample dataset as UCF-101 split 1"
 	$(MRRN) index --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --split 1 --strict
-	@echo "== demo done (extraction, training and fusion arrive with the later stages)"
+	@echo "== 2. extract: frozen ResNet-34 with RANDOM weights (seed 0; ImageNet weights are not downloaded for the demo), 96 px frames"
+	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_CACHE) \
+		--weights random --seed 0 --short-side 96 --crop 96 --quiet
+	$(MRRN) inspect $(DEMO_CACHE) --verify
+	@echo "== demo done (training and fusion arrive with the later stages)"
 
 clean:
-	rm -rf $(SAMPLE) runs
+	rm -rf $(SAMPLE) $(DEMO_CACHE) $(DEMO_CACHE).journal runs

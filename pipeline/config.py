@@ -35,7 +35,7 @@ class Preprocess:
     crop: int = PAPER_CROP
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "bilinear-antialias"  # torchvision.transforms.v2.functional.resize on float RGB
+    resize: str = "bilinear-antialias-uint8"  # torchvision.transforms.v2.functional.resize on uint8 RGB
 
     def __post_init__(self):
         if self.crop < 32 or self.short_side < self.crop:

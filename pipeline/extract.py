@@ -7,6 +7,8 @@ A video that fails to decode is recorded with its reason and the run goes on.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +28,9 @@ from pipeline.backbone import (
 from pipeline.config import BACKBONE, LEVELS, ExtractConfig, Preprocess
 from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
+
+
+WORKER_NICENESS = 10
 
 
 class ExtractError(Exception):
@@ -76,6 +81,10 @@ class DecodeStream(IterableDataset):
 
         cv2.setNumThreads(1)
         w = get_worker_info()
+        if w is not None:
+            # Below the backbone's threads in priority: on a machine short of cores, inference keeps its
+            # CPU and decoding fills the gaps (the prefetch queue keeps the backbone fed meanwhile).
+            os.nice(WORKER_NICENESS)
         jobs = self.jobs if w is None else self.jobs[w.id :: w.num_workers]
         for job in jobs:
             reader = VideoReader(job.entry.path, self.chunk_frames)
@@ -92,6 +101,17 @@ class DecodeStream(IterableDataset):
                 yield {"index": job.index, "frames": None, "info": None, "error": f"{type(err).__name__}: {err}"}
                 continue
             yield {"index": job.index, "frames": None, "info": reader.info.__dict__, "error": None}
+
+
+def worker_context():
+    """Decoding workers start from a forkserver that has imported this module and nothing more.
+
+    A plain fork would copy this process after torch's thread pools have run, and torch ops in the
+    child (preprocessing) can then deadlock; spawn would pay a fresh torch import per worker.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +186,89 @@ class ExtractSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class _Run:
+    """One pass over the videos still to do: routes decoded items and features, writes finished videos."""
+
+    def __init__(self, cfg: ExtractConfig, videos: VideoSet, todo: list[VideoEntry], writer, device, precision,
+                 progress: bool, log):
+        self.cfg, self.videos, self.todo, self.writer, self.log = cfg, videos, todo, writer, log
+        self.device, self.on_gpu = device, device.type == "cuda"
+        self.extractor = FeatureExtractor(load_backbone(cfg.weights, cfg.seed), device, precision)
+        self.states: dict[int, _VideoState] = {}
+        self.failed: list[tuple[str, str]] = []
+        self.extracted = self.frames = 0
+        self.started = time.perf_counter()
+        self.progress = progress
+        self.bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+
+    def run(self) -> None:
+        stream = DecodeStream([_Job(i, e) for i, e in enumerate(self.todo)], self.cfg.chunk_frames,
+                              None if self.on_gpu else self.cfg.preprocess)
+        loader = DataLoader(
+            stream, batch_size=None, num_workers=self.cfg.workers, pin_memory=self.on_gpu,
+            prefetch_factor=4 if self.cfg.workers else None,
+            multiprocessing_context=worker_context() if self.cfg.workers else None,
+        )
+        batcher = _Batcher(self.extractor, self.cfg.batch_size, self.on_features)
+        try:
+            for item in loader:
+                index = item["index"]
+                state = self.states.setdefault(index, _VideoState())
+                if item["error"] is not None:
+                    self.fail(index, item["error"])
+                elif item["frames"] is not None:
+                    frames = item["frames"]
+                    if self.on_gpu:
+                        frames = preprocess(frames.to(self.device, non_blocking=True), self.cfg.preprocess)
+                    state.received += len(frames)
+                    batcher.add(index, frames)
+                else:
+                    state.info = item["info"]
+                    self.finish_if_complete(index)
+            batcher.flush()
+        finally:
+            self.bar.close()
+
+    def on_features(self, index: int, feats: dict[str, np.ndarray]) -> None:
+        state = self.states.get(index)
+        if state is None:  # the video failed while its earlier frames were queued
+            return
+        for level in LEVELS:
+            state.parts[level].append(feats[level])
+        state.done += len(feats["low"])
+        self.finish_if_complete(index)
+
+    def finish_if_complete(self, index: int) -> None:
+        state = self.states[index]
+        if state.info is None or state.done != state.info["frames"]:
+            return
+        entry = self.todo[index]
+        rec = cache_mod.VideoRecord(key=entry.key, label=entry.label, class_name=self.videos.classes[entry.label],
+                                    **state.info)
+        self.writer.add_video(rec, {level: np.concatenate(state.parts[level]) for level in LEVELS})
+        del self.states[index]
+        self.extracted += 1
+        self.frames += rec.frames
+        self._tick(fps=f"{self.frames / (time.perf_counter() - self.started):.1f}")
+
+    def fail(self, index: int, reason: str) -> None:
+        entry = self.todo[index]
+        self.writer.add_failure(cache_mod.FailedRecord(entry.key, entry.label, self.videos.classes[entry.label], reason))
+        self.failed.append((entry.key, reason))
+        del self.states[index]
+        (tqdm.write if self.progress else self.log)(f"skipped {entry.path}: {reason}")
+        self._tick()
+        if self.cfg.strict:
+            raise ExtractError(f"{entry.path}: {reason} (--strict)")
+
+    def _tick(self, **extra) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(done=self.extracted, failed=len(self.failed), **extra, refresh=False)
+
+
 def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> ExtractSummary:
+    """Extract every video of ``cfg``'s dataset not yet in ``cfg.out``; finished work is committed even
+    when the run stops early (Ctrl-C, --strict)."""
     started = time.perf_counter()
     videos = list_videos(cfg.dataset, cfg.root, cfg.splits, strict=cfg.strict)
     if videos.missing:
@@ -174,93 +276,27 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     identity = cache_identity(cfg, videos, precision)
-    failed: list[tuple[str, str]] = []
-    frames_total = extracted = 0
+    run = None
     with cache_mod.CacheWriter(cfg.out, identity) as writer:
         todo = [v for v in videos.videos if v.key not in writer.complete]
         already = len(videos.videos) - len(todo)
         if already:
             log(f"resuming {cfg.out}: {already} of {len(videos.videos)} videos already extracted")
-        if todo:
-            if cfg.weights == "random":
-                log(f"note: --weights random (seed {cfg.seed}): features come from an untrained ResNet-34")
-            extractor = FeatureExtractor(load_backbone(cfg.weights, cfg.seed), device, precision)
-            states: dict[int, _VideoState] = {}
-            bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, mininterval=0.5)
-
-            def finish_if_complete(index: int):
-                nonlocal extracted, frames_total
-                st = states[index]
-                if st.info is None or st.done != st.info["frames"]:
-                    return
-                entry = todo[index]
-                rec = cache_mod.VideoRecord(
-                    key=entry.key, label=entry.label, class_name=videos.classes[entry.label], **st.info
-                )
-                writer.add_video(rec, {lvl: np.concatenate(st.parts[lvl]) for lvl in LEVELS})
-                del states[index]
-                extracted += 1
-                frames_total += rec.frames
-                bar.update(1)
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(done=extracted, failed=len(failed), fps=f"{frames_total / elapsed:.1f}", refresh=False)
-
-            def on_features(index: int, feats: dict[str, np.ndarray]):
-                st = states.get(index)
-                if st is None:  # the video failed while its earlier frames were queued
-                    return
-                for lvl in LEVELS:
-                    st.parts[lvl].append(feats[lvl])
-                st.done += len(feats["low"])
-                finish_if_complete(index)
-
-            batcher = _Batcher(extractor, cfg.batch_size, on_features)
-            on_gpu = device.type == "cuda"
-            stream = DecodeStream([_Job(i, e) for i, e in enumerate(todo)], cfg.chunk_frames,
-                                  None if on_gpu else cfg.preprocess)
-            loader = DataLoader(
-                stream, batch_size=None, num_workers=cfg.workers, pin_memory=on_gpu,
-                prefetch_factor=4 if cfg.workers else None,
-            )
-            try:
-                for item in loader:
-                    index = item["index"]
-                    st = states.setdefault(index, _VideoState())
-                    if item["error"] is not None:
-                        entry = todo[index]
-                        reason = item["error"]
-                        writer.add_failure(cache_mod.FailedRecord(entry.key, entry.label,
-                                                                  videos.classes[entry.label], reason))
-                        failed.append((entry.key, reason))
-                        del states[index]
-                        bar.update(1)
-                        bar.set_postfix(done=extracted, failed=len(failed), refresh=False)
-                        (tqdm.write if progress else log)(f"skipped {entry.path}: {reason}")
-                        if cfg.strict:
-                            raise ExtractError(f"{entry.path}: {reason} (--strict)")
-                        continue
-                    if item["frames"] is not None:
-                        frames = item["frames"]
-                        if on_gpu:
-                            frames = preprocess(frames.to(device, non_blocking=True), cfg.preprocess)
-                        st.received += len(frames)
-                        batcher.add(index, frames)
-                    else:
-                        st.info = item["info"]
-                        finish_if_complete(index)
-                batcher.flush()
-            finally:
-                bar.close()
-                writer.finish()
-        else:
+        try:
+            if todo:
+                if cfg.weights == "random":
+                    log(f"note: --weights random (seed {cfg.seed}): features come from an untrained ResNet-34")
+                run = _Run(cfg, videos, todo, writer, device, precision, progress, log)
+                run.run()
+        finally:
             writer.finish()
         with cache_mod.FeatureCache(cfg.out) as done:
             ok_videos = len(done.videos)
-    summary = ExtractSummary(
-        out=str(cfg.out), videos=len(videos.videos), already_done=already, extracted=extracted, failed=failed,
-        frames=frames_total, seconds=time.perf_counter() - started, missing=len(videos.missing),
-        weights=identity["weights"], device=f"{device} ({precision})",
-    )
     if ok_videos == 0:
         raise ExtractError(f"{cfg.out}: every video failed to decode; nothing was extracted")
-    return summary
+    return ExtractSummary(
+        out=str(cfg.out), videos=len(videos.videos), already_done=already,
+        extracted=run.extracted if run else 0, failed=run.failed if run else [],
+        frames=run.frames if run else 0, seconds=time.perf_counter() - started, missing=len(videos.missing),
+        weights=identity["weights"], device=f"{device} ({precision})",
+    )

@@ -20,7 +20,7 @@ IDENTITY = {
     "backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
     "dataset": "folder", "classes": ["a", "b"],
     "preprocess": {"short_side": 64, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                   "resize": "bilinear-antialias"},
+                   "resize": "bilinear-antialias-uint8"},
     "levels": {"low": ["layer2", 128], "mid": ["layer3", 256], "high": ["layer4", 512]},
 }
 

@@ -191,3 +191,17 @@ def test_inspect_reports_and_verify_catches_a_corrupted_entry(sample_cache, tmp_
     assert result.exit_code == 1
     assert "frame(s) of level high are not finite" in result.output
     assert result.stderr == f"Error: {broken}: 1 problem(s) found\n"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_extraction_matches_cpu_within_bf16_tolerance(tmp_path):
+    """GPU path: uint8 frames pinned, preprocessed on the GPU, channels_last + bf16 autocast."""
+    root = folder_dataset(tmp_path / "data", per_class=2)
+    cpu, gpu = tmp_path / "cpu.h5", tmp_path / "gpu.h5"
+    run_extract(small_extract_config(root, cpu, device="cpu"), **QUIET)
+    run_extract(small_extract_config(root, gpu, device="cuda"), **QUIET)
+    with FeatureCache(cpu) as a, FeatureCache(gpu) as b:
+        assert b.identity["precision"] in ("bf16", "fp16")
+        for level in ("low", "mid", "high"):
+            x, y = a.load_level(level).astype(np.float32), b.load_level(level).astype(np.float32)
+            assert np.abs(x - y).max() <= 0.03 * np.abs(x).max()
