@@ -11,6 +11,7 @@ import click
 from pipeline import __version__
 from pipeline import datasets
 from pipeline.config import (
+    DEFAULT_TEST_FRACTION,
     FEATURE_DTYPES,
     PAPER_CROP,
     PAPER_SHORT_SIDE,
@@ -62,7 +63,7 @@ def main():
 @click.option(
     "--test-fraction",
     type=float,
-    default=datasets.DEFAULT_TEST_FRACTION,
+    default=DEFAULT_TEST_FRACTION,
     show_default=True,
     help="folder without --splits: share of each class held out for test (stable hash of the key).",
 )
@@ -101,10 +102,12 @@ def index(dataset, root, splits, split, test_fraction, strict, as_json):
               help="Storage type of the features.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
+@click.option("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION, show_default=True,
+              help="folder without --splits: share of each class recorded as split 1's test set.")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails, or a split file naming a missing video.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset, root, splits, out, weights, seed, device, batch_size, workers, short_side, crop, dtype,
-            precision, strict, quiet):
+            precision, test_fraction, strict, quiet):
     """Stage 1: frozen ResNet-34 features of every video into an HDF5 cache (resumable)."""
     from pipeline.extract import run_extract
 
@@ -113,7 +116,7 @@ def extract(dataset, root, splits, out, weights, seed, device, batch_size, worke
             dataset=dataset, root=root, splits=splits, out=out, weights=weights, seed=seed, device=device,
             batch_size=batch_size, workers=default_workers() if workers is None else workers,
             preprocess=Preprocess(short_side=short_side, crop=crop), dtype=dtype, precision=precision,
-            strict=strict,
+            strict=strict, test_fraction=test_fraction,
         )
         s = run_extract(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo(
@@ -145,6 +148,8 @@ def inspect(cache_file, verify):
         click.echo(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
         for level, (layer, dim) in sorted(ident["levels"].items(), key=lambda kv: kv[1][1]):
             click.echo(f"level       {level:<4} {layer}: {c.level_shape(level)} {ident['dtype']}")
+        for n, (train, test) in sorted(c.splits.items()):
+            click.echo(f"split       {n}: {len(train)} train, {len(test)} test")
         for f in c.failed:
             click.echo(f"failed      {f.key}: {f.reason}")
         pending = cache_mod.pending_journal(cache_file)

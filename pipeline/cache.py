@@ -142,6 +142,9 @@ class FeatureCache:
             for k, lab, c, r in zip(fl["key"].asstr()[:], fl["label"][:], fl["class_name"].asstr()[:], fl["reason"].asstr()[:])
         )
         self.index = {rec.key: i for i, rec in enumerate(self.videos)}
+        self.splits: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
+            int(n): (tuple(g["train"].asstr()[:]), tuple(g["test"].asstr()[:])) for n, g in f["splits"].items()
+        }
 
     def close(self):
         self._file.close()
@@ -230,6 +233,7 @@ def _write_file(
     identity: dict,
     videos: list[tuple[VideoRecord, object]],
     failed: list[FailedRecord],
+    splits: dict[int, tuple[tuple[str, ...], tuple[str, ...]]],
     dtype: str,
     created: str,
 ) -> None:
@@ -262,6 +266,11 @@ def _write_file(
         fg.create_dataset("class_name", data=np.array([r.class_name for r in failed], dtype=object), dtype=STR)
         fg.create_dataset("label", data=np.array([r.label for r in failed], dtype=np.int32))
         fg.create_dataset("reason", data=np.array([r.reason for r in failed], dtype=object), dtype=STR)
+        sg = f.create_group("splits")
+        for n, (train, test) in sorted(splits.items()):
+            g = sg.create_group(str(n))
+            g.create_dataset("train", data=np.array(train, dtype=object), dtype=STR)
+            g.create_dataset("test", data=np.array(test, dtype=object), dtype=STR)
         feats = f.create_group("features")
         out = {lvl: feats.create_dataset(lvl, shape=(total, dim), dtype=dtype) for lvl, (_, dim) in LEVELS.items()}
         for level, ds in out.items():
@@ -284,9 +293,10 @@ class CacheWriter:
     creates an empty valid file if there is none, and loads the journal left by a killed run.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: dict):
+    def __init__(self, path: str | os.PathLike, identity: dict, splits: dict | None = None):
         self.path = Path(path)
         self.identity = identity
+        self.splits = splits  # {split: (train keys, test keys)}; None keeps the file's own
         self.journal = journal_dir(self.path)
         self._lock_fd: int | None = None
         self.complete: set[str] = set()  # keys extracted, in the file or the journal
@@ -343,7 +353,10 @@ class CacheWriter:
             with FeatureCache(self.path) as cache:
                 self.complete = {v.key for v in cache.videos}
                 self.failed_before = {f.key: f for f in cache.failed}
+                if self.splits is None:
+                    self.splits = cache.splits
         else:
+            self.splits = self.splits or {}
             self._replace([], [], created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         if self.journal.exists():
             ident_file = self.journal / "config.json"
@@ -389,11 +402,12 @@ class CacheWriter:
     # -- commit
 
     def commit(self) -> None:
-        """Merge the journal into FILE.h5 (atomic replace), then empty the journal."""
+        """Merge the journal (and the current split lists) into FILE.h5 (atomic replace), then empty
+        the journal."""
         entries = self._journal_entries()
-        if not entries:
-            return
         with FeatureCache(self.path) as old:
+            if not entries and old.splits == self.splits:
+                return
             videos: dict[str, tuple[VideoRecord, object]] = {
                 rec.key: (rec, ("file", old._file, rec.offset)) for rec in old.videos
             }
@@ -416,7 +430,7 @@ class CacheWriter:
     def _replace(self, videos, failed, created: str) -> None:
         tmp = Path(f"{self.path}.tmp")
         try:
-            _write_file(tmp, self.identity, videos, failed, self.identity["dtype"], created)
+            _write_file(tmp, self.identity, videos, failed, self.splits, self.identity["dtype"], created)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

@@ -19,6 +19,7 @@ PAPER_SHORT_SIDE = 256
 PAPER_CROP = 224
 
 FEATURE_DTYPES = ("float16", "float32")
+DEFAULT_TEST_FRACTION = 0.3  # folder datasets without split files: share of each class held out for test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -62,6 +63,7 @@ class ExtractConfig:
     workers: int = field(default_factory=default_workers)
     chunk_frames: int = 64  # decoded frames per piece handed from a worker (bounds memory per video)
     strict: bool = False
+    test_fraction: float = DEFAULT_TEST_FRACTION
 
     def __post_init__(self):
         if self.dtype not in FEATURE_DTYPES:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from pipeline.config import DEFAULT_TEST_FRACTION
+
 DATASETS = ("ucf101", "hmdb51", "folder")
-DEFAULT_TEST_FRACTION = 0.3
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"}
 )
@@ -331,6 +332,7 @@ class VideoSet:
     classes: tuple[str, ...]
     videos: tuple[VideoEntry, ...]  # sorted by key
     missing: tuple[str, ...]
+    splits: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]  # split -> (train keys, test keys) on disk
 
 
 def _split_numbers(splits: Path, pattern: str) -> list[int]:
@@ -338,13 +340,25 @@ def _split_numbers(splits: Path, pattern: str) -> list[int]:
     return sorted(found)
 
 
-def list_videos(dataset: str, root: Path, splits: Path | None = None, *, strict: bool = False) -> VideoSet:
+def _keys(index: SplitIndex) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(e.key for e in index.train), tuple(e.key for e in index.test)
+
+
+def list_videos(
+    dataset: str,
+    root: Path,
+    splits: Path | None = None,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    strict: bool = False,
+) -> VideoSet:
     """The union of every split the split folder holds (each split file is checked as in
-    :func:`build_index`); for ``folder`` without split files, every video in the class folders."""
+    :func:`build_index`), with each split's train/test keys; for ``folder`` without split files,
+    every video in the class folders and one split made by :func:`index_folder`."""
     root = Path(root)
     if dataset == "folder" and splits is None:
-        idx = index_folder(root, test_fraction=0.0)
-        return VideoSet(dataset, idx.root, idx.classes, tuple(sorted(idx.train)), ())
+        idx = index_folder(root, test_fraction=test_fraction)
+        return VideoSet(dataset, idx.root, idx.classes, tuple(sorted(idx.train + idx.test)), (), {1: _keys(idx)})
     if splits is None:
         raise ValueError(f"{dataset} needs its split folder (--splits)")
     splits = _require_dir(Path(splits), "split folder")
@@ -355,6 +369,7 @@ def list_videos(dataset: str, root: Path, splits: Path | None = None, *, strict:
     entries: dict[str, VideoEntry] = {}
     missing: dict[str, None] = {}
     classes: tuple[str, ...] = ()
+    split_keys = {}
     for n in numbers:
         idx = build_index(dataset, root, splits, n)
         if classes and idx.classes != classes:
@@ -363,7 +378,8 @@ def list_videos(dataset: str, root: Path, splits: Path | None = None, *, strict:
         for e in idx.train + idx.test:
             entries.setdefault(e.key, e)
         missing.update(dict.fromkeys(idx.missing))
+        split_keys[n] = _keys(idx)
     missing_keys = tuple(sorted(missing))
     if strict and missing_keys:
         raise MissingVideosError(describe_missing(missing_keys, root))
-    return VideoSet(dataset, root, classes, tuple(entries[k] for k in sorted(entries)), missing_keys)
+    return VideoSet(dataset, root, classes, tuple(entries[k] for k in sorted(entries)), missing_keys, split_keys)

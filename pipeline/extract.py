@@ -270,14 +270,14 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     """Extract every video of ``cfg``'s dataset not yet in ``cfg.out``; finished work is committed even
     when the run stops early (Ctrl-C, --strict)."""
     started = time.perf_counter()
-    videos = list_videos(cfg.dataset, cfg.root, cfg.splits, strict=cfg.strict)
+    videos = list_videos(cfg.dataset, cfg.root, cfg.splits, test_fraction=cfg.test_fraction, strict=cfg.strict)
     if videos.missing:
         log(f"warning: {describe_missing(videos.missing, videos.root)}")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     identity = cache_identity(cfg, videos, precision)
     run = None
-    with cache_mod.CacheWriter(cfg.out, identity) as writer:
+    with cache_mod.CacheWriter(cfg.out, identity, videos.splits) as writer:
         todo = [v for v in videos.videos if v.key not in writer.complete]
         already = len(videos.videos) - len(todo)
         if already:

@@ -205,3 +205,16 @@ def test_cuda_extraction_matches_cpu_within_bf16_tolerance(tmp_path):
         for level in ("low", "mid", "high"):
             x, y = a.load_level(level).astype(np.float32), b.load_level(level).astype(np.float32)
             assert np.abs(x - y).max() <= 0.03 * np.abs(x).max()
+
+
+def test_the_cache_records_every_split_for_training(sample_cache, tmp_path):
+    with FeatureCache(sample_cache) as c:
+        train, test = c.splits[1]
+        assert (len(train), len(test)) == (48, 32) and not set(train) & set(test)
+        assert "CircleGrow/v_CircleGrow_g01_c01.avi" in test
+    root = folder_dataset(tmp_path / "data", per_class=4)
+    out = tmp_path / "c.h5"
+    run_extract(small_extract_config(root, out, test_fraction=0.25), **QUIET)
+    with FeatureCache(out) as c:
+        train, test = c.splits[1]
+    assert (len(train), len(test)) == (6, 2)
