@@ -13,6 +13,11 @@ from pipeline import datasets
 from pipeline.config import (
     DEFAULT_TEST_FRACTION,
     FEATURE_DTYPES,
+    LEVELS,
+    MODELS,
+    POOLS,
+    ClipSpec,
+    TrainConfig,
     PAPER_CROP,
     PAPER_SHORT_SIDE,
     PRECISIONS,
@@ -28,7 +33,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input, not a bug. Heavy modules are only consulted once imported."""
     types: list[type[BaseException]] = [datasets.SplitFileError, datasets.MissingVideosError,
                                         FileNotFoundError, ValueError]
-    for module, names in (("pipeline.cache", ("CacheError",)), ("pipeline.extract", ("ExtractError",))):
+    for module, names in (("pipeline.cache", ("CacheError",)), ("pipeline.extract", ("ExtractError",)),
+                          ("pipeline.train", ("TrainError",)), ("pipeline.backbone", ("WeightsError",))):
         if module in sys.modules:
             types += [getattr(sys.modules[module], n) for n in names]
     return tuple(types)
@@ -146,8 +152,8 @@ def inspect(cache_file, verify):
         click.echo(f"preprocess  short side {pre['short_side']}, crop {pre['crop']}, resize {pre['resize']}, "
                    f"mean {pre['mean']}, std {pre['std']}")
         click.echo(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
-        for level, (layer, dim) in sorted(ident["levels"].items(), key=lambda kv: kv[1][1]):
-            click.echo(f"level       {level:<4} {layer}: {c.level_shape(level)} {ident['dtype']}")
+        for level in c.levels:
+            click.echo(f"level       {level:<4} {ident['levels'][level][0]}: {c.level_shape(level)} {ident['dtype']}")
         for n, (train, test) in sorted(c.splits.items()):
             click.echo(f"split       {n}: {len(train)} train, {len(test)} test")
         for f in c.failed:
@@ -163,6 +169,68 @@ def inspect(cache_file, verify):
             if problems:
                 raise click.ClickException(f"{cache_file}: {len(problems)} problem(s) found")
             click.echo("verify      ok: every entry has consistent offsets, frame counts, shapes and finite values")
+
+
+def _train_options(f):
+    """Options shared by `train` and `sweep` (paper defaults from pipeline.config.TrainConfig)."""
+    options = [
+        click.option("--cache", type=click.Path(path_type=Path), required=True, help="Feature cache (mrrn extract)."),
+        click.option("--split", type=int, default=1, show_default=True, help="Split recorded in the cache."),
+        click.option("--model", type=click.Choice(MODELS), default="rrn", show_default=True,
+                     help="rrn (stacked SRU) or meanpool (the order-blind control)."),
+        click.option("--epochs", type=int, default=12, show_default=True),
+        click.option("--batch-size", type=int, default=28, show_default=True),
+        click.option("--lr", type=float, default=None,
+                     help="Initial learning rate [default: the paper's, 1e-5 high, 1e-4 low/mid]."),
+        click.option("--lr-step", type=int, default=8, show_default=True,
+                     help="Epochs before the learning rate drops 10x."),
+        click.option("--dropout", type=float, default=0.5, show_default=True, help="Before the per-step linear layer."),
+        click.option("--normalize/--no-normalize", default=False, show_default=True,
+                     help="Standardise each feature dimension with training-set statistics (not in the paper; "
+                          "needed for untrained-backbone features, whose scale is far from ImageNet's)."),
+        click.option("--clip-length", type=int, default=30, show_default=True),
+        click.option("--clip-stride", type=int, default=8, show_default=True),
+        click.option("--max-clips", type=int, default=20, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--allow-missing", is_flag=True, help="Train even if some split videos are not in the cache."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _train_config(out, level, hidden, layers, pool, cache, split, model, epochs, batch_size, lr, lr_step, dropout,
+                  normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing) -> TrainConfig:
+    return TrainConfig(
+        cache=str(cache), out=str(out), split=split, level=level, model=model, hidden=hidden, layers=layers,
+        pool=pool, dropout=dropout, normalize=normalize, epochs=epochs, batch_size=batch_size, lr=lr,
+        lr_step_epochs=lr_step,
+        clip=ClipSpec(clip_length, clip_stride, max_clips), seed=seed, device=device, allow_missing=allow_missing,
+    )
+
+
+@main.command()
+@_train_options
+@click.option("--level", type=click.Choice(list(LEVELS)), required=True, help="Feature level to train on.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option("--hidden", type=int, default=1024, show_default=True, help="SRU hidden units.")
+@click.option("--layers", type=int, default=3, show_default=True, help="Stacked SRU layers.")
+@click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,
+              help="Temporal pooling of the per-step scores: mean (eq. 8) or max (eq. 9).")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
+def train(level, out, hidden, layers, pool, resume, quiet, **kw):
+    """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
+    from pipeline.train import fit
+
+    with user_errors():
+        cfg = _train_config(out, level, hidden, layers, pool, **kw)
+        s = fit(cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    f = s.final
+    click.echo(f"{cfg.model} {cfg.level}: video top-1 {f['video_top1']:.1%}, top-5 {f['video_top5']:.1%}, "
+               f"mean class {f['mean_class_acc']:.1%}, clip {f['clip_acc']:.1%} after {s.epochs} epochs "
+               f"({s.parameters:,} parameters, {s.seconds_per_epoch:.1f} s/epoch) -> {s.out}")
 
 
 @main.command("sample-data")

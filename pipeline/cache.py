@@ -109,6 +109,9 @@ class FeatureCache:
             raise CacheError(f"{self.path}: not a readable HDF5 cache ({err})") from None
         try:
             self._read_header()
+        except KeyError as err:  # a group or dataset of the schema is absent
+            self._file.close()
+            raise CacheError(f"{self.path}: incomplete or damaged cache ({err.args[0] if err.args else err})") from None
         except Exception:
             self._file.close()
             raise
@@ -122,7 +125,8 @@ class FeatureCache:
             raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads {SCHEMA_VERSION}")
         self.identity: dict = json.loads(f.attrs["config"])
         self.classes: tuple[str, ...] = tuple(self.identity["classes"])
-        self.levels: dict[str, int] = {lvl: int(dim) for lvl, (_, dim) in self.identity["levels"].items()}
+        by_width = sorted(self.identity["levels"].items(), key=lambda kv: kv[1][1])
+        self.levels: dict[str, int] = {lvl: int(dim) for lvl, (_, dim) in by_width}  # low, mid, high
         v = f["videos"]
         keys = v["key"].asstr()[:]
         cols = {name: v[name][:] for name in ("label", "frames", "offset", "fps", "width", "height", "frames_reported")}
@@ -167,8 +171,9 @@ class FeatureCache:
         return tuple(self._features(level).shape)
 
     def _features(self, level: str) -> h5py.Dataset:
-        if level not in self.levels:
-            raise CacheError(f"{self.path}: no level {level!r} in this cache (it has {', '.join(self.levels)})")
+        stored = [name for name in self.levels if name in self._file["features"]]
+        if level not in stored:
+            raise CacheError(f"{self.path}: no level {level!r} in this cache (it has: {', '.join(stored) or 'none'})")
         return self._file["features"][level]
 
     def load_level(self, level: str) -> np.ndarray:

@@ -76,3 +76,76 @@ class ExtractConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2 (MRRN section 4.2 and 5.2)
+
+MODELS = ("rrn", "meanpool")
+POOLS = ("mean", "max")  # eq. 8 and eq. 9
+PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Clips of ``length`` frames every ``stride`` frames, at most ``max_clips`` per video (spread
+    evenly when a video has more); videos shorter than ``length`` are looped."""
+
+    length: int = 30
+    stride: int = 8
+    max_clips: int = 20
+
+    def __post_init__(self):
+        if min(self.length, self.stride, self.max_clips) < 1:
+            raise ValueError(f"clip length, stride and max clips must be >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`mrrn train`: the paper's defaults, all overridable. ``lr=None`` means the level's paper rate."""
+
+    cache: str
+    out: str
+    split: int = 1
+    level: str = "high"
+    model: str = "rrn"
+    hidden: int = 1024
+    layers: int = 3
+    pool: str = "mean"
+    dropout: float = 0.5  # before the per-step linear layer
+    sru_dropout: float = 0.0  # between SRU layers
+    epochs: int = 12
+    batch_size: int = 28
+    lr: float | None = None
+    lr_step_epochs: int = 8  # the rate is multiplied by lr_gamma after this many epochs
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    normalize: bool = False  # standardise each feature dimension with training-set statistics (not in the paper)
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    seed: int = 0
+    device: str = "auto"
+    allow_missing: bool = False
+    eval_batch_size: int = 256
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs) < 1:
+            raise ValueError("hidden, layers, epochs, batch size and lr step must be >= 1")
+
+    @property
+    def learning_rate(self) -> float:
+        return PAPER_LR[self.level] if self.lr is None else self.lr
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate for 0-based ``epoch``: step decay (paper: 1e-5 for 8 epochs, then 1e-6)."""
+        return self.learning_rate * self.lr_gamma ** (epoch // self.lr_step_epochs)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["lr"] = self.learning_rate
+        return d

@@ -1,0 +1,82 @@
+"""Heads on cached feature sequences: clip (B, T, C) -> class logits (B, K)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import TrainConfig
+from pipeline.sru import SRU
+
+
+class RRNHead(nn.Module):
+    """The paper's recurrent residual network head: stacked SRU -> tanh -> dropout -> linear at every
+    time step -> mean (eq. 8) or max (eq. 9) over time. Softmax is left to the loss / evaluation."""
+
+    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3,
+                 pool: str = "mean", dropout: float = 0.5, sru_dropout: float = 0.0):
+        super().__init__()
+        if pool not in ("mean", "max"):
+            raise ValueError(f"pool must be 'mean' or 'max', got {pool!r}")
+        self.pool = pool
+        self.sru = SRU(input_size, hidden, layers, dropout=sru_dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = self.classifier(self.dropout(torch.tanh(self.sru(x))))  # (B, T, K)
+        return steps.mean(dim=1) if self.pool == "mean" else steps.amax(dim=1)  # (B, K)
+
+
+class MeanPoolHead(nn.Module):
+    """The order-blind control: the average of the clip's features -> dropout -> linear."""
+
+    def __init__(self, input_size: int, num_classes: int, dropout: float = 0.5):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(input_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f"expected clips (B, T, C), got {tuple(x.shape)}")
+        return self.classifier(self.dropout(x.mean(dim=1)))  # (B, K)
+
+
+class FeatureNorm(nn.Module):
+    """(x - mean) / std per feature dimension, with statistics of the training set kept as buffers so
+    that a checkpoint carries them. Identity when built without statistics."""
+
+    def __init__(self, input_size: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(input_size) if mean is None else mean.float().clone())
+        self.register_buffer("std", torch.ones(input_size) if std is None else std.float().clamp_min(1e-6).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std  # (B, T, C)
+
+
+class Classifier(nn.Module):
+    """Feature normalisation followed by a head; what training, checkpoints and prediction use."""
+
+    def __init__(self, norm: FeatureNorm, head: nn.Module):
+        super().__init__()
+        self.norm, self.head = norm, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x))  # (B, T, C) -> (B, K)
+
+
+def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
+                mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Classifier:
+    """The head of ``cfg.model``; ``mean``/``std`` (C,) standardise inputs when ``cfg.normalize``."""
+    if cfg.model == "rrn":
+        head = RRNHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.sru_dropout)
+    elif cfg.model == "meanpool":
+        head = MeanPoolHead(input_size, num_classes, cfg.dropout)
+    else:
+        raise ValueError(f"unknown model {cfg.model!r}")
+    norm = FeatureNorm(input_size, mean, std) if cfg.normalize else FeatureNorm(input_size)
+    return Classifier(norm, head)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,324 @@
+"""Stage 2: train a head on one level of the cache, evaluate clip and video accuracy, keep a run directory.
+
+The level is read from the cache once (one HDF5 read) into memory, on the GPU when it fits; clips
+are rows of index arrays into it, so a batch is a single gather, with no per-batch I/O.
+
+Run directory::
+
+    config.json        the training configuration and the cache's identity
+    metrics.jsonl      one line per epoch: loss, train acc, clip acc, video top-1/top-5, mean class acc, lr, s
+    last.pt, best.pt   model + optimiser + epoch + config (+ RNG state in last.pt, for --resume)
+    scores_test.npz    the test videos' softmax scores (V, K) with keys and labels: what fusion reads
+    summary.json       written last; its presence marks the run complete
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline import __version__
+from pipeline.backbone import resolve_device
+from pipeline.cache import FeatureCache, canonical, describe_differences
+from pipeline.clips import clip_frames
+from pipeline.config import TrainConfig
+from pipeline.models import build_model, count_parameters
+
+# Settings that may change when a run is resumed: they do not change what the run computes.
+RESUMABLE_FIELDS = ("out", "device", "epochs")
+
+
+class TrainError(Exception):
+    """A training run that cannot start as asked; the message says why."""
+
+
+@dataclass
+class ClipSet:
+    """One part of a split (train or test) as index arrays into the level's feature matrix."""
+
+    keys: list[str]  # (V,)
+    labels: torch.Tensor  # (V,) int64
+    clip_rows: torch.Tensor  # (N, L) int64 rows of the feature matrix
+    clip_video: torch.Tensor  # (N,) int64 index into keys
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.clip_video)
+
+
+@dataclass
+class LevelData:
+    features: torch.Tensor  # (frames, C), float16 or float32, on the training device
+    train: ClipSet
+    test: ClipSet
+    classes: tuple[str, ...]
+    cache_identity: dict
+    mean: torch.Tensor  # (C,) per-dimension mean of the training videos' frames
+    std: torch.Tensor  # (C,)
+
+
+def _clip_set(cache: FeatureCache, keys: list[str], cfg: TrainConfig, device: torch.device) -> ClipSet:
+    rows, owner = [], []
+    for i, key in enumerate(keys):
+        rec = cache.videos[cache.index[key]]
+        frames = clip_frames(rec.frames, cfg.clip) + rec.offset  # (n, L)
+        rows.append(frames)
+        owner.append(np.full(len(frames), i))
+    labels = [cache.videos[cache.index[k]].label for k in keys]
+    return ClipSet(
+        keys=list(keys),
+        labels=torch.tensor(labels, dtype=torch.int64, device=device),
+        clip_rows=torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, cfg.clip.length), np.int64)).to(device),
+        clip_video=torch.from_numpy(np.concatenate(owner) if owner else np.zeros(0, np.int64)).to(device),
+    )
+
+
+def _statistics(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and std of ``features[rows]``, accumulated in float64 block by block."""
+    total = np.zeros(features.shape[1])
+    squares = np.zeros(features.shape[1])
+    for start in range(0, len(rows), block):
+        x = features[rows[start : start + block]].astype(np.float64)
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+    mean = total / len(rows)
+    std = np.sqrt(np.maximum(squares / len(rows) - mean * mean, 0.0))
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
+def _place(features: np.ndarray, device: torch.device, log) -> torch.Tensor:
+    tensor = torch.from_numpy(features)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if tensor.nbytes < free // 2:
+            return tensor.to(device)
+        log(f"note: the level ({tensor.nbytes / 2**30:.1f} GiB) stays in CPU memory; batches are copied to the GPU")
+    return tensor
+
+
+def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelData:
+    """Read ``cfg.level`` of the cache once and index the split's train and test clips."""
+    with FeatureCache(cfg.cache) as cache:
+        if cfg.split not in cache.splits:
+            have = ", ".join(str(n) for n in sorted(cache.splits)) or "none"
+            raise TrainError(f"{cfg.cache}: no split {cfg.split} in this cache (it has: {have})")
+        features = cache.load_level(cfg.level)  # raises if the cache has no such level
+        parts = {}
+        for name, keys in zip(("train", "test"), cache.splits[cfg.split]):
+            present = [k for k in keys if k in cache.index]
+            missing = [k for k in keys if k not in cache.index]
+            if missing:
+                shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+                message = (f"{cfg.cache}: {len(missing)} of the {len(keys)} {name} videos of split {cfg.split} "
+                           f"are not in the cache (failed or not extracted): {shown}")
+                if not cfg.allow_missing:
+                    raise TrainError(message + "; --allow-missing trains without them")
+                log(f"warning: {message}; going on without them (--allow-missing)")
+            if not present:
+                raise TrainError(f"{cfg.cache}: split {cfg.split} has no {name} videos in the cache")
+            parts[name] = present
+        used = [cache.videos[cache.index[k]] for k in parts["train"] + parts["test"]]
+        bad = [r.key for r in used if not np.isfinite(features[r.offset : r.offset + r.frames]).all()]
+        if bad:
+            raise TrainError(f"{cfg.cache}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
+                             f"{', '.join(bad[:3])}; run `mrrn inspect --verify` and re-extract them")
+        train_rows = np.concatenate([np.arange(r.offset, r.offset + r.frames)
+                                     for r in (cache.videos[cache.index[k]] for k in parts["train"])])
+        mean, std = _statistics(features, train_rows)
+        return LevelData(
+            mean=mean, std=std,
+            features=_place(features, device, log),
+            train=_clip_set(cache, parts["train"], cfg, device),
+            test=_clip_set(cache, parts["test"], cfg, device),
+            classes=cache.classes,
+            cache_identity=cache.identity,
+        )
+
+
+def _batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device: torch.device):
+    x = features[clips.clip_rows[idx].to(features.device)].to(device, non_blocking=True).float()  # (B, L, C)
+    y = clips.labels[clips.clip_video[idx]]  # (B,)
+    return x, y
+
+
+def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int, generator: torch.Generator,
+                    device: torch.device, progress: bool = False, desc: str = "") -> dict:
+    model.train()
+    order = torch.randperm(clips.num_clips, generator=generator).to(clips.clip_rows.device)
+    loss_sum, correct = 0.0, 0
+    bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
+               unit="batch", dynamic_ncols=True)
+    for start in bar:
+        idx = order[start : start + batch_size]
+        x, y = _batch(features, clips, idx, device)
+        logits = model(x)  # (B, K)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+    return {"loss": loss_sum / clips.num_clips, "train_acc": correct / clips.num_clips}
+
+
+@torch.no_grad()
+def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int, device: torch.device) -> dict:
+    """One pass: clip accuracy, and video scores = mean of each video's clip softmax -> top-1/5, class acc."""
+    model.eval()
+    sums = torch.zeros(len(clips.keys), num_classes, device=device)
+    counts = torch.zeros(len(clips.keys), device=device)
+    clip_correct = 0
+    for start in range(0, clips.num_clips, batch_size):
+        idx = torch.arange(start, min(start + batch_size, clips.num_clips), device=clips.clip_rows.device)
+        x, y = _batch(features, clips, idx, device)
+        probs = F.softmax(model(x), dim=1)  # (B, K)
+        clip_correct += int((probs.argmax(1) == y).sum())
+        video = clips.clip_video[idx].to(device)
+        sums.index_add_(0, video, probs)
+        counts.index_add_(0, video, torch.ones_like(video, dtype=torch.float32))
+    scores = (sums / counts[:, None]).cpu()  # (V, K)
+    labels = clips.labels.cpu()
+    metrics = video_metrics(scores, labels, num_classes)
+    return {"clip_acc": clip_correct / clips.num_clips, **metrics, "scores": scores.numpy()}
+
+
+def video_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """Top-1, top-5 and mean per-class accuracy of video scores (V, K) against labels (V,)."""
+    top = scores.topk(min(5, num_classes), dim=1).indices  # (V, 5)
+    hit1 = top[:, 0] == labels
+    per_class = [float(hit1[labels == k].float().mean()) for k in range(num_classes) if (labels == k).any()]
+    return {
+        "video_top1": float(hit1.float().mean()),
+        "video_top5": float((top == labels[:, None]).any(1).float().mean()),
+        "mean_class_acc": float(np.mean(per_class)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_config(cfg: TrainConfig, cache_identity: dict) -> dict:
+    return {"train": cfg.to_json(), "cache": cache_identity, "mrrn_version": __version__}
+
+
+def _comparable(config: dict) -> dict:
+    train = {k: v for k, v in config["train"].items() if k not in RESUMABLE_FIELDS}
+    return {**train, "cache": canonical(config["cache"])}
+
+
+def is_complete(out: Path) -> bool:
+    return (Path(out) / "summary.json").is_file()
+
+
+@dataclass
+class RunSummary:
+    out: str
+    epochs: int
+    final: dict  # the last epoch's metrics
+    parameters: int
+    seconds_per_epoch: float
+    resumed_from: int  # epochs already done when this call started
+    already_complete: bool = False
+
+
+def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> RunSummary:
+    """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint."""
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    data = load_level_data(cfg, device, log)
+    config = run_config(cfg, data.cache_identity)
+    if (out / "config.json").is_file():
+        old = json.loads((out / "config.json").read_text())
+        if _comparable(old) != _comparable(config):
+            raise TrainError(f"{out}: holds a run of another configuration "
+                             f"({describe_differences(_comparable(old), _comparable(config))}); use another --out")
+        if is_complete(out) and old["train"]["epochs"] == cfg.epochs:
+            summary = json.loads((out / "summary.json").read_text())
+            log(f"{out}: already complete ({cfg.epochs} epochs); nothing to do")
+            return RunSummary(**{**summary, "already_complete": True})
+        if not resume:
+            raise TrainError(f"{out}: holds an unfinished run of this configuration; pass --resume to continue it "
+                             "or use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.features.shape[1], len(data.classes), data.mean, data.std).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    start_epoch, best = 0, -1.0
+    if resume and (out / "last.pt").is_file():
+        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, best = ckpt["epoch"], ckpt["best_video_top1"]
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        log(f"resuming {out} after epoch {start_epoch}")
+    _keep_metrics_until(out / "metrics.jsonl", start_epoch)
+
+    num_classes, seconds, metrics = len(data.classes), [], {}
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        lr = cfg.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's clip order
+        train_stats = train_one_epoch(model, optimizer, data.features, data.train, cfg.batch_size, generator,
+                                      device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device)
+        scores = result.pop("scores")
+        seconds.append(time.perf_counter() - started)
+        metrics = {"epoch": epoch + 1, **train_stats, **result, "lr": lr, "seconds": round(seconds[-1], 3)}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if epoch + 1 == cfg.epochs:  # before the checkpoint: a resumed run never lacks its scores
+            np.savez(out / "scores_test.npz", scores=scores, keys=np.array(data.test.keys),
+                     labels=data.test.labels.cpu().numpy(), classes=np.array(data.classes),
+                     level=cfg.level, split=cfg.split, cache_identity=canonical(data.cache_identity))
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                 "config": config, "best_video_top1": max(best, result["video_top1"]),
+                 "rng": {"cpu": torch.get_rng_state(),
+                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+        if result["video_top1"] > best:
+            best = result["video_top1"]
+            _save_atomic({k: v for k, v in state.items() if k != "rng"}, out / "best.pt")
+        _save_atomic(state, out / "last.pt")
+        log(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  train {metrics['train_acc']:.1%}  "
+            f"clip {metrics['clip_acc']:.1%}  video top-1 {metrics['video_top1']:.1%}  "
+            f"top-5 {metrics['video_top5']:.1%}  class {metrics['mean_class_acc']:.1%}  lr {lr:.0e}  "
+            f"{seconds[-1]:.1f} s")
+    if not metrics:  # resumed a run whose last checkpoint was its last epoch
+        metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    summary = RunSummary(out=str(out), epochs=cfg.epochs, final=metrics, parameters=count_parameters(model),
+                         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=start_epoch)
+    _write_json(out / "summary.json", {k: v for k, v in summary.__dict__.items() if k != "already_complete"})
+    return summary
+
+
+def _keep_metrics_until(path: Path, epoch: int) -> None:
+    """Drop metrics lines of epochs after the checkpoint (a kill between the two writes)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+    path.write_text("".join(line + "\n" for line in lines))

@@ -1,0 +1,194 @@
+"""Stage 2 on the sample cache: the RRN learns frame order where meanpool cannot; determinism, resume,
+refusals, and the run directory."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from pipeline.config import TrainConfig
+from pipeline.models import MeanPoolHead, RRNHead
+from pipeline.train import TrainError, fit, video_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = dict(progress=False, log=lambda m: None)
+ORDER_PAIRS = 6  # labels 0..5: CircleGrow/Shrink, FadeRedToBlue/BlueToRed, FillUp/Down
+
+
+def small(cache, out, **kw) -> TrainConfig:
+    """Settings for two CPU cores and untrained-backbone features (hence normalize and a higher lr)."""
+    settings = dict(cache=str(cache), out=str(out), level="high", hidden=128, layers=2, epochs=30, lr=1e-3,
+                    lr_step_epochs=100, normalize=True)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def accuracy(run: Path, order_only: bool) -> float:
+    d = np.load(run / "scores_test.npz")
+    pred, labels = d["scores"].argmax(1), d["labels"]
+    keep = labels < ORDER_PAIRS if order_only else np.ones_like(labels, bool)
+    return float((pred[keep] == labels[keep]).mean())
+
+
+@pytest.fixture(scope="module")
+def trained(sample_cache, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    fit(small(sample_cache, runs / "rrn"), **QUIET)
+    fit(small(sample_cache, runs / "meanpool", model="meanpool"), **QUIET)
+    return runs
+
+
+def test_rrn_learns_frame_order_where_meanpool_is_at_chance(trained):
+    assert accuracy(trained / "rrn", order_only=False) >= 0.75  # chance: 1/8
+    assert accuracy(trained / "rrn", order_only=True) >= 0.8
+    assert accuracy(trained / "meanpool", order_only=True) <= 0.6  # the pairs' frames are the same: chance is 0.5
+    assert accuracy(trained / "meanpool", order_only=False) < accuracy(trained / "rrn", order_only=False)
+
+
+def test_run_directory_holds_config_metrics_checkpoints_and_scores(trained, sample_cache):
+    run = trained / "rrn"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["lr"] == 1e-3 and config["train"]["model"] == "rrn"
+    assert config["cache"]["weights"] == "random:seed=0"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(1, 31))
+    assert set(lines[0]) >= {"loss", "train_acc", "clip_acc", "video_top1", "video_top5", "mean_class_acc", "seconds"}
+    last = torch.load(run / "last.pt", weights_only=False)
+    assert last["epoch"] == 30 and {"model", "optimizer", "config"} <= set(last)
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["best_video_top1"] == max(m["video_top1"] for m in lines)
+    d = np.load(run / "scores_test.npz")
+    assert d["scores"].shape == (32, 8) and len(d["keys"]) == 32
+    np.testing.assert_allclose(d["scores"].sum(1), 1.0, rtol=1e-5)
+    assert lines[-1]["video_top1"] == pytest.approx(accuracy(run, order_only=False))
+
+
+def test_paper_defaults_live_in_the_config():
+    cfg = TrainConfig(cache="c.h5", out="r")
+    assert (cfg.hidden, cfg.layers, cfg.pool, cfg.epochs, cfg.batch_size, cfg.dropout, cfg.sru_dropout) == (
+        1024, 3, "mean", 12, 28, 0.5, 0.0)
+    assert [cfg.lr_at(e) for e in (0, 7, 8, 11)] == pytest.approx([1e-5, 1e-5, 1e-6, 1e-6])
+    assert TrainConfig(cache="c", out="r", level="low").learning_rate == 1e-4
+    assert TrainConfig(cache="c", out="r", level="mid").lr_at(8) == pytest.approx(1e-5)
+    assert (cfg.clip.length, cfg.clip.stride, cfg.clip.max_clips) == (30, 8, 20)
+
+
+def test_heads_pool_over_time():
+    x = torch.randn(4, 30, 16)
+    for pool in ("mean", "max"):
+        head = RRNHead(16, 5, hidden=8, layers=2, pool=pool).eval()
+        steps = head.classifier(torch.tanh(head.sru(x)))  # (B, T, K)
+        expected = steps.mean(1) if pool == "mean" else steps.amax(1)
+        torch.testing.assert_close(head(x), expected)
+    meanpool = MeanPoolHead(16, 5).eval()
+    torch.testing.assert_close(meanpool(x), meanpool(x.flip(1)))  # blind to order by construction
+
+
+def test_video_metrics_by_hand():
+    scores = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.5, 0.1, 0.4], [0.1, 0.2, 0.7]])
+    labels = torch.tensor([0, 2, 2, 2])
+    m = video_metrics(scores, labels, 3)
+    assert m["video_top1"] == pytest.approx(0.5)  # videos 0 and 3
+    assert m["mean_class_acc"] == pytest.approx((1.0 + 1 / 3) / 2)
+    assert m["video_top5"] == 1.0
+
+
+def test_same_seed_same_numbers(sample_cache, tmp_path):
+    a = fit(small(sample_cache, tmp_path / "a", epochs=4), **QUIET)
+    b = fit(small(sample_cache, tmp_path / "b", epochs=4), **QUIET)
+    c = fit(small(sample_cache, tmp_path / "c", epochs=4, seed=1), **QUIET)
+    drop = ("seconds",)
+    strip = lambda m: {k: v for k, v in m.items() if k not in drop}  # noqa: E731
+    assert strip(a.final) == strip(b.final)
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "scores_test.npz")["scores"],
+                                  np.load(tmp_path / "b" / "scores_test.npz")["scores"])
+    assert strip(c.final) != strip(a.final)
+
+
+def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(sample_cache, tmp_path):
+    args = ["train", "--cache", str(sample_cache), "--level", "high", "--hidden", "128", "--layers", "2",
+            "--epochs", "12", "--lr", "1e-3", "--normalize", "--quiet"]
+    whole = tmp_path / "whole"
+    assert CliRunner().invoke(main, [*args, "--out", str(whole)]).exit_code == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "cli.py", *args, "--out", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    refused = CliRunner().invoke(main, [*args, "--out", str(killed)])
+    assert refused.exit_code == 1 and "pass --resume to continue it" in refused.stderr
+    resumed = CliRunner().invoke(main, [*args, "--out", str(killed), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.stderr
+    a = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [m["epoch"] for m in b] == list(range(1, 13))
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k != "seconds"} == {k: v for k, v in y.items() if k != "seconds"}
+    np.testing.assert_array_equal(np.load(whole / "scores_test.npz")["scores"], np.load(killed / "scores_test.npz")["scores"])
+
+
+def test_a_finished_run_is_not_redone_and_another_configuration_is_refused(trained, sample_cache):
+    again = fit(small(sample_cache, trained / "rrn"), **QUIET)
+    assert again.already_complete
+    with pytest.raises(TrainError, match=r"holds a run of another configuration \(.*hidden: cache 128, this run 64"):
+        fit(small(sample_cache, trained / "rrn", hidden=64), **QUIET)
+
+
+def test_refuses_a_cache_without_the_level(sample_cache, tmp_path):
+    cache = tmp_path / "no_low.h5"
+    cache.write_bytes(sample_cache.read_bytes())
+    with h5py.File(cache, "r+") as f:
+        del f["features/low"]
+    result = CliRunner().invoke(main, ["train", "--cache", str(cache), "--level", "low", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {cache}: no level 'low' in this cache (it has: mid, high)\n"
+
+
+def test_refuses_non_finite_features(sample_cache, tmp_path):
+    cache = tmp_path / "nan.h5"
+    cache.write_bytes(sample_cache.read_bytes())
+    with h5py.File(cache, "r+") as f:
+        f["features/high"][5] = np.nan
+    with pytest.raises(TrainError, match=r"non-finite features in 1 video\(s\): Checkerboard/v_Checkerboard_g01_c01.avi"):
+        fit(small(cache, tmp_path / "r"), **QUIET)
+
+
+def test_refuses_split_videos_missing_from_the_cache_unless_allowed(tmp_path):
+    from pipeline.extract import run_extract
+    from tests.conftest import small_extract_config
+    from tests.test_extract import folder_dataset
+
+    root = folder_dataset(tmp_path / "data", per_class=4)
+    (root / "walk" / "walk3.avi").write_bytes(b"")  # fails to decode: in the split, not in the cache
+    cache = tmp_path / "c.h5"
+    run_extract(small_extract_config(root, cache, test_fraction=0.25), **QUIET)
+    cfg = small(cache, tmp_path / "r", epochs=1)
+    with pytest.raises(TrainError, match=r"1 of the \d+ (train|test) videos of split 1 are not in the cache "
+                                         r"\(failed or not extracted\): walk/walk3.avi; --allow-missing"):
+        fit(cfg, **QUIET)
+    warnings = []
+    fit(small(cache, tmp_path / "r", epochs=1, allow_missing=True), progress=False, log=warnings.append)
+    assert any("going on without them" in w for w in warnings)
+
+
+def test_refuses_an_unknown_split(sample_cache, tmp_path):
+    with pytest.raises(TrainError, match=r"no split 2 in this cache \(it has: 1\)"):
+        fit(small(sample_cache, tmp_path / "r", split=2), **QUIET)
