@@ -176,8 +176,6 @@ def _train_options(f):
     options = [
         click.option("--cache", type=click.Path(path_type=Path), required=True, help="Feature cache (mrrn extract)."),
         click.option("--split", type=int, default=1, show_default=True, help="Split recorded in the cache."),
-        click.option("--model", type=click.Choice(MODELS), default="rrn", show_default=True,
-                     help="rrn (stacked SRU) or meanpool (the order-blind control)."),
         click.option("--epochs", type=int, default=12, show_default=True),
         click.option("--batch-size", type=int, default=28, show_default=True),
         click.option("--lr", type=float, default=None,
@@ -201,7 +199,7 @@ def _train_options(f):
     return f
 
 
-def _train_config(out, level, hidden, layers, pool, cache, split, model, epochs, batch_size, lr, lr_step, dropout,
+def _train_config(out, level, model, hidden, layers, pool, cache, split, epochs, batch_size, lr, lr_step, dropout,
                   normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing) -> TrainConfig:
     return TrainConfig(
         cache=str(cache), out=str(out), split=split, level=level, model=model, hidden=hidden, layers=layers,
@@ -215,22 +213,63 @@ def _train_config(out, level, hidden, layers, pool, cache, split, model, epochs,
 @_train_options
 @click.option("--level", type=click.Choice(list(LEVELS)), required=True, help="Feature level to train on.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@click.option("--model", type=click.Choice(MODELS), default="rrn", show_default=True,
+              help="rrn (stacked SRU) or meanpool (the order-blind control).")
 @click.option("--hidden", type=int, default=1024, show_default=True, help="SRU hidden units.")
 @click.option("--layers", type=int, default=3, show_default=True, help="Stacked SRU layers.")
 @click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,
               help="Temporal pooling of the per-step scores: mean (eq. 8) or max (eq. 9).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
-def train(level, out, hidden, layers, pool, resume, quiet, **kw):
+def train(level, out, model, hidden, layers, pool, resume, quiet, **kw):
     """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
     from pipeline.train import fit
 
     with user_errors():
-        cfg = _train_config(out, level, hidden, layers, pool, **kw)
+        cfg = _train_config(out, level, model, hidden, layers, pool, **kw)
         s = fit(cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
     f = s.final
     click.echo(f"{cfg.model} {cfg.level}: video top-1 {f['video_top1']:.1%}, top-5 {f['video_top5']:.1%}, "
                f"mean class {f['mean_class_acc']:.1%}, clip {f['clip_acc']:.1%} after {s.epochs} epochs "
                f"({s.parameters:,} parameters, {s.seconds_per_epoch:.1f} s/epoch) -> {s.out}")
+
+
+def _csv(kind, choices=None):
+    """A click callback turning 'a,b,c' into a list of ``kind``, checked against ``choices``."""
+
+    def parse(ctx, param, value):
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+        bad = [v for v in items if choices is not None and v not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"{', '.join(map(str, bad)) or 'nothing'} not in {', '.join(choices or [])}")
+        return items
+
+    return parse
+
+
+@main.command()
+@_train_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Sweep directory (one run each).")
+@click.option("--levels", "--level", "levels", default="high", show_default=True, callback=_csv(str, list(LEVELS)),
+              help="Comma-separated levels.")
+@click.option("--models", "--model", "models", default="rrn", show_default=True, callback=_csv(str, list(MODELS)),
+              help="Comma-separated heads.")
+@click.option("--hidden", default="1024", show_default=True, callback=_csv(int), help="Comma-separated hidden sizes.")
+@click.option("--layers", default="3", show_default=True, callback=_csv(int), help="Comma-separated depths.")
+@click.option("--pool", default="mean", show_default=True, callback=_csv(str, list(POOLS)),
+              help="Comma-separated temporal poolings.")
+def sweep(out, levels, models, hidden, layers, pool, quiet, **kw):
+    """Train a grid of runs on one cache (finished runs are skipped) and write results.csv and results.md."""
+    from pipeline.sweep import run_sweep
+
+    with user_errors():
+        base = _train_config(out / "_", levels[0], models[0], hidden[0], layers[0], pool[0], **kw)
+        run_sweep(base, out, levels, models, hidden, layers, pool, progress=not quiet,
+                  log=lambda m: click.echo(m, err=True))
+    click.echo((out / "results.md").read_text(), nl=False)
+    click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
 
 
 @main.command("sample-data")

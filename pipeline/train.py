@@ -241,8 +241,9 @@ class RunSummary:
     already_complete: bool = False
 
 
-def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print) -> RunSummary:
-    """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint."""
+def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool = True) -> RunSummary:
+    """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint.
+    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     data = load_level_data(cfg, device, log)
@@ -304,7 +305,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
             best = result["video_top1"]
             _save_atomic({k: v for k, v in state.items() if k != "rng"}, out / "best.pt")
         _save_atomic(state, out / "last.pt")
-        log(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  train {metrics['train_acc']:.1%}  "
+        (log if epoch_lines else _silent)(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  train {metrics['train_acc']:.1%}  "
             f"clip {metrics['clip_acc']:.1%}  video top-1 {metrics['video_top1']:.1%}  "
             f"top-5 {metrics['video_top5']:.1%}  class {metrics['mean_class_acc']:.1%}  lr {lr:.0e}  "
             f"{seconds[-1]:.1f} s")
@@ -314,6 +315,10 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
                          seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=start_epoch)
     _write_json(out / "summary.json", {k: v for k, v in summary.__dict__.items() if k != "already_complete"})
     return summary
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _keep_metrics_until(path: Path, epoch: int) -> None:

@@ -1,0 +1,115 @@
+"""Stage 2 speed: SRU versus torch.nn.LSTM of the same size, and clips/s for a full training epoch.
+
+    python benchmarks/bench_train.py [--device auto] [--repeats 5]
+
+SRU and LSTM: input 512, hidden 1024, 3 layers, 30 steps, forward + backward of a summed output,
+batch 28 (the paper's) and 256; median of --repeats timed batches after one warm-up batch.
+The epoch: a synthetic cache (random features, 300 videos of 60-200 frames, 20 classes) trained
+one epoch with the paper's head (hidden 1024, 3 layers, batch 28) through pipeline.train.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import append_results  # noqa: E402
+from pipeline.backbone import resolve_device  # noqa: E402
+from pipeline.cache import CacheWriter, VideoRecord  # noqa: E402
+from pipeline.config import LEVELS, TrainConfig  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+from pipeline.sru import SRU  # noqa: E402
+from pipeline.train import load_level_data, train_one_epoch  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(fn, device, repeats: int) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rnn_times(batch: int, device, repeats: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    x = torch.randn(batch, 30, 512, device=device)
+    sru = SRU(512, 1024, 3).to(device)
+    lstm = torch.nn.LSTM(512, 1024, 3, batch_first=True).to(device)
+    t_sru = time_step(lambda: sru(x).sum().backward(), device, repeats)
+    t_lstm = time_step(lambda: lstm(x)[0].sum().backward(), device, repeats)
+    return t_sru, t_lstm
+
+
+def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    names = [f"c{k:02d}" for k in range(classes)]
+    identity = {"backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
+                "dataset": "folder", "classes": names,
+                "preprocess": {"short_side": 256, "crop": 224, "mean": [0.485, 0.456, 0.406],
+                               "std": [0.229, 0.224, 0.225], "resize": "bilinear-antialias-uint8"},
+                "levels": {lvl: [layer, dim] for lvl, (layer, dim) in LEVELS.items()}}
+    keys = [f"{names[i % classes]}/v{i:04d}.avi" for i in range(videos)]
+    splits = {1: (tuple(k for i, k in enumerate(keys) if i % 4), tuple(k for i, k in enumerate(keys) if not i % 4))}
+    with CacheWriter(path, identity, splits) as w:
+        for i, key in enumerate(keys):
+            n = int(rng.integers(60, 201))
+            feats = {lvl: rng.normal(size=(n, dim)).astype(np.float16) for lvl, (_, dim) in LEVELS.items()}
+            w.add_video(VideoRecord(key, i % classes, names[i % classes], n, 25.0, 320, 240, n), feats)
+        w.finish()
+
+
+def epoch_clips_per_second(device) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "synthetic.h5"
+        synthetic_cache(cache)
+        cfg = TrainConfig(cache=str(cache), out=str(Path(tmp) / "run"), level="high")
+        data = load_level_data(cfg, device, log=lambda m: None)
+        torch.manual_seed(0)
+        model = build_model(cfg, 512, len(data.classes)).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        start = time.perf_counter()
+        train_one_epoch(model, optimizer, data.features, data.train, cfg.batch_size, torch.Generator().manual_seed(0),
+                        device)
+        sync(device)
+        return data.train.num_clips / (time.perf_counter() - start), data.train.num_clips
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    lines = ["| batch | SRU fwd+bwd | LSTM fwd+bwd | LSTM / SRU |", "|---|---|---|---|"]
+    for batch in (28, 256):
+        t_sru, t_lstm = rnn_times(batch, device, args.repeats)
+        lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** |")
+    clips_per_s, clips = epoch_clips_per_second(device)
+    append_results(
+        f"bench_train on {device}",
+        ["Input 512, hidden 1024, 3 layers, 30 steps; median of "
+         f"{args.repeats} batches after a warm-up.", "", *lines, "",
+         f"Full training epoch, paper head (hidden 1024, 3 layers, batch 28) on a synthetic cache: "
+         f"{clips} clips at **{clips_per_s:.1f} clips/s**."],
+    )
+
+
+if __name__ == "__main__":
+    main()

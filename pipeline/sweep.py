@@ -1,0 +1,104 @@
+"""Grids of training runs on one cache: one run directory each, finished runs skipped, a results table.
+
+Tables come out shaped like the paper's: hidden units x layers (table 1) and pooling x level
+(table 2), cells are video top-1 accuracy in percent.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+from pathlib import Path
+
+from pipeline.config import LEVELS, TrainConfig
+from pipeline.train import RunSummary, fit
+
+COLUMNS = ("level", "model", "hidden", "layers", "pool", "video_top1", "video_top5", "mean_class_acc", "clip_acc",
+           "epochs", "parameters", "seconds_per_epoch", "run")
+
+
+def run_name(cfg: TrainConfig) -> str:
+    if cfg.model == "meanpool":  # no recurrent part: hidden, layers and pooling do not apply
+        return f"{cfg.level}_meanpool"
+    return f"{cfg.level}_{cfg.model}_h{cfg.hidden}_l{cfg.layers}_{cfg.pool}"
+
+
+def grid(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools) -> list[TrainConfig]:
+    """Every combination, as configs with their own run directory under ``out`` (duplicates dropped)."""
+    configs: dict[str, TrainConfig] = {}
+    for level, model, hidden, n_layers, pool in itertools.product(levels, models, hiddens, layers, pools):
+        cfg = dataclasses.replace(base, level=level, model=model, hidden=hidden, layers=n_layers, pool=pool)
+        configs.setdefault(run_name(cfg), dataclasses.replace(cfg, out=str(out / run_name(cfg))))
+    return list(configs.values())
+
+
+def row(cfg: TrainConfig, s: RunSummary) -> dict:
+    f = s.final
+    recurrent = cfg.model != "meanpool"
+    return {
+        "level": cfg.level, "model": cfg.model, "hidden": cfg.hidden if recurrent else "",
+        "layers": cfg.layers if recurrent else "", "pool": cfg.pool if recurrent else "",
+        "video_top1": round(f["video_top1"], 4), "video_top5": round(f["video_top5"], 4),
+        "mean_class_acc": round(f["mean_class_acc"], 4), "clip_acc": round(f["clip_acc"], 4),
+        "epochs": s.epochs, "parameters": s.parameters, "seconds_per_epoch": round(s.seconds_per_epoch, 3),
+        "run": Path(s.out).name,
+    }
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.2f}" if value != "" else ""
+
+
+def markdown(rows: list[dict]) -> str:
+    """All runs, then the paper-shaped grids wherever the sweep varies their axes."""
+    out = ["| level | model | hidden | layers | pool | video top-1 | top-5 | mean class | clip | params | s/epoch |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['level']} | {r['model']} | {r['hidden']} | {r['layers']} | {r['pool']} | "
+                   f"{_pct(r['video_top1'])} | {_pct(r['video_top5'])} | {_pct(r['mean_class_acc'])} | "
+                   f"{_pct(r['clip_acc'])} | {r['parameters']:,} | {r['seconds_per_epoch']} |")
+    recurrent = [r for r in rows if r["model"] != "meanpool"]
+    # Table 1 shape: hidden x layers, per (model, level, pool)
+    for key in sorted({(r["model"], r["level"], r["pool"]) for r in recurrent}):
+        cells = {(r["hidden"], r["layers"]): r["video_top1"] for r in recurrent if (r["model"], r["level"], r["pool"]) == key}
+        hiddens, layers = sorted({h for h, _ in cells}), sorted({n for _, n in cells})
+        if len(hiddens) > 1 or len(layers) > 1:
+            out += ["", f"Video top-1 (%), {key[0]}, {key[1]} level, {key[2]} pooling (paper table 1 shape):", "",
+                    "| setting | " + " | ".join(f"{n} layers" for n in layers) + " |",
+                    "|---|" + "---|" * len(layers)]
+            out += [f"| {h} hidden units | " + " | ".join(_pct(cells.get((h, n), "")) for n in layers) + " |"
+                    for h in hiddens]
+    # Table 2 shape: (model, pooling) x level, per (hidden, layers)
+    levels = [lvl for lvl in LEVELS if any(r["level"] == lvl for r in rows)]
+    shapes = sorted({(r["hidden"], r["layers"]) for r in recurrent}) or [("", "")]
+    for hidden, n_layers in shapes:
+        group = [r for r in rows if r["model"] == "meanpool" or (r["hidden"], r["layers"]) == (hidden, n_layers)]
+        lines = sorted({(r["model"], r["pool"]) for r in group}, key=lambda mp: (mp[0] == "meanpool", mp))
+        if len(levels) > 1 or len(lines) > 1:
+            title = f"{hidden} hidden x {n_layers} layers" if hidden != "" else "meanpool"
+            out += ["", f"Video top-1 (%) per level, {title} (paper table 2 shape):", "",
+                    "| model | pooling | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]
+            for model, pool in lines:
+                cells = {r["level"]: r["video_top1"] for r in group if (r["model"], r["pool"]) == (model, pool)}
+                out.append(f"| {model} | {pool or '-'} | " + " | ".join(_pct(cells.get(lvl, "")) for lvl in levels) + " |")
+    return "\n".join(out) + "\n"
+
+
+def run_sweep(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, progress=True, log=print):
+    """Train every configuration of the grid (resuming unfinished runs, skipping finished ones), then
+    write ``results.csv`` and ``results.md`` in ``out``. Returns the rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = grid(base, out, levels, models, hiddens, layers, pools)
+    rows = []
+    for i, cfg in enumerate(configs, start=1):
+        summary = fit(cfg, resume=True, progress=progress, log=log, epoch_lines=progress)
+        rows.append(row(cfg, summary))
+        log(f"run {i}/{len(configs)} {run_name(cfg)}: video top-1 {summary.final['video_top1']:.1%}"
+            f"{' (already complete)' if summary.already_complete else ''}")
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.md").write_text(markdown(rows))
+    return rows

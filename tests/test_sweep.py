@@ -1,0 +1,44 @@
+"""mrrn sweep: one run per grid point, finished runs skipped, results.csv and paper-shaped tables."""
+from __future__ import annotations
+
+import csv
+
+from click.testing import CliRunner
+
+from cli import main
+
+
+def test_sweep_runs_the_grid_once_and_writes_tables(sample_cache, tmp_path):
+    args = ["sweep", "--cache", str(sample_cache), "--split", "1", "--level", "high", "--hidden", "16,32",
+            "--layers", "1,2", "--epochs", "2", "--lr", "1e-3", "--normalize", "--quiet", "--out", str(tmp_path)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert [(r["hidden"], r["layers"]) for r in rows] == [("16", "1"), ("16", "2"), ("32", "1"), ("32", "2")]
+    assert all(0.0 <= float(r["video_top1"]) <= 1.0 for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "high_rrn_h16_l1_mean", "high_rrn_h16_l2_mean", "high_rrn_h32_l1_mean", "high_rrn_h32_l2_mean"]
+    table = (tmp_path / "results.md").read_text()
+    assert "(paper table 1 shape)" in table
+    assert "| setting | 1 layers | 2 layers |" in table and "| 32 hidden units |" in table
+
+    second = CliRunner().invoke(main, args)  # nothing left to train
+    assert second.exit_code == 0
+    assert second.stderr.count("(already complete)") == 4
+    assert list(csv.DictReader(open(tmp_path / "results.csv"))) == rows
+
+
+def test_sweep_over_levels_and_pooling_gives_the_table_2_shape(sample_cache, tmp_path):
+    result = CliRunner().invoke(main, [
+        "sweep", "--cache", str(sample_cache), "--levels", "low,high", "--pool", "mean,max", "--models", "rrn,meanpool",
+        "--hidden", "16", "--layers", "1", "--epochs", "1", "--lr", "1e-3", "--normalize", "--quiet",
+        "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| model | pooling | low | high |" in result.output
+    assert "| rrn | max |" in result.output and "| meanpool | - |" in result.output
+    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 6  # 2 levels x (2 pools + meanpool)
+
+
+def test_sweep_rejects_unknown_values(sample_cache, tmp_path):
+    result = CliRunner().invoke(main, ["sweep", "--cache", str(sample_cache), "--levels", "low,top", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "top not in low, mid, high" in result.stderr
