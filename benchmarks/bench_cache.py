@@ -19,17 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, synthetic_identity  # noqa: E402
 from pipeline.cache import CacheWriter, FeatureCache, VideoRecord  # noqa: E402
 from pipeline.config import LEVELS  # noqa: E402
 
-IDENTITY = {
-    "backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
-    "dataset": "folder", "classes": ["bench"],
-    "preprocess": {"short_side": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                   "resize": "bilinear-antialias-uint8"},
-    "levels": {level: [layer, dim] for level, (layer, dim) in LEVELS.items()},
-}
+IDENTITY = synthetic_identity(["bench"])
 
 
 def timed(fn, repeats=3) -> tuple[float, object]:

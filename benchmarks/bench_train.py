@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import append_results, synthetic_identity  # noqa: E402
 from pipeline.backbone import resolve_device  # noqa: E402
 from pipeline.cache import CacheWriter, VideoRecord  # noqa: E402
 from pipeline.config import LEVELS, TrainConfig  # noqa: E402
@@ -60,11 +60,7 @@ def rnn_times(batch: int, device, repeats: int) -> tuple[float, float]:
 def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
     rng = np.random.default_rng(0)
     names = [f"c{k:02d}" for k in range(classes)]
-    identity = {"backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
-                "dataset": "folder", "classes": names,
-                "preprocess": {"short_side": 256, "crop": 224, "mean": [0.485, 0.456, 0.406],
-                               "std": [0.229, 0.224, 0.225], "resize": "bilinear-antialias-uint8"},
-                "levels": {lvl: [layer, dim] for lvl, (layer, dim) in LEVELS.items()}}
+    identity = synthetic_identity(names)
     keys = [f"{names[i % classes]}/v{i:04d}.avi" for i in range(videos)]
     splits = {1: (tuple(k for i, k in enumerate(keys) if i % 4), tuple(k for i, k in enumerate(keys) if not i % 4))}
     with CacheWriter(path, identity, splits) as w:

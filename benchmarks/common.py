@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config import LEVELS
+
 RESULTS = Path(__file__).with_name("results.md")
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 
@@ -33,3 +35,14 @@ def append_results(title: str, lines: list[str]) -> None:
     with RESULTS.open("a") as f:
         f.write(text)
     print(text)
+
+
+def synthetic_identity(classes: list[str]) -> dict:
+    """A cache configuration for caches the benchmarks fill with random features."""
+    return {
+        "backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
+        "dataset": "folder", "classes": classes,
+        "preprocess": {"short_side": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                       "resize": "bilinear-antialias-uint8"},
+        "levels": {level: [layer, dim] for level, (layer, dim) in LEVELS.items()},
+    }

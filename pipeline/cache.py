@@ -305,7 +305,6 @@ class CacheWriter:
         self.journal = journal_dir(self.path)
         self._lock_fd: int | None = None
         self.complete: set[str] = set()  # keys extracted, in the file or the journal
-        self.failed_before: dict[str, FailedRecord] = {}
 
     # -- lifecycle
 
@@ -357,7 +356,6 @@ class CacheWriter:
                 )
             with FeatureCache(self.path) as cache:
                 self.complete = {v.key for v in cache.videos}
-                self.failed_before = {f.key: f for f in cache.failed}
                 if self.splits is None:
                     self.splits = cache.splits
         else:

@@ -121,7 +121,6 @@ def worker_context():
 @dataclass
 class _VideoState:
     parts: dict[str, list[np.ndarray]] = field(default_factory=lambda: {lvl: [] for lvl in LEVELS})
-    received: int = 0  # frames handed to the backbone queue
     done: int = 0  # frames whose features came back
     info: dict | None = None  # set when the video's last item arrived
 
@@ -220,7 +219,6 @@ class _Run:
                     frames = item["frames"]
                     if self.on_gpu:
                         frames = preprocess(frames.to(self.device, non_blocking=True), self.cfg.preprocess)
-                    state.received += len(frames)
                     batcher.add(index, frames)
                 else:
                     state.info = item["info"]

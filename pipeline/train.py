@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.backbone import resolve_device
-from pipeline.cache import FeatureCache, canonical, describe_differences
+from pipeline.cache import FeatureCache, canonical, describe_differences, read_identity
 from pipeline.clips import clip_frames
 from pipeline.config import TrainConfig
 from pipeline.models import build_model, count_parameters
@@ -246,8 +246,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    data = load_level_data(cfg, device, log)
-    config = run_config(cfg, data.cache_identity)
+    config = run_config(cfg, read_identity(Path(cfg.cache)))  # the header only: a finished run reads nothing more
     if (out / "config.json").is_file():
         old = json.loads((out / "config.json").read_text())
         if _comparable(old) != _comparable(config):
@@ -260,6 +259,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         if not resume:
             raise TrainError(f"{out}: holds an unfinished run of this configuration; pass --resume to continue it "
                              "or use another --out")
+    data = load_level_data(cfg, device, log)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", config)
 
