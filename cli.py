@@ -13,6 +13,7 @@ from pipeline import datasets
 from pipeline.config import (
     DEFAULT_TEST_FRACTION,
     FEATURE_DTYPES,
+    FUSION_METHODS,
     LEVELS,
     MODELS,
     POOLS,
@@ -34,7 +35,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [datasets.SplitFileError, datasets.MissingVideosError,
                                         FileNotFoundError, ValueError]
     for module, names in (("pipeline.cache", ("CacheError",)), ("pipeline.extract", ("ExtractError",)),
-                          ("pipeline.train", ("TrainError",)), ("pipeline.backbone", ("WeightsError",))):
+                          ("pipeline.video", ("VideoDecodeError",)),
+                          ("pipeline.train", ("TrainError",)), ("pipeline.backbone", ("WeightsError",)),
+                          ("pipeline.fuse", ("FuseError",)), ("pipeline.report", ("ReportError",))):
         if module in sys.modules:
             types += [getattr(sys.modules[module], n) for n in names]
     return tuple(types)
@@ -192,6 +195,8 @@ def _train_options(f):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--allow-missing", is_flag=True, help="Train even if some split videos are not in the cache."),
+        click.option("--val-fraction", type=float, default=0.0, show_default=True,
+                     help="Hold out this share of each class's training videos for validation (fusion --search)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -200,12 +205,14 @@ def _train_options(f):
 
 
 def _train_config(out, level, model, hidden, layers, pool, cache, split, epochs, batch_size, lr, lr_step, dropout,
-                  normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing) -> TrainConfig:
+                  normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
+                  val_fraction) -> TrainConfig:
     return TrainConfig(
         cache=str(cache), out=str(out), split=split, level=level, model=model, hidden=hidden, layers=layers,
         pool=pool, dropout=dropout, normalize=normalize, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_step_epochs=lr_step,
         clip=ClipSpec(clip_length, clip_stride, max_clips), seed=seed, device=device, allow_missing=allow_missing,
+        val_fraction=val_fraction,
     )
 
 
@@ -270,6 +277,92 @@ def sweep(out, levels, models, hidden, layers, pool, quiet, **kw):
                   log=lambda m: click.echo(m, err=True))
     click.echo((out / "results.md").read_text(), nl=False)
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Fuse directory.")
+@click.option("--method", type=click.Choice(FUSION_METHODS), default="weighted", show_default=True)
+@click.option("--weights", default=None,
+              help="Weights by level, 'high=0.7,mid=0.2,low=0.1' or '0.7,0.2,0.1' (high, mid, low as in eq. 10) "
+                   "[default: the paper's].")
+@click.option("--search", is_flag=True, help="Choose the weights on the runs' validation videos (--val-fraction).")
+def fuse(runs, out, method, weights, search):
+    """Fuse several runs' video scores (eq. 10, or sum / product) and write the summary and report."""
+    from pipeline.fuse import run_fuse, summary_markdown
+
+    with user_errors():
+        s = run_fuse(runs, out, method, _level_weights(weights), search)
+        click.echo(summary_markdown(s), nl=False)
+        report = _report(out)
+    click.echo(f"-> {out / 'summary.md'}" + (f", {report}" if report else ""))
+
+
+def _level_weights(text):
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        if all("=" in t for t in items):
+            return {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
+        return dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
+    except ValueError:
+        raise click.BadParameter(f"expected 'high=0.7,mid=0.2,low=0.1' or up to three numbers, got {text!r}",
+                                 param_hint="--weights") from None
+
+
+def _report(directory: Path):
+    """Write the report; without matplotlib say so and go on (the fusion itself is done)."""
+    from pipeline.report import ReportError, write_report
+
+    try:
+        return write_report(directory)
+    except ReportError as err:
+        click.echo(f"warning: no report: {err}", err=True)
+        return None
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+def report(directory):
+    """Write confusion matrix, per-class accuracy and training-curve PNGs and report.md for a run or fuse directory."""
+    from pipeline.report import write_report
+
+    with user_errors():
+        path = write_report(directory)
+    click.echo(f"-> {path}")
+
+
+@main.command()
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runs", "run_dirs", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Trained run directory; repeat for each level to fuse (e.g. --runs runs/low --runs runs/high).")
+@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--method", type=click.Choice(FUSION_METHODS), default=None,
+              help="Fusion [default: weighted by level when the runs are one per level, else sum].")
+@click.option("--backbone-weights", type=click.Path(path_type=Path), default=None,
+              help="The local state_dict the cache was made with, when it was made with --weights PATH.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of {video, top: [{class, probability}], error}.")
+def predict(videos, run_dirs, top, method, backbone_weights, device, as_json):
+    """Classify new videos with trained runs (the backbone is rebuilt exactly as the runs' cache was made)."""
+    from pipeline.predict import predict as run_predict
+
+    with user_errors():
+        results = run_predict(list(videos), list(run_dirs), top, method, backbone_weights, device)
+    if as_json:
+        click.echo(json.dumps([{"video": r.video, "top": [{"class": c, "probability": round(p, 6)} for c, p in r.top],
+                                "error": r.error} for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                click.echo(f"Error: {r.video}: {r.error}", err=True)
+                continue
+            click.echo(f"{r.video}")
+            for rank, (cls, p) in enumerate(r.top, start=1):
+                click.echo(f"  {rank}. {cls:<24} {p:.3f}")
+    if any(r.error for r in results):
+        sys.exit(1)
 
 
 @main.command("sample-data")

@@ -84,6 +84,8 @@ class ExtractConfig:
 MODELS = ("rrn", "meanpool")
 POOLS = ("mean", "max")  # eq. 8 and eq. 9
 PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
+PAPER_FUSION_WEIGHTS = {"high": 0.7, "mid": 0.2, "low": 0.1}  # eq. 10
+FUSION_METHODS = ("weighted", "sum", "product")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class TrainConfig:
     device: str = "auto"
     allow_missing: bool = False
     eval_batch_size: int = 256
+    val_fraction: float = 0.0  # share of each class's training videos held out for validation (0: none)
 
     def __post_init__(self):
         if self.level not in LEVELS:
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs) < 1:
             raise ValueError("hidden, layers, epochs, batch size and lr step must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
 
     @property
     def learning_rate(self) -> float:
@@ -149,3 +154,8 @@ class TrainConfig:
         d = asdict(self)
         d["lr"] = self.learning_rate
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "clip": ClipSpec(**d.get("clip", {}))})

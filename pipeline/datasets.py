@@ -255,6 +255,24 @@ def stable_fraction(key: str) -> float:
     return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
+def hash_split(labelled: list[tuple[str, int]], fraction: float) -> tuple[list, list]:
+    """Split ``(key, label)`` pairs per class: the videos sorted by :func:`stable_fraction` of their key,
+    the first ``round(n * fraction)`` (at least one when a class has two or more videos) held out.
+    Returns (kept, held out), each sorted by key. Depends on the keys alone: stable on every machine."""
+    by_label: dict[int, list[str]] = {}
+    for key, label in labelled:
+        by_label.setdefault(label, []).append(key)
+    kept, held = [], []
+    for label, keys in by_label.items():
+        keys = sorted(keys, key=lambda k: (stable_fraction(k), k))
+        n_held = int(len(keys) * fraction + 0.5)
+        if fraction > 0 and len(keys) >= 2:
+            n_held = min(max(n_held, 1), len(keys) - 1)
+        held += [(k, label) for k in keys[:n_held]]
+        kept += [(k, label) for k in keys[n_held:]]
+    return sorted(kept), sorted(held)
+
+
 def index_folder(
     root: Path,
     splits: Path | None = None,
@@ -288,14 +306,11 @@ def index_folder(
         classes = read_class_index(class_index) if class_index.is_file() else tuple(videos)
         return _index_from_ucf_lists("folder", root, splits, split, classes, strict)
 
-    classes, train, test = tuple(videos), [], []
-    for label, folder in enumerate(classes):
-        keys = sorted((f"{folder}/{name}" for name in videos[folder]), key=lambda k: (stable_fraction(k), k))
-        n_test = int(len(keys) * test_fraction + 0.5)
-        if test_fraction > 0 and len(keys) >= 2:
-            n_test = min(max(n_test, 1), len(keys) - 1)
-        test += [VideoEntry(k, root / k, label) for k in sorted(keys[:n_test])]
-        train += [VideoEntry(k, root / k, label) for k in sorted(keys[n_test:])]
+    classes = tuple(videos)
+    labelled = [(f"{folder}/{name}", label) for label, folder in enumerate(classes) for name in videos[folder]]
+    kept, held = hash_split(labelled, test_fraction)
+    train = [VideoEntry(k, root / k, label) for k, label in kept]
+    test = [VideoEntry(k, root / k, label) for k, label in held]
     if not classes:
         raise FileNotFoundError(f"{root}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     return _finish("folder", split, root, classes, train, test, [], strict)

@@ -9,6 +9,7 @@ Run directory::
     metrics.jsonl      one line per epoch: loss, train acc, clip acc, video top-1/top-5, mean class acc, lr, s
     last.pt, best.pt   model + optimiser + epoch + config (+ RNG state in last.pt, for --resume)
     scores_test.npz    the test videos' softmax scores (V, K) with keys and labels: what fusion reads
+    scores_val.npz     the same for the validation videos, with --val-fraction (fusion's weight search)
     summary.json       written last; its presence marks the run complete
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipeline.backbone import resolve_device
 from pipeline.cache import FeatureCache, canonical, describe_differences, read_identity
 from pipeline.clips import clip_frames
 from pipeline.config import TrainConfig
+from pipeline.datasets import hash_split
 from pipeline.models import build_model, count_parameters
 
 # Settings that may change when a run is resumed: they do not change what the run computes.
@@ -58,6 +60,7 @@ class LevelData:
     features: torch.Tensor  # (frames, C), float16 or float32, on the training device
     train: ClipSet
     test: ClipSet
+    val: ClipSet | None  # held out of the training videos (--val-fraction), else None
     classes: tuple[str, ...]
     cache_identity: dict
     mean: torch.Tensor  # (C,) per-dimension mean of the training videos' frames
@@ -124,7 +127,11 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
             if not present:
                 raise TrainError(f"{cfg.cache}: split {cfg.split} has no {name} videos in the cache")
             parts[name] = present
-        used = [cache.videos[cache.index[k]] for k in parts["train"] + parts["test"]]
+        if cfg.val_fraction > 0:
+            labelled = [(k, cache.videos[cache.index[k]].label) for k in parts["train"]]
+            kept, held = hash_split(labelled, cfg.val_fraction)
+            parts["train"], parts["val"] = [k for k, _ in kept], [k for k, _ in held]
+        used = [cache.videos[cache.index[k]] for keys in parts.values() for k in keys]
         bad = [r.key for r in used if not np.isfinite(features[r.offset : r.offset + r.frames]).all()]
         if bad:
             raise TrainError(f"{cfg.cache}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
@@ -137,6 +144,7 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
             features=_place(features, device, log),
             train=_clip_set(cache, parts["train"], cfg, device),
             test=_clip_set(cache, parts["test"], cfg, device),
+            val=_clip_set(cache, parts["val"], cfg, device) if parts.get("val") else None,
             classes=cache.classes,
             cache_identity=cache.identity,
         )
@@ -288,21 +296,27 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         train_stats = train_one_epoch(model, optimizer, data.features, data.train, cfg.batch_size, generator,
                                       device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device)
-        scores = result.pop("scores")
+        scores = {"test": result.pop("scores")}
+        val = {}
+        if data.val is not None:
+            val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device)
+            scores["val"] = val.pop("scores")
         seconds.append(time.perf_counter() - started)
-        metrics = {"epoch": epoch + 1, **train_stats, **result, "lr": lr, "seconds": round(seconds[-1], 3)}
+        metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
+                   "lr": lr, "seconds": round(seconds[-1], 3)}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if epoch + 1 == cfg.epochs:  # before the checkpoint: a resumed run never lacks its scores
-            np.savez(out / "scores_test.npz", scores=scores, keys=np.array(data.test.keys),
-                     labels=data.test.labels.cpu().numpy(), classes=np.array(data.classes),
-                     level=cfg.level, split=cfg.split, cache_identity=canonical(data.cache_identity))
+            for part, clips in (("test", data.test), ("val", data.val)):
+                if clips is not None:
+                    save_scores(out / f"scores_{part}.npz", scores[part], clips, data, cfg)
+        chosen_by = val["video_top1"] if val else result["video_top1"]  # best.pt: validation when there is one
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                 "config": config, "best_video_top1": max(best, result["video_top1"]),
+                 "config": config, "best_video_top1": max(best, chosen_by),
                  "rng": {"cpu": torch.get_rng_state(),
                          "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
-        if result["video_top1"] > best:
-            best = result["video_top1"]
+        if chosen_by > best:
+            best = chosen_by
             _save_atomic({k: v for k, v in state.items() if k != "rng"}, out / "best.pt")
         _save_atomic(state, out / "last.pt")
         (log if epoch_lines else _silent)(f"epoch {epoch + 1:>3}/{cfg.epochs}  loss {metrics['loss']:.4f}  train {metrics['train_acc']:.1%}  "
@@ -315,6 +329,36 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
                          seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=start_epoch)
     _write_json(out / "summary.json", {k: v for k, v in summary.__dict__.items() if k != "already_complete"})
     return summary
+
+
+def save_scores(path: Path, scores: np.ndarray, clips: ClipSet, data: LevelData, cfg: TrainConfig) -> None:
+    """Video scores (V, K) with everything fusion checks: keys, labels, classes, level, split, cache."""
+    np.savez(path, scores=scores, keys=np.array(clips.keys), labels=clips.labels.cpu().numpy(),
+             classes=np.array(data.classes), level=cfg.level, model=cfg.model, split=cfg.split,
+             cache_identity=canonical(data.cache_identity))
+
+
+@dataclass
+class TrainedRun:
+    run: Path
+    cfg: TrainConfig
+    model: torch.nn.Module  # in eval mode, on the requested device
+    classes: tuple[str, ...]
+    cache_identity: dict
+
+
+def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt") -> TrainedRun:
+    """A finished run's model (the last epoch's, which produced its reported scores) ready for inference."""
+    run = Path(run)
+    if not (run / checkpoint).is_file() or not (run / "config.json").is_file():
+        raise TrainError(f"{run}: not a run directory with {checkpoint} and config.json")
+    config = json.loads((run / "config.json").read_text())
+    cfg = TrainConfig.from_json(config["train"])
+    identity = config["cache"]
+    classes = tuple(identity["classes"])
+    model = build_model(cfg, int(identity["levels"][cfg.level][1]), len(classes))
+    model.load_state_dict(torch.load(run / checkpoint, map_location="cpu", weights_only=False)["model"])
+    return TrainedRun(run, cfg, model.to(device).eval(), classes, identity)
 
 
 def _silent(message: str) -> None:

@@ -64,3 +64,19 @@ def sample_cache(sample_dir, tmp_path_factory) -> Path:
     cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist")
     run_extract(cfg, progress=False, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def level_runs(sample_cache, tmp_path_factory) -> dict[str, Path]:
+    """RRN runs on the low, mid and high levels of the sample cache, trained as the demo trains them."""
+    from pipeline.config import TrainConfig
+    from pipeline.train import fit
+
+    runs = tmp_path_factory.mktemp("level_runs")
+    out = {}
+    for level in ("low", "mid", "high"):
+        cfg = TrainConfig(cache=str(sample_cache), out=str(runs / level), level=level, hidden=128, layers=2,
+                          epochs=30, lr=1e-3, lr_step_epochs=100, normalize=True)
+        fit(cfg, progress=False, log=lambda m: None)
+        out[level] = runs / level
+    return out

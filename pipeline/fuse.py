@@ -1,0 +1,182 @@
+"""Fusion of several runs' video scores (MRRN eq. 10; Res-LSTM's sum and product), and its summary.
+
+    weighted   P = sum_i w_i P_i, weights matched to runs by level (paper: 0.7 high, 0.2 mid, 0.1 low)
+    sum        P = sum_i P_i
+    product    P = prod_i P_i (computed as a sum of logs, then renormalised)
+
+Every run must score the same videos, classes, cache and split; anything else is refused with what
+differs. ``--search`` chooses the weights on validation videos held out of the *training* videos
+(``mrrn train --val-fraction``): the search is given validation scores only, never test scores.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
+from pipeline.train import video_metrics
+
+SEARCH_STEP = 0.05  # weight grid on the simplex for --search
+
+
+class FuseError(Exception):
+    """Runs that cannot be fused as asked; the message says what differs."""
+
+
+@dataclass(frozen=True)
+class RunScores:
+    run: Path
+    level: str
+    model: str
+    split: int
+    cache_identity: str
+    classes: tuple[str, ...]
+    keys: tuple[str, ...]  # (V,)
+    labels: np.ndarray  # (V,) int64
+    scores: np.ndarray  # (V, K) softmax scores
+
+    @property
+    def name(self) -> str:
+        return self.level if self.model == "rrn" else f"{self.level} ({self.model})"
+
+
+def load_scores(run: str | Path, part: str = "test") -> RunScores:
+    """A run's ``scores_<part>.npz`` (part: test or val)."""
+    run = Path(run)
+    path = run / f"scores_{part}.npz"
+    if not path.is_file():
+        hint = " (train it with --val-fraction for --search)" if part == "val" else " (is the run finished?)"
+        raise FuseError(f"{path}: no {part} scores{hint}")
+    with np.load(path, allow_pickle=False) as z:
+        return RunScores(
+            run=run, level=str(z["level"]), model=str(z["model"]) if "model" in z else "rrn", split=int(z["split"]),
+            cache_identity=str(z["cache_identity"]), classes=tuple(str(c) for c in z["classes"]),
+            keys=tuple(str(k) for k in z["keys"]), labels=z["labels"].astype(np.int64),
+            scores=z["scores"].astype(np.float64),
+        )
+
+
+def check_compatible(runs: list[RunScores]) -> None:
+    """Refuse runs that do not score the same videos and classes of the same cache and split."""
+    if len(runs) < 2:
+        raise FuseError("fusion needs at least two runs")
+    first = runs[0]
+    for other in runs[1:]:
+        pair = f"{other.run} and {first.run}"
+        if other.cache_identity != first.cache_identity:
+            raise FuseError(f"{pair} were trained on different caches (backbone, weights, preprocessing or dataset)")
+        if other.split != first.split:
+            raise FuseError(f"{pair} use different splits ({other.split} and {first.split})")
+        if other.classes != first.classes:
+            raise FuseError(f"{pair} have different classes ({len(other.classes)} and {len(first.classes)})")
+        if other.keys != first.keys:
+            only = sorted(set(other.keys) ^ set(first.keys))
+            what = f"{len(only)} video(s) in one only, e.g. {only[0]}" if only else "the same videos in another order"
+            raise FuseError(f"{pair} score different videos: {what}")
+        if not np.array_equal(other.labels, first.labels):
+            raise FuseError(f"{pair} give the same videos different labels")
+
+
+def weights_by_level(levels: list[str], weights: dict[str, float] | None) -> list[float]:
+    """One weight per run of ``levels``: ``weights`` or the paper's (0.7 high, 0.2 mid, 0.1 low)."""
+    weights = PAPER_FUSION_WEIGHTS if weights is None else weights
+    repeated = sorted({lvl for lvl in levels if levels.count(lvl) > 1})
+    if repeated:
+        raise FuseError(f"weighted fusion matches weights to runs by level, and {', '.join(repeated)} appears "
+                        "more than once; fuse one run per level, or use --method sum or product")
+    missing = [lvl for lvl in levels if lvl not in weights]
+    if missing:
+        raise FuseError(f"no weight for level {', '.join(missing)} (weights given: {weights})")
+    return [float(weights[lvl]) for lvl in levels]
+
+
+def fuse(scores: list[np.ndarray], method: str, weights: list[float] | None = None) -> np.ndarray:
+    """Fuse per-run video scores, each (V, K), into (V, K) rows that sum to 1."""
+    stack = np.stack(scores)  # (R, V, K)
+    if method == "weighted":
+        fused = np.tensordot(np.asarray(weights, dtype=np.float64), stack, axes=1)
+    elif method == "sum":
+        fused = stack.sum(0)
+    elif method == "product":
+        log = np.log(np.clip(stack, 1e-12, None)).sum(0)
+        fused = np.exp(log - log.max(axis=1, keepdims=True))
+    else:
+        raise FuseError(f"unknown fusion method {method!r}; expected one of {', '.join(FUSION_METHODS)}")
+    return fused / fused.sum(axis=1, keepdims=True)
+
+
+def search_weights(val_scores: list[np.ndarray], val_labels: np.ndarray, step: float = SEARCH_STEP) -> list[float]:
+    """The weights on a ``step`` grid of the simplex that maximise video top-1 on *validation* scores
+    (ties: higher mean class accuracy, then the grid's first). Only validation data comes in here."""
+    n = len(val_scores)
+    ticks = int(round(1 / step))
+    best_key, best = None, None
+    num_classes = val_scores[0].shape[1]
+    labels = torch.from_numpy(val_labels)
+    for cut in itertools.combinations(range(ticks + n - 1), n - 1):  # stars and bars: all compositions
+        parts = np.diff([-1, *cut, ticks + n - 1]) - 1
+        weights = (parts / ticks).tolist()
+        m = video_metrics(torch.from_numpy(fuse(val_scores, "weighted", weights)), labels, num_classes)
+        key = (m["video_top1"], m["mean_class_acc"])
+        if best_key is None or key > best_key:
+            best_key, best = key, weights
+    return best
+
+
+@dataclass
+class FuseSummary:
+    out: str
+    method: str
+    weights: dict[str, float] | None  # per run name, for weighted fusion
+    searched: bool
+    rows: list[dict]  # one per run and one for the fusion: name, video_top1, video_top5, mean_class_acc
+
+
+def summary_markdown(s: FuseSummary) -> str:
+    names = [r["name"] for r in s.rows]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for metric, title in (("video_top1", "video top-1"), ("video_top5", "video top-5"),
+                          ("mean_class_acc", "mean class accuracy")):
+        lines.append(f"| {title} (%) | " + " | ".join(f"{100 * r[metric]:.2f}" for r in s.rows) + " |")
+    how = s.method
+    if s.weights:
+        how += " with weights " + ", ".join(f"{k} {v:g}" for k, v in s.weights.items())
+        how += " (chosen on validation videos)" if s.searched else ""
+    return "\n".join(lines) + f"\n\nFusion: {how}.\n"
+
+
+def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighted",
+             weights: dict[str, float] | None = None, search: bool = False) -> FuseSummary:
+    """Fuse the runs' test scores into ``out``: fused_scores.npz, summary.json, summary.md."""
+    out = Path(out)
+    runs = [load_scores(r, "test") for r in run_dirs]
+    check_compatible(runs)
+    run_weights = None
+    if search:
+        if method != "weighted":
+            raise FuseError("--search chooses weights, so it needs --method weighted")
+        val = [load_scores(r, "val") for r in run_dirs]
+        check_compatible(val)
+        run_weights = search_weights([v.scores for v in val], val[0].labels)
+    elif method == "weighted":
+        run_weights = weights_by_level([r.level for r in runs], weights)
+    fused = fuse([r.scores for r in runs], method, run_weights)
+    num_classes = len(runs[0].classes)
+    labels = torch.from_numpy(runs[0].labels)
+    order = sorted(runs, key=lambda r: list(LEVELS).index(r.level))
+    rows = [{"name": r.name, "run": str(r.run), **video_metrics(torch.from_numpy(r.scores), labels, num_classes)}
+            for r in order]
+    rows.append({"name": "fused", "run": str(out), **video_metrics(torch.from_numpy(fused), labels, num_classes)})
+    summary = FuseSummary(out=str(out), method=method, searched=search, rows=rows,
+                          weights={r.name: w for r, w in zip(runs, run_weights)} if run_weights else None)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "fused_scores.npz", scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
+             classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
+    (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    return summary

@@ -1,0 +1,181 @@
+"""Reports to look at: confusion matrix, per-class accuracy per level, training curves, report.md.
+
+Works on a fuse directory (``mrrn fuse`` output: fused scores and the runs it fused) or on a single
+run directory. Needs matplotlib (the ``report`` extra, installed by ``make install``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.fuse import FuseError, RunScores, load_scores, summary_markdown, FuseSummary
+
+
+class ReportError(Exception):
+    pass
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ReportError("reports need matplotlib: pip install 'mrrn[report]' (make install includes it)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts: row = true class, column = predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, scores.argmax(1)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    totals = matrix.sum(1)
+    return np.divide(np.diag(matrix), totals, out=np.full(len(matrix), np.nan), where=totals > 0)
+
+
+def most_confused(matrix: np.ndarray, classes: tuple[str, ...], top: int = 10) -> list[tuple[str, str, int, float]]:
+    """The largest off-diagonal cells: (true, predicted, videos, share of the true class's videos)."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:top]
+    pairs = []
+    for flat in order:
+        t, p = np.unravel_index(flat, off.shape)
+        if off[t, p] == 0:
+            break
+        pairs.append((classes[t], classes[p], int(off[t, p]), off[t, p] / max(matrix[t].sum(), 1)))
+    return pairs
+
+
+def plot_confusion(matrix: np.ndarray, classes: tuple[str, ...], path: Path, title: str) -> None:
+    plt = _pyplot()
+    k = len(classes)
+    size = max(6.0, 0.16 * k + 3)  # about 0.16 inch per class: 101 classes -> 19 inches, labels readable
+    font = max(4.0, min(10.0, 600 / k))
+    share = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(k), classes, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    if k <= 20:
+        for t in range(k):
+            for p in range(k):
+                if matrix[t, p]:
+                    ax.text(p, t, str(matrix[t, p]), ha="center", va="center", fontsize=font,
+                            color="black" if share[t, p] > 0.5 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's videos")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_class(accuracies: dict[str, np.ndarray], classes: tuple[str, ...], path: Path) -> None:
+    """One bar per level (and the fusion) for every class, like the paper's figure 4. Horizontal, one
+    row per class, so 101 classes stay readable (the figure grows in height)."""
+    plt = _pyplot()
+    k, n = len(classes), len(accuracies)
+    height = 0.8 / n
+    fig, ax = plt.subplots(figsize=(9, max(4.0, 0.055 * k * n + 1.5)))
+    for i, (name, acc) in enumerate(accuracies.items()):
+        ax.barh(np.arange(k) + (i - (n - 1) / 2) * height, 100 * np.nan_to_num(acc), height, label=name)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.invert_yaxis()  # first class at the top
+    ax.set_ylim(k - 0.5, -0.5)
+    ax.set_xlabel("video accuracy (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title("Per-class accuracy")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=n, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(run: Path, path: Path) -> bool:
+    """Loss and clip/video accuracy per epoch of one run; False when it has no metrics."""
+    metrics_file = run / "metrics.jsonl"
+    if not metrics_file.is_file():
+        return False
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    if not rows:
+        return False
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [r["loss"] for r in rows], marker="o", markersize=3)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    for key, label in (("train_acc", "train clips"), ("clip_acc", "test clips"), ("video_top1", "test videos"),
+                       ("val_video_top1", "validation videos")):
+        if key in rows[0]:
+            right.plot(epochs, [100 * r[key] for r in rows], marker="o", markersize=3, label=label)
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy (%)")
+    right.set_ylim(0, 105)
+    right.legend(fontsize=8)
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _single_run_summary(run: RunScores) -> FuseSummary:
+    from pipeline.train import video_metrics
+    import torch
+
+    m = video_metrics(torch.from_numpy(run.scores), torch.from_numpy(run.labels), len(run.classes))
+    return FuseSummary(out=str(run.run), method="single run", weights=None, searched=False,
+                       rows=[{"name": run.name, "run": str(run.run), **m}])
+
+
+def write_report(directory: str | Path) -> Path:
+    """Write the PNGs and report.md into ``directory`` (a fuse or a run directory); returns report.md."""
+    directory = Path(directory)
+    if (directory / "fused_scores.npz").is_file():
+        summary = FuseSummary(**json.loads((directory / "summary.json").read_text()))
+        runs = [load_scores(row["run"]) for row in summary.rows if row["name"] != "fused"]
+        with np.load(directory / "fused_scores.npz", allow_pickle=False) as z:
+            final_scores, labels = z["scores"], z["labels"]
+        title = "fused"
+    elif (directory / "scores_test.npz").is_file():
+        runs = [load_scores(directory)]
+        summary = _single_run_summary(runs[0])
+        final_scores, labels, title = runs[0].scores, runs[0].labels, runs[0].name
+    else:
+        raise ReportError(f"{directory}: neither a fuse directory (fused_scores.npz) nor a finished run (scores_test.npz)")
+    classes = runs[0].classes
+    matrix = confusion(final_scores, labels, len(classes))
+    plot_confusion(matrix, classes, directory / "confusion.png",
+                   f"Confusion matrix, {title} ({100 * np.trace(matrix) / matrix.sum():.1f}% of {matrix.sum()} videos)")
+    accuracies = {r.name: per_class_accuracy(confusion(r.scores, labels, len(classes))) for r in runs}
+    if len(runs) > 1:
+        accuracies["fused"] = per_class_accuracy(matrix)
+    plot_per_class(accuracies, classes, directory / "per_class.png")
+    curves = [f"curves_{r.run.name}.png" for r in runs if plot_curves(r.run, directory / f"curves_{r.run.name}.png")]
+
+    lines = [f"# Report: {directory.name}", "", summary_markdown(summary), "## Confusion matrix", "",
+             "Rows are true classes, columns predicted classes.", "", "![confusion matrix](confusion.png)", "",
+             "## Per-class accuracy", "", "![per-class accuracy](per_class.png)", "", "## Most confused classes", ""]
+    pairs = most_confused(matrix, classes)
+    if pairs:
+        lines += ["| true class | predicted as | videos | share of the true class |", "|---|---|---|---|"]
+        lines += [f"| {t} | {p} | {n} | {100 * share:.1f}% |" for t, p, n, share in pairs]
+    else:
+        lines.append("No test video was confused.")
+    lines += ["", "## Training curves", ""] + [f"![{name}]({name})" for name in curves]
+    report = directory / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+__all__ = ["write_report", "confusion", "most_confused", "per_class_accuracy", "ReportError", "FuseError"]

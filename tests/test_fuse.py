@@ -1,0 +1,111 @@
+"""Fusion against hand-computed numbers, refusals of mismatched runs, and a weight search that never
+sees test videos."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from pipeline.fuse import FuseError, fuse, run_fuse, search_weights
+
+CLASSES = np.array(["a", "b", "c"])
+KEYS = np.array(["a/1.avi", "b/1.avi", "c/1.avi"])
+LABELS = np.array([0, 1, 2])
+# video scores (V=3, K=3) per level
+LOW = np.array([[0.2, 0.5, 0.3], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]])
+MID = np.array([[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6]])
+HIGH = np.array([[0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+
+
+def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache="C"):
+    path.mkdir(parents=True, exist_ok=True)
+    np.savez(path / f"scores_{part}.npz", scores=scores, keys=keys, labels=labels, classes=classes, level=level,
+             model="rrn", split=split, cache_identity=cache)
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [write_run(tmp_path / lvl, lvl, s) for lvl, s in (("low", LOW), ("mid", MID), ("high", HIGH))]
+
+
+def test_weighted_fusion_is_eq_10_with_the_paper_weights(runs, tmp_path):
+    s = run_fuse(runs, tmp_path / "f")
+    # by hand, video 0: 0.1*[.2,.5,.3] + 0.2*[.5,.4,.1] + 0.7*[.4,.5,.1] = [.40, .48, .12]
+    fused = np.load(tmp_path / "f" / "fused_scores.npz")["scores"]
+    np.testing.assert_allclose(fused[0], [0.40, 0.48, 0.12])
+    np.testing.assert_allclose(fused[1], [0.21, 0.63, 0.16])  # .01+.06+.14, .08+.06+.49, .01+.08+.07
+    np.testing.assert_allclose(fused[2], [0.31, 0.27, 0.42])  # .06+.04+.21, .02+.04+.21, .02+.12+.28
+    assert s.weights == {"low": 0.1, "mid": 0.2, "high": 0.7}
+    fused_row = s.rows[-1]
+    assert fused_row["name"] == "fused" and fused_row["video_top1"] == pytest.approx(2 / 3)  # videos 1 and 2
+    assert [r["name"] for r in s.rows] == ["low", "mid", "high", "fused"]
+    assert [r["video_top1"] for r in s.rows[:3]] == pytest.approx([1 / 3, 2 / 3, 2 / 3])  # high: videos 1, 2
+
+
+def test_sum_and_product_by_hand():
+    total = fuse([LOW, MID, HIGH], "sum")
+    np.testing.assert_allclose(total[0], np.array([1.1, 1.4, 0.5]) / 3.0)
+    product = fuse([LOW, MID, HIGH], "product")
+    raw = np.array([0.2 * 0.5 * 0.4, 0.5 * 0.4 * 0.5, 0.3 * 0.1 * 0.1])  # [.04, .1, .003]
+    np.testing.assert_allclose(product[0], raw / raw.sum())
+    np.testing.assert_allclose(fuse([LOW, HIGH], "weighted", [0.5, 0.5])[2], [0.45, 0.25, 0.3])
+
+
+def test_custom_weights_from_the_command_line(runs, tmp_path):
+    result = CliRunner().invoke(main, ["fuse", *map(str, runs), "--out", str(tmp_path / "f"), "--weights", "0,0,1"])
+    assert result.exit_code == 0, result.output  # all weight on low
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["weights"] == {"low": 1.0, "mid": 0.0, "high": 0.0}
+    np.testing.assert_allclose(np.load(tmp_path / "f" / "fused_scores.npz")["scores"], LOW)
+    assert "| video top-1 (%) | 33.33 | 66.67 | 66.67 | 33.33 |" in result.output
+    assert (tmp_path / "f" / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(keys=np.array(["a/1.avi", "b/1.avi", "c/9.avi"])), "score different videos: 2 video(s) in one only"),
+        (dict(classes=np.array(["a", "b", "x"])), "have different classes"),
+        (dict(split=2), "use different splits (2 and 1)"),
+        (dict(cache="other"), "were trained on different caches"),
+        (dict(labels=np.array([0, 1, 1])), "give the same videos different labels"),
+    ],
+)
+def test_mismatched_runs_are_refused(runs, tmp_path, change, message):
+    odd = write_run(tmp_path / "odd", "high", HIGH, **change)
+    with pytest.raises(FuseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_fuse([runs[0], odd], tmp_path / "f")
+
+
+def test_weighted_fusion_needs_one_run_per_level(runs, tmp_path):
+    twin = write_run(tmp_path / "high2", "high", LOW)
+    with pytest.raises(FuseError, match="high appears more than once"):
+        run_fuse([runs[2], twin], tmp_path / "f")
+    assert run_fuse([runs[2], twin], tmp_path / "f", method="sum").rows[-1]["name"] == "fused"
+
+
+def test_search_chooses_weights_on_validation_videos_only(tmp_path):
+    # validation: only the mid run is right; test: only the low run is right
+    val_keys, val_labels = np.array(["a/v.avi", "b/v.avi"]), np.array([0, 1])
+    right, wrong = np.array([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05]]), np.array([[0.05, 0.9, 0.05], [0.9, 0.05, 0.05]])
+    dirs = []
+    for level, val_scores in (("low", wrong), ("mid", right)):
+        d = write_run(tmp_path / level, level, LOW if level == "low" else np.roll(LOW, 1, axis=1))
+        write_run(d, level, val_scores, part="val", keys=val_keys, labels=val_labels)
+        dirs.append(d)
+    s = run_fuse(dirs, tmp_path / "f", search=True)
+    assert s.searched and s.weights["mid"] > s.weights["low"]
+    assert search_weights([wrong, right], val_labels) == [s.weights["low"], s.weights["mid"]]
+    # the test scores play no part: change them completely and the chosen weights stay
+    for d in dirs:
+        write_run(d, d.name, np.full((3, 3), 1 / 3))
+    assert run_fuse(dirs, tmp_path / "g", search=True).weights == s.weights
+
+
+def test_search_needs_validation_scores(runs, tmp_path):
+    with pytest.raises(FuseError, match=r"scores_val.npz: no val scores \(train it with --val-fraction"):
+        run_fuse(runs, tmp_path / "f", search=True)

@@ -1,0 +1,47 @@
+"""Reports: the PNGs are real images of the right kind, report.md embeds them with the table and the
+most confused class pairs."""
+from __future__ import annotations
+
+import matplotlib.image
+import numpy as np
+from click.testing import CliRunner
+
+from cli import main
+from pipeline.report import confusion, most_confused, per_class_accuracy
+
+
+def test_confusion_and_most_confused_by_hand():
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]])
+    labels = np.array([0, 1, 1, 2, 2])
+    m = confusion(scores, labels, 3)
+    assert m.tolist() == [[1, 0, 0], [1, 1, 0], [1, 0, 1]]
+    np.testing.assert_allclose(per_class_accuracy(m), [1.0, 0.5, 0.5])
+    assert most_confused(m, ("a", "b", "c")) == [("c", "a", 1, 0.5), ("b", "a", 1, 0.5)]
+
+
+def test_fuse_writes_a_report_with_images(level_runs, tmp_path):
+    out = tmp_path / "fused"
+    result = CliRunner().invoke(main, ["fuse", *(str(level_runs[lvl]) for lvl in ("low", "mid", "high")),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "| | low | mid | high | fused |" in report
+    for name in ("confusion.png", "per_class.png", "curves_low.png", "curves_mid.png", "curves_high.png"):
+        assert f"]({name})" in report
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+        assert image[..., :3].std() > 0.05  # not a blank canvas
+    assert "## Most confused classes" in report
+
+
+def test_report_on_a_single_run(level_runs, tmp_path):
+    result = CliRunner().invoke(main, ["report", str(level_runs["high"])])
+    assert result.exit_code == 0, result.output
+    assert (level_runs["high"] / "confusion.png").is_file()
+    assert "| | high |" in (level_runs["high"] / "report.md").read_text()
+
+
+def test_report_on_something_else_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "neither a fuse directory (fused_scores.npz) nor a finished run (scores_test.npz)" in result.stderr
