@@ -17,6 +17,9 @@ EXTRACT_ARGS ?=
 LEVEL   ?= high
 RUN     ?= runs/$(DATASET)_split$(SPLIT)_$(LEVEL)
 TRAIN_ARGS ?=
+RUNS    ?= runs/$(DATASET)_split$(SPLIT)
+FUSED   ?= $(RUNS)_mrrn
+FUSE_ARGS ?=
 SWEEP   ?= runs/sweep_$(DATASET)_split$(SPLIT)
 SWEEP_ARGS ?= --levels high --hidden 256,512,1024 --layers 3,4,5
 # The demo's stage-2 settings: small model, higher learning rate and feature standardisation,
@@ -27,7 +30,7 @@ SAMPLE  := data/sample
 SAMPLE_STAMP := $(SAMPLE)/ucfTrainTestlist/classInd.txt
 DEMO_CACHE := data/sample.h5
 
-.PHONY: install test demo sample index extract inspect train sweep bench clean help
+.PHONY: install test demo sample index extract inspect train sweep fuse bench clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -40,6 +43,7 @@ help:
 	@echo "make inspect   describe and verify CACHE"
 	@echo "make train     stage 2 on CACHE: LEVEL=low|mid|high SPLIT=n RUN=dir TRAIN_ARGS=..."
 	@echo "make sweep     a grid of runs on CACHE into SWEEP=dir (SWEEP_ARGS, default: paper table 1)"
+	@echo "make fuse      fuse the low, mid and high runs of make train into FUSED=dir (eq. 10), with a report"
 	@echo "make bench     throughput benchmarks, appended to benchmarks/results.md"
 
 install: $(STAMP)
@@ -72,6 +76,9 @@ inspect: $(STAMP)
 train: $(STAMP)
 	$(MRRN) train --cache $(CACHE) --split $(SPLIT) --level $(LEVEL) --out $(RUN) $(TRAIN_ARGS)
 
+fuse: $(STAMP)
+	$(MRRN) fuse $(RUNS)_low $(RUNS)_mid $(RUNS)_high --out $(FUSED) $(FUSE_ARGS)
+
 sweep: $(STAMP)
 	$(MRRN) sweep --cache $(CACHE) --split $(SPLIT) --out $(SWEEP) $(SWEEP_ARGS)
 
@@ -90,9 +97,12 @@ demo: $(SAMPLE_STAMP)
 	@echo "== 3. train: SRU classifiers on the low, mid and high levels, each beside the order-blind meanpool control"
 	$(MRRN) sweep --cache $(DEMO_CACHE) --split 1 --out runs/demo --levels low,mid,high --models rrn,meanpool \
 		$(DEMO_TRAIN) --quiet
+	@echo "== 4. fuse: 0.7 high + 0.2 mid + 0.1 low (eq. 10), with the report"
+	$(MRRN) fuse runs/demo/low_rrn_h128_l2_mean runs/demo/mid_rrn_h128_l2_mean runs/demo/high_rrn_h128_l2_mean \
+		--out runs/demo/mrrn
 	@echo "== demo done. Three pairs of the eight sample classes differ only in frame order: meanpool can at best"
-	@echo "   get half of each pair right (5/8 = 62.5% overall), the recurrent model tells them apart."
-	@echo "   Fusion of the levels arrives with the next stage."
+	@echo "   get half of each pair right (5/8 = 62.5%), the recurrent models tell them apart."
+	@echo "   Report: runs/demo/mrrn/report.md"
 
 clean:
 	rm -rf $(SAMPLE) $(DEMO_CACHE) $(DEMO_CACHE).journal runs

@@ -79,3 +79,10 @@ def test_cli_runs_as_a_script():
     out = subprocess.run([sys.executable, "cli.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
     assert "index" in out.stdout and "sample-data" in out.stdout
+
+
+def test_readme_cli_reference_matches_the_commands():
+    from cli import reference_markdown
+
+    readme = (REPO / "README.md").read_text()
+    assert reference_markdown() in readme, "README's CLI reference is stale: python cli.py cli-reference --write README.md"
