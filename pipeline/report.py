@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from pipeline.fuse import FuseError, RunScores, load_scores, summary_markdown, FuseSummary
+from pipeline.fuse import FuseSummary, RunScores, load_scores, summary_markdown
+from pipeline.train import video_metrics
 
 
 class ReportError(Exception):
@@ -130,9 +132,6 @@ def plot_curves(run: Path, path: Path) -> bool:
 
 
 def _single_run_summary(run: RunScores) -> FuseSummary:
-    from pipeline.train import video_metrics
-    import torch
-
     m = video_metrics(torch.from_numpy(run.scores), torch.from_numpy(run.labels), len(run.classes))
     return FuseSummary(out=str(run.run), method="single run", weights=None, searched=False,
                        rows=[{"name": run.name, "run": str(run.run), **m}])
@@ -177,5 +176,3 @@ def write_report(directory: str | Path) -> Path:
     report.write_text("\n".join(lines) + "\n")
     return report
 
-
-__all__ = ["write_report", "confusion", "most_confused", "per_class_accuracy", "ReportError", "FuseError"]
