@@ -186,6 +186,8 @@ def _train_options(f):
         click.option("--lr-step", type=int, default=8, show_default=True,
                      help="Epochs before the learning rate drops 10x."),
         click.option("--dropout", type=float, default=0.5, show_default=True, help="Before the per-step linear layer."),
+        click.option("--window", type=int, default=5, show_default=True,
+                     help="tresnet: frames each temporal residual block sees."),
         click.option("--normalize/--no-normalize", default=False, show_default=True,
                      help="Standardise each feature dimension with training-set statistics (not in the paper; "
                           "needed for untrained-backbone features, whose scale is far from ImageNet's)."),
@@ -205,11 +207,11 @@ def _train_options(f):
 
 
 def _train_config(out, level, model, hidden, layers, pool, cache, split, epochs, batch_size, lr, lr_step, dropout,
-                  normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
+                  window, normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
                   val_fraction) -> TrainConfig:
     return TrainConfig(
         cache=str(cache), out=str(out), split=split, level=level, model=model, hidden=hidden, layers=layers,
-        pool=pool, dropout=dropout, normalize=normalize, epochs=epochs, batch_size=batch_size, lr=lr,
+        pool=pool, dropout=dropout, window=window, normalize=normalize, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_step_epochs=lr_step,
         clip=ClipSpec(clip_length, clip_stride, max_clips), seed=seed, device=device, allow_missing=allow_missing,
         val_fraction=val_fraction,
@@ -221,7 +223,8 @@ def _train_config(out, level, model, hidden, layers, pool, cache, split, epochs,
 @click.option("--level", type=click.Choice(list(LEVELS)), required=True, help="Feature level to train on.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
 @click.option("--model", type=click.Choice(MODELS), default="rrn", show_default=True,
-              help="rrn (stacked SRU) or meanpool (the order-blind control).")
+              help="rrn (stacked SRU, the paper), lstm, reslstm (residual LSTM), tresnet (temporal residual "
+                   "blocks) or meanpool (the order-blind control).")
 @click.option("--hidden", type=int, default=1024, show_default=True, help="SRU hidden units.")
 @click.option("--layers", type=int, default=3, show_default=True, help="Stacked SRU layers.")
 @click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,

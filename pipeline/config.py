@@ -81,7 +81,7 @@ class ExtractConfig:
 # ----------------------------------------------------------------------------------------------
 # Stage 2 (MRRN section 4.2 and 5.2)
 
-MODELS = ("rrn", "meanpool")
+MODELS = ("rrn", "lstm", "reslstm", "tresnet", "meanpool")
 POOLS = ("mean", "max")  # eq. 8 and eq. 9
 PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
 PAPER_FUSION_WEIGHTS = {"high": 0.7, "mid": 0.2, "low": 0.1}  # eq. 10
@@ -115,6 +115,7 @@ class TrainConfig:
     layers: int = 3
     pool: str = "mean"
     dropout: float = 0.5  # before the per-step linear layer
+    window: int = 5  # tresnet: frames each temporal residual block sees (the current and k-1 before it)
     sru_dropout: float = 0.0  # between SRU layers
     epochs: int = 12
     batch_size: int = 28
@@ -137,7 +138,7 @@ class TrainConfig:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs) < 1:
+        if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs, self.window) < 1:
             raise ValueError("hidden, layers, epochs, batch size and lr step must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")

@@ -23,8 +23,80 @@ class RRNHead(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        steps = self.classifier(self.dropout(torch.tanh(self.sru(x))))  # (B, T, K)
-        return steps.mean(dim=1) if self.pool == "mean" else steps.amax(dim=1)  # (B, K)
+        return _pool(self.classifier(self.dropout(torch.tanh(self.sru(x)))), self.pool)  # (B, T, K) -> (B, K)
+
+
+def _pool(steps: torch.Tensor, pool: str) -> torch.Tensor:
+    """Per-step scores (B, T, K) -> (B, K): mean (eq. 8) or max (eq. 9) over time."""
+    return steps.mean(dim=1) if pool == "mean" else steps.amax(dim=1)
+
+
+class LSTMHead(nn.Module):
+    """The cLSTM / LRCN-style baseline (paper table 3): stacked LSTM with the RRN's per-step head."""
+
+    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3,
+                 pool: str = "mean", dropout: float = 0.5):
+        super().__init__()
+        self.pool = pool
+        self.lstm = nn.LSTM(input_size, hidden, layers, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(x)  # (B, T, H)
+        return _pool(self.classifier(self.dropout(torch.tanh(h))), self.pool)  # (B, K)
+
+
+class ResLSTMHead(nn.Module):
+    """Residual stacked LSTM (Lakhal et al.): each layer's output is added to its input (through a
+    learned projection where the sizes differ); the class comes from the top layer's last time step."""
+
+    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, dropout: float = 0.5):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.LSTM(input_size if i == 0 else hidden, hidden, batch_first=True)
+                                    for i in range(layers))
+        self.project = nn.Linear(input_size, hidden, bias=False) if input_size != hidden else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            out, _ = layer(x)  # (B, T, H)
+            x = out + (self.project(x) if i == 0 else x)
+        return self.classifier(self.dropout(x[:, -1]))  # (B, K)
+
+
+class TemporalResidualBlock(nn.Module):
+    """y_t = x_t + F(x_{t-k+1..t}): F is a causal temporal convolution over the k preceding frames
+    (Iqbal et al.'s limited temporal range), its last layer initialised to zero so the block starts
+    as the identity (Feichtenhofer et al.'s residual initialisation)."""
+
+    def __init__(self, channels: int, hidden: int, window: int):
+        super().__init__()
+        self.window = window
+        self.temporal = nn.Conv1d(channels, hidden, kernel_size=window)
+        self.out = nn.Conv1d(hidden, channels, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.pad(x.transpose(1, 2), (self.window - 1, 0))  # (B, C, k-1+T): causal, past only
+        return x + self.out(torch.relu(self.temporal(z))).transpose(1, 2)  # (B, T, C)
+
+
+class TResNetHead(nn.Module):
+    """A stack of causal temporal residual blocks on the features, then the RRN's per-step head."""
+
+    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, pool: str = "mean",
+                 dropout: float = 0.5, window: int = 5):
+        super().__init__()
+        self.pool = pool
+        self.blocks = nn.Sequential(*(TemporalResidualBlock(input_size, hidden, window) for _ in range(layers)))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(input_size, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _pool(self.classifier(self.dropout(self.blocks(x))), self.pool)  # (B, K)
 
 
 class MeanPoolHead(nn.Module):
@@ -70,6 +142,12 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
     """The head of ``cfg.model``; ``mean``/``std`` (C,) standardise inputs when ``cfg.normalize``."""
     if cfg.model == "rrn":
         head = RRNHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.sru_dropout)
+    elif cfg.model == "lstm":
+        head = LSTMHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout)
+    elif cfg.model == "reslstm":
+        head = ResLSTMHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.dropout)
+    elif cfg.model == "tresnet":
+        head = TResNetHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.window)
     elif cfg.model == "meanpool":
         head = MeanPoolHead(input_size, num_classes, cfg.dropout)
     else:

@@ -18,8 +18,10 @@ COLUMNS = ("level", "model", "hidden", "layers", "pool", "video_top1", "video_to
 
 
 def run_name(cfg: TrainConfig) -> str:
-    if cfg.model == "meanpool":  # no recurrent part: hidden, layers and pooling do not apply
+    if cfg.model == "meanpool":  # no temporal part: hidden, layers and pooling do not apply
         return f"{cfg.level}_meanpool"
+    if cfg.model == "reslstm":  # classifies from the last time step: no pooling
+        return f"{cfg.level}_reslstm_h{cfg.hidden}_l{cfg.layers}"
     return f"{cfg.level}_{cfg.model}_h{cfg.hidden}_l{cfg.layers}_{cfg.pool}"
 
 
@@ -37,7 +39,7 @@ def row(cfg: TrainConfig, s: RunSummary) -> dict:
     recurrent = cfg.model != "meanpool"
     return {
         "level": cfg.level, "model": cfg.model, "hidden": cfg.hidden if recurrent else "",
-        "layers": cfg.layers if recurrent else "", "pool": cfg.pool if recurrent else "",
+        "layers": cfg.layers if recurrent else "", "pool": cfg.pool if recurrent and cfg.model != "reslstm" else "",
         "video_top1": round(f["video_top1"], 4), "video_top5": round(f["video_top5"], 4),
         "mean_class_acc": round(f["mean_class_acc"], 4), "clip_acc": round(f["clip_acc"], 4),
         "epochs": s.epochs, "parameters": s.parameters, "seconds_per_epoch": round(s.seconds_per_epoch, 3),
