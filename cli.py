@@ -13,7 +13,9 @@ from pipeline import datasets
 from pipeline.config import (
     DEFAULT_TEST_FRACTION,
     FEATURE_DTYPES,
+    FLOW_METHODS,
     FUSION_METHODS,
+    MODALITIES,
     LEVELS,
     MODELS,
     POOLS,
@@ -23,6 +25,7 @@ from pipeline.config import (
     PAPER_SHORT_SIDE,
     PRECISIONS,
     ExtractConfig,
+    FlowSpec,
     Preprocess,
     default_workers,
 )
@@ -113,10 +116,16 @@ def index(dataset, root, splits, split, test_fraction, strict, as_json):
               help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
 @click.option("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION, show_default=True,
               help="folder without --splits: share of each class recorded as split 1's test set.")
+@click.option("--modality", type=click.Choice(MODALITIES), default="rgb", show_default=True,
+              help="rgb frames, or flow: optical flow between consecutive frames rendered as images.")
+@click.option("--flow-method", type=click.Choice(FLOW_METHODS), default="farneback", show_default=True,
+              help="tvl1 needs opencv-contrib-python-headless.")
+@click.option("--flow-bound", type=float, default=20.0, show_default=True, help="Flow clipped to +-this many pixels.")
+@click.option("--flow-size", type=int, default=256, show_default=True, help="Shorter side of the frames flow is computed on.")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails, or a split file naming a missing video.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(dataset, root, splits, out, weights, seed, device, batch_size, workers, short_side, crop, dtype,
-            precision, test_fraction, strict, quiet):
+            precision, test_fraction, modality, flow_method, flow_bound, flow_size, strict, quiet):
     """Stage 1: frozen ResNet-34 features of every video into an HDF5 cache (resumable)."""
     from pipeline.extract import run_extract
 
@@ -125,7 +134,8 @@ def extract(dataset, root, splits, out, weights, seed, device, batch_size, worke
             dataset=dataset, root=root, splits=splits, out=out, weights=weights, seed=seed, device=device,
             batch_size=batch_size, workers=default_workers() if workers is None else workers,
             preprocess=Preprocess(short_side=short_side, crop=crop), dtype=dtype, precision=precision,
-            strict=strict, test_fraction=test_fraction,
+            strict=strict, test_fraction=test_fraction, modality=modality,
+            flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),
         )
         s = run_extract(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo(
@@ -150,7 +160,8 @@ def inspect(cache_file, verify):
         size = cache_file.stat().st_size
         click.echo(f"cache       {cache_file} ({size / 2**20:.1f} MiB, schema {c.attrs['schema_version']}, "
                    f"mrrn {c.attrs['mrrn_version']}, updated {c.attrs['updated_utc']})")
-        click.echo(f"dataset     {ident['dataset']}, {len(c.classes)} classes")
+        click.echo(f"dataset     {ident['dataset']}, {len(c.classes)} classes, modality {ident.get('modality', 'rgb')}"
+                   + (f" ({ident['flow']})" if "flow" in ident else ""))
         click.echo(f"backbone    {ident['backbone']}, weights {ident['weights']}, precision {ident['precision']}")
         click.echo(f"preprocess  short side {pre['short_side']}, crop {pre['crop']}, resize {pre['resize']}, "
                    f"mean {pre['mean']}, std {pre['std']}")
@@ -179,6 +190,8 @@ def _train_options(f):
     options = [
         click.option("--cache", type=click.Path(path_type=Path), required=True, help="Feature cache (mrrn extract)."),
         click.option("--split", type=int, default=1, show_default=True, help="Split recorded in the cache."),
+        click.option("--modality", type=click.Choice(MODALITIES), default="rgb", show_default=True,
+                     help="The cache's modality (mrrn extract --modality); a mismatch is refused."),
         click.option("--epochs", type=int, default=12, show_default=True),
         click.option("--batch-size", type=int, default=28, show_default=True),
         click.option("--lr", type=float, default=None,
@@ -206,11 +219,11 @@ def _train_options(f):
     return f
 
 
-def _train_config(out, level, model, hidden, layers, pool, cache, split, epochs, batch_size, lr, lr_step, dropout,
+def _train_config(out, level, model, hidden, layers, pool, cache, split, modality, epochs, batch_size, lr, lr_step, dropout,
                   window, normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
                   val_fraction) -> TrainConfig:
     return TrainConfig(
-        cache=str(cache), out=str(out), split=split, level=level, model=model, hidden=hidden, layers=layers,
+        cache=str(cache), out=str(out), split=split, modality=modality, level=level, model=model, hidden=hidden, layers=layers,
         pool=pool, dropout=dropout, window=window, normalize=normalize, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_step_epochs=lr_step,
         clip=ClipSpec(clip_length, clip_stride, max_clips), seed=seed, device=device, allow_missing=allow_missing,

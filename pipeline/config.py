@@ -45,6 +45,27 @@ class Preprocess:
             )
 
 
+MODALITIES = ("rgb", "flow")
+FLOW_METHODS = ("farneback", "tvl1")
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """Dense optical flow between consecutive frames, rendered as a 3-channel image: x and y clipped
+    to +-``bound`` pixels and magnitude (clipped to ``bound``), each scaled to 0-255 (the usual
+    two-stream recipe). Flow is computed on frames whose shorter side is ``size`` pixels."""
+
+    method: str = "farneback"  # "tvl1" needs opencv-contrib (cv2.optflow)
+    bound: float = 20.0
+    size: int = 256
+
+    def __post_init__(self):
+        if self.method not in FLOW_METHODS:
+            raise ValueError(f"flow method must be one of {', '.join(FLOW_METHODS)}, got {self.method!r}")
+        if self.bound <= 0 or self.size < 16:
+            raise ValueError(f"need a flow bound > 0 and a flow size >= 16, got {self.bound} and {self.size}")
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """Everything `mrrn extract` needs. Fields marked identity decide whether a cache can be resumed."""
@@ -64,12 +85,16 @@ class ExtractConfig:
     chunk_frames: int = 64  # decoded frames per piece handed from a worker (bounds memory per video)
     strict: bool = False
     test_fraction: float = DEFAULT_TEST_FRACTION
+    modality: str = "rgb"  # "flow": the backbone sees rendered optical flow between consecutive frames
+    flow: FlowSpec = field(default_factory=FlowSpec)
 
     def __post_init__(self):
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.batch_size < 1 or self.workers < 0 or self.chunk_frames < 1:
             raise ValueError("batch size and chunk frames must be >= 1 and workers >= 0")
 
@@ -110,6 +135,7 @@ class TrainConfig:
     out: str
     split: int = 1
     level: str = "high"
+    modality: str = "rgb"  # must match the cache's (mrrn extract --modality)
     model: str = "rrn"
     hidden: int = 1024
     layers: int = 3
@@ -134,6 +160,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.pool not in POOLS:

@@ -25,8 +25,9 @@ from pipeline.backbone import (
     resolve_precision,
     weights_identity,
 )
-from pipeline.config import BACKBONE, LEVELS, ExtractConfig, Preprocess
+from pipeline.config import BACKBONE, LEVELS, ExtractConfig, FlowSpec, Preprocess
 from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
+from pipeline.flow import flow_chunks
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
 
 
@@ -52,6 +53,9 @@ def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str) -> dict
         "precision": precision,
         "dataset": videos.dataset,
         "classes": list(videos.classes),
+        "modality": cfg.modality,
+        **({"flow": {"method": cfg.flow.method, "bound": cfg.flow.bound, "size": cfg.flow.size}}
+           if cfg.modality == "flow" else {}),
     }
 
 
@@ -73,8 +77,8 @@ class DecodeStream(IterableDataset):
     preprocessed float ``(n, 3, crop, crop)``. Worker w of W takes jobs w, w+W, ...
     """
 
-    def __init__(self, jobs: list[_Job], chunk_frames: int, pre: Preprocess | None):
-        self.jobs, self.chunk_frames, self.pre = jobs, chunk_frames, pre
+    def __init__(self, jobs: list[_Job], chunk_frames: int, pre: Preprocess | None, flow: FlowSpec | None = None):
+        self.jobs, self.chunk_frames, self.pre, self.flow = jobs, chunk_frames, pre, flow
 
     def __iter__(self):
         import cv2
@@ -88,8 +92,9 @@ class DecodeStream(IterableDataset):
         jobs = self.jobs if w is None else self.jobs[w.id :: w.num_workers]
         for job in jobs:
             reader = VideoReader(job.entry.path, self.chunk_frames)
+            chunks = reader.chunks() if self.flow is None else flow_chunks(reader.chunks(), self.flow)
             try:
-                for chunk in reader.chunks():
+                for chunk in chunks:
                     frames = torch.from_numpy(chunk)
                     if self.pre is not None:
                         frames = preprocess(frames, self.pre)
@@ -100,7 +105,10 @@ class DecodeStream(IterableDataset):
             except Exception as err:  # an unexpected decoder failure must not end the whole run
                 yield {"index": job.index, "frames": None, "info": None, "error": f"{type(err).__name__}: {err}"}
                 continue
-            yield {"index": job.index, "frames": None, "info": reader.info.__dict__, "error": None}
+            info = dict(reader.info.__dict__)
+            if self.flow is not None:  # T frames give T - 1 flow images
+                info["frames"] -= 1
+            yield {"index": job.index, "frames": None, "info": info, "error": None}
 
 
 def worker_context():
@@ -202,7 +210,8 @@ class _Run:
 
     def run(self) -> None:
         stream = DecodeStream([_Job(i, e) for i, e in enumerate(self.todo)], self.cfg.chunk_frames,
-                              None if self.on_gpu else self.cfg.preprocess)
+                              None if self.on_gpu else self.cfg.preprocess,
+                              self.cfg.flow if self.cfg.modality == "flow" else None)
         loader = DataLoader(
             stream, batch_size=None, num_workers=self.cfg.workers, pin_memory=self.on_gpu,
             prefetch_factor=4 if self.cfg.workers else None,

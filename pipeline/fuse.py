@@ -33,6 +33,7 @@ class RunScores:
     run: Path
     level: str
     model: str
+    modality: str
     split: int
     cache_identity: str
     classes: tuple[str, ...]
@@ -42,7 +43,8 @@ class RunScores:
 
     @property
     def name(self) -> str:
-        return self.level if self.model == "rrn" else f"{self.level} ({self.model})"
+        name = self.level if self.modality == "rgb" else f"{self.modality} {self.level}"
+        return name if self.model == "rrn" else f"{name} ({self.model})"
 
 
 def load_scores(run: str | Path, part: str = "test") -> RunScores:
@@ -54,7 +56,8 @@ def load_scores(run: str | Path, part: str = "test") -> RunScores:
         raise FuseError(f"{path}: no {part} scores{hint}")
     with np.load(path, allow_pickle=False) as z:
         return RunScores(
-            run=run, level=str(z["level"]), model=str(z["model"]) if "model" in z else "rrn", split=int(z["split"]),
+            run=run, level=str(z["level"]), model=str(z["model"]) if "model" in z else "rrn",
+            modality=str(z["modality"]) if "modality" in z else "rgb", split=int(z["split"]),
             cache_identity=str(z["cache_identity"]), classes=tuple(str(c) for c in z["classes"]),
             keys=tuple(str(k) for k in z["keys"]), labels=z["labels"].astype(np.int64),
             scores=z["scores"].astype(np.float64),
@@ -68,7 +71,7 @@ def check_compatible(runs: list[RunScores]) -> None:
     first = runs[0]
     for other in runs[1:]:
         pair = f"{other.run} and {first.run}"
-        if other.cache_identity != first.cache_identity:
+        if _source(other.cache_identity) != _source(first.cache_identity):
             raise FuseError(f"{pair} were trained on different caches (backbone, weights, preprocessing or dataset)")
         if other.split != first.split:
             raise FuseError(f"{pair} use different splits ({other.split} and {first.split})")
@@ -80,6 +83,16 @@ def check_compatible(runs: list[RunScores]) -> None:
             raise FuseError(f"{pair} score different videos: {what}")
         if not np.array_equal(other.labels, first.labels):
             raise FuseError(f"{pair} give the same videos different labels")
+
+
+def _source(cache_identity: str) -> dict:
+    """What runs to be fused must share: the cache's identity without its modality (RGB and flow runs
+    of one dataset and backbone fuse; two-stream fusion)."""
+    try:
+        identity = json.loads(cache_identity)
+    except json.JSONDecodeError:
+        return {"identity": cache_identity}
+    return {k: v for k, v in identity.items() if k not in ("modality", "flow")}
 
 
 def weights_by_level(levels: list[str], weights: dict[str, float] | None) -> list[float]:

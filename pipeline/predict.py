@@ -11,7 +11,8 @@ import torch
 from pipeline.backbone import FeatureExtractor, WeightsError, load_backbone, resolve_device, sha256_file
 from pipeline.cache import canonical
 from pipeline.clips import clip_frames
-from pipeline.config import LEVELS, Preprocess
+from pipeline.config import LEVELS, FlowSpec, Preprocess
+from pipeline.flow import flow_chunks
 from pipeline.fuse import FuseError, fuse, weights_by_level
 from pipeline.train import TrainedRun, load_run
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
@@ -73,7 +74,10 @@ def predict(videos: list[str | Path], run_dirs: list[str | Path], top: int = 5, 
     for video in videos:
         try:
             parts: dict[str, list[torch.Tensor]] = {lvl: [] for lvl in LEVELS}
-            for chunk in VideoReader(video).chunks():
+            chunks = VideoReader(video).chunks()
+            if identity.get("modality", "rgb") == "flow":  # the runs were trained on flow features
+                chunks = flow_chunks(chunks, FlowSpec(**identity["flow"]))
+            for chunk in chunks:
                 x = preprocess(torch.from_numpy(chunk), pre)
                 for start in range(0, len(x), batch_size):
                     feats = extractor(x[start : start + batch_size])

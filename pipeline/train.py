@@ -109,6 +109,9 @@ def _place(features: np.ndarray, device: torch.device, log) -> torch.Tensor:
 def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelData:
     """Read ``cfg.level`` of the cache once and index the split's train and test clips."""
     with FeatureCache(cfg.cache) as cache:
+        modality = cache.identity.get("modality", "rgb")
+        if modality != cfg.modality:
+            raise TrainError(f"{cfg.cache}: a {modality} cache, but this run asks for --modality {cfg.modality}")
         if cfg.split not in cache.splits:
             have = ", ".join(str(n) for n in sorted(cache.splits)) or "none"
             raise TrainError(f"{cfg.cache}: no split {cfg.split} in this cache (it has: {have})")
@@ -334,8 +337,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
 def save_scores(path: Path, scores: np.ndarray, clips: ClipSet, data: LevelData, cfg: TrainConfig) -> None:
     """Video scores (V, K) with everything fusion checks: keys, labels, classes, level, split, cache."""
     np.savez(path, scores=scores, keys=np.array(clips.keys), labels=clips.labels.cpu().numpy(),
-             classes=np.array(data.classes), level=cfg.level, model=cfg.model, split=cfg.split,
-             cache_identity=canonical(data.cache_identity))
+             classes=np.array(data.classes), level=cfg.level, model=cfg.model, modality=cfg.modality,
+             split=cfg.split, cache_identity=canonical(data.cache_identity))
 
 
 @dataclass

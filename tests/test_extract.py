@@ -67,13 +67,17 @@ def test_cached_features_equal_a_direct_torchvision_forward(sample_cache, sample
             torch.testing.assert_close(got, ref[level], rtol=2e-3, atol=2e-3 * float(scale))
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+MODALITY_ARGS = {"rgb": [], "flow": ["--modality", "flow", "--flow-size", "64"]}
+
+
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality):
     root = folder_dataset(tmp_path / "data", per_class=8, frames=30)
     whole = tmp_path / "whole.h5"
-    run_extract(small_extract_config(root, whole), **QUIET)
+    assert CliRunner().invoke(main, extract_args(root, whole, *MODALITY_ARGS[modality])).exit_code == 0
 
     out = tmp_path / "killed.h5"
-    cmd = [sys.executable, "cli.py", *extract_args(root, out, "--batch-size", "4")]
+    cmd = [sys.executable, "cli.py", *extract_args(root, out, "--batch-size", "4", *MODALITY_ARGS[modality])]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = Path(f"{out}.journal")
     deadline = time.time() + 120
@@ -87,7 +91,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     done_before = len(list(journal.glob("*.npz")))
     assert 3 <= done_before < 16
 
-    result = CliRunner().invoke(main, extract_args(root, out))
+    result = CliRunner().invoke(main, extract_args(root, out, *MODALITY_ARGS[modality]))
     assert result.exit_code == 0, result.output
     assert f"{done_before} were already done" in result.output
     with FeatureCache(whole) as a, FeatureCache(out) as b:
@@ -100,14 +104,15 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     assert not journal.exists()
 
 
-def test_bad_videos_are_skipped_recorded_and_listed(tmp_path):
+@pytest.mark.parametrize("modality", ["rgb", "flow"])
+def test_bad_videos_are_skipped_recorded_and_listed(tmp_path, modality):
     root = folder_dataset(tmp_path / "data")
     (root / "walk" / "zero.avi").write_bytes(b"")
     (root / "walk" / "text.avi").write_text("not a video\n" * 100)
     good = (root / "jump" / "jump0.avi").read_bytes()
     (root / "jump" / "trunc.avi").write_bytes(good[: len(good) // 2])
     out = tmp_path / "c.h5"
-    result = CliRunner().invoke(main, extract_args(root, out))
+    result = CliRunner().invoke(main, extract_args(root, out, *MODALITY_ARGS[modality]))
     assert result.exit_code == 0, result.output
     assert "extracted 4 videos" in result.output and "3 failed" in result.output
     assert "failed: walk/zero.avi: empty file (0 bytes)" in result.output
@@ -119,7 +124,11 @@ def test_bad_videos_are_skipped_recorded_and_listed(tmp_path):
     assert reasons["jump/trunc.avi"].startswith("truncated")
     assert "cannot open it as a video" in reasons["walk/text.avi"]
 
-    strict = CliRunner().invoke(main, extract_args(root, tmp_path / "strict.h5", "--strict"))
+    if modality == "flow":  # and a video of one frame has no flow
+        write_video(root / "walk" / "one.avi", 1)
+        again = CliRunner().invoke(main, extract_args(root, out, *MODALITY_ARGS[modality]))
+        assert "failed: walk/one.avi: a single frame: optical flow needs at least two" in again.output
+    strict = CliRunner().invoke(main, extract_args(root, tmp_path / "strict.h5", "--strict", *MODALITY_ARGS[modality]))
     assert strict.exit_code == 1
     assert "(--strict)" in strict.stderr
 
