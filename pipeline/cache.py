@@ -124,6 +124,7 @@ class FeatureCache:
         if int(version) != SCHEMA_VERSION:
             raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads {SCHEMA_VERSION}")
         self.identity: dict = json.loads(f.attrs["config"])
+        self.identity.setdefault("modality", "rgb")  # caches written before flow existed hold RGB features
         self.classes: tuple[str, ...] = tuple(self.identity["classes"])
         by_width = sorted(self.identity["levels"].items(), key=lambda kv: kv[1][1])
         self.levels: dict[str, int] = {lvl: int(dim) for lvl, (_, dim) in by_width}  # low, mid, high

@@ -33,8 +33,9 @@ from pipeline.config import TrainConfig
 from pipeline.datasets import hash_split
 from pipeline.models import build_model, count_parameters
 
-# Settings that may change when a run is resumed: they do not change what the run computes.
-RESUMABLE_FIELDS = ("out", "device", "epochs")
+# Settings that may change when a run is resumed: they do not change what the run computes (the cache
+# is compared by its identity, so a moved cache file is still the same cache).
+RESUMABLE_FIELDS = ("out", "device", "epochs", "cache")
 
 
 class TrainError(Exception):
@@ -233,8 +234,14 @@ def run_config(cfg: TrainConfig, cache_identity: dict) -> dict:
 
 
 def _comparable(config: dict) -> dict:
-    train = {k: v for k, v in config["train"].items() if k not in RESUMABLE_FIELDS}
-    return {**train, "cache": canonical(config["cache"])}
+    """The settings that decide what a run computes, flat, so a refusal can name each difference.
+    Fields added to the configuration after a run was made take their defaults."""
+    train = TrainConfig.from_json(config["train"]).to_json()
+    cache = {"modality": "rgb", **config["cache"]}
+    return {
+        **{k: v for k, v in train.items() if k not in RESUMABLE_FIELDS},
+        **{f"cache {k}": canonical(v) if isinstance(v, (dict, list)) else v for k, v in cache.items()},
+    }
 
 
 def is_complete(out: Path) -> bool:

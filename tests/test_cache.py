@@ -22,6 +22,7 @@ IDENTITY = {
     "preprocess": {"short_side": 64, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                    "resize": "bilinear-antialias-uint8"},
     "levels": {"low": ["layer2", 128], "mid": ["layer3", 256], "high": ["layer4", 512]},
+    "modality": "rgb",
 }
 
 
@@ -130,3 +131,14 @@ def test_not_a_cache_is_a_clear_error(tmp_path):
         FeatureCache(tmp_path / "y.h5")
     with pytest.raises(CacheError, match="z.h5: cache file not found"):
         FeatureCache(tmp_path / "z.h5")
+
+
+def test_a_cache_from_before_modalities_reads_as_rgb(tmp_path):
+    path = tmp_path / "c.h5"
+    old = {k: v for k, v in IDENTITY.items() if k != "modality"}
+    with CacheWriter(path, old) as w:
+        w.finish()
+    with FeatureCache(path) as c:
+        assert c.identity["modality"] == "rgb"
+    with CacheWriter(path, {**old, "modality": "rgb"}) as w:  # and an rgb run may resume it
+        w.finish()

@@ -152,6 +152,22 @@ def test_a_finished_run_is_not_redone_and_another_configuration_is_refused(train
         fit(small(sample_cache, trained / "rrn", hidden=64), **QUIET)
 
 
+def test_a_moved_cache_is_the_same_cache_but_another_one_is_refused(sample_cache, tmp_path):
+    fit(small(sample_cache, tmp_path / "r", epochs=1), **QUIET)
+    moved = tmp_path / "moved.h5"
+    moved.write_bytes(sample_cache.read_bytes())
+    assert fit(small(moved, tmp_path / "r", epochs=1), **QUIET).already_complete
+    other = tmp_path / "other.h5"
+    from pipeline.cache import CacheWriter, FeatureCache
+
+    with FeatureCache(sample_cache) as c:
+        identity = {**c.identity, "weights": "random:seed=9"}
+    with CacheWriter(other, identity) as w:
+        w.finish()
+    with pytest.raises(TrainError, match="cache weights: cache random:seed=0, this run random:seed=9"):
+        fit(small(other, tmp_path / "r", epochs=1), **QUIET)
+
+
 def test_refuses_a_cache_without_the_level(sample_cache, tmp_path):
     cache = tmp_path / "no_low.h5"
     cache.write_bytes(sample_cache.read_bytes())
