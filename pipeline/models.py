@@ -139,7 +139,7 @@ class Classifier(nn.Module):
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Classifier:
-    """The head of ``cfg.model``; ``mean``/``std`` (C,) standardise inputs when ``cfg.normalize``."""
+    """The head of ``cfg.model``; ``mean``/``std`` (C,), when given, standardise its inputs (--normalize)."""
     if cfg.model == "rrn":
         head = RRNHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.sru_dropout)
     elif cfg.model == "lstm":
@@ -152,8 +152,7 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
         head = MeanPoolHead(input_size, num_classes, cfg.dropout)
     else:
         raise ValueError(f"unknown model {cfg.model!r}")
-    norm = FeatureNorm(input_size, mean, std) if cfg.normalize else FeatureNorm(input_size)
-    return Classifier(norm, head)
+    return Classifier(FeatureNorm(input_size, mean, std), head)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -64,8 +64,8 @@ class LevelData:
     val: ClipSet | None  # held out of the training videos (--val-fraction), else None
     classes: tuple[str, ...]
     cache_identity: dict
-    mean: torch.Tensor  # (C,) per-dimension mean of the training videos' frames
-    std: torch.Tensor  # (C,)
+    mean: torch.Tensor | None  # (C,) per-dimension mean of the training videos' frames; with --normalize only
+    std: torch.Tensor | None  # (C,)
 
 
 def _clip_set(cache: FeatureCache, keys: list[str], cfg: TrainConfig, device: torch.device) -> ClipSet:
@@ -140,9 +140,11 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
         if bad:
             raise TrainError(f"{cfg.cache}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
                              f"{', '.join(bad[:3])}; run `mrrn inspect --verify` and re-extract them")
-        train_rows = np.concatenate([np.arange(r.offset, r.offset + r.frames)
-                                     for r in (cache.videos[cache.index[k]] for k in parts["train"])])
-        mean, std = _statistics(features, train_rows)
+        mean = std = None
+        if cfg.normalize:  # a pass over every training frame: only when the statistics are used
+            train_rows = np.concatenate([np.arange(r.offset, r.offset + r.frames)
+                                         for r in (cache.videos[cache.index[k]] for k in parts["train"])])
+            mean, std = _statistics(features, train_rows)
         return LevelData(
             mean=mean, std=std,
             features=_place(features, device, log),
