@@ -59,6 +59,14 @@ def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str) -> dict
     }
 
 
+def frame_source(identity: dict) -> tuple[Preprocess, FlowSpec | None]:
+    """The inverse of :func:`cache_identity` for what the backbone saw: the preprocessing, and the flow
+    rendering for a flow cache (None for RGB). Prediction uses it to see new videos as the cache did."""
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in identity["preprocess"].items()})
+    flow = FlowSpec(**identity["flow"]) if identity.get("modality", "rgb") == "flow" else None
+    return pre, flow
+
+
 # ----------------------------------------------------------------------------------------------
 # Decoding workers
 

@@ -11,7 +11,8 @@ import torch
 from pipeline.backbone import FeatureExtractor, WeightsError, load_backbone, resolve_device, sha256_file
 from pipeline.cache import canonical
 from pipeline.clips import clip_frames
-from pipeline.config import LEVELS, FlowSpec, Preprocess
+from pipeline.config import LEVELS
+from pipeline.extract import frame_source
 from pipeline.flow import flow_chunks
 from pipeline.fuse import FuseError, fuse, weights_by_level
 from pipeline.train import TrainedRun, load_run
@@ -67,7 +68,7 @@ def predict(videos: list[str | Path], run_dirs: list[str | Path], top: int = 5, 
     if method == "weighted":
         weights = weights_by_level(levels, None)
     weights_arg, seed = backbone_weights(identity["weights"], backbone_file)
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in identity["preprocess"].items()})
+    pre, flow = frame_source(identity)
     extractor = FeatureExtractor(load_backbone(weights_arg, seed), dev, identity["precision"] if dev.type == "cuda" else "fp32")
     classes = runs[0].classes
     out = []
@@ -75,8 +76,8 @@ def predict(videos: list[str | Path], run_dirs: list[str | Path], top: int = 5, 
         try:
             parts: dict[str, list[torch.Tensor]] = {lvl: [] for lvl in LEVELS}
             chunks = VideoReader(video).chunks()
-            if identity.get("modality", "rgb") == "flow":  # the runs were trained on flow features
-                chunks = flow_chunks(chunks, FlowSpec(**identity["flow"]))
+            if flow is not None:  # the runs were trained on flow features
+                chunks = flow_chunks(chunks, flow)
             for chunk in chunks:
                 x = preprocess(torch.from_numpy(chunk), pre)
                 for start in range(0, len(x), batch_size):
