@@ -24,6 +24,7 @@ from pipeline.config import (
     PAPER_CROP,
     PAPER_SHORT_SIDE,
     PRECISIONS,
+    STREAM_FUSIONS,
     ExtractConfig,
     FlowSpec,
     Preprocess,
@@ -192,6 +193,9 @@ def _train_options(f):
         click.option("--split", type=int, default=1, show_default=True, help="Split recorded in the cache."),
         click.option("--modality", type=click.Choice(MODALITIES), default="rgb", show_default=True,
                      help="The cache's modality (mrrn extract --modality); a mismatch is refused."),
+        click.option("--flow-cache", type=click.Path(path_type=Path), default=None,
+                     help="A flow cache (extract --modality flow) beside the RGB --cache: for --model twostream, "
+                          "for flow runs of a sweep over --modalities rgb,flow, and for --modality flow."),
         click.option("--epochs", type=int, default=12, show_default=True),
         click.option("--batch-size", type=int, default=28, show_default=True),
         click.option("--lr", type=float, default=None,
@@ -219,13 +223,19 @@ def _train_options(f):
     return f
 
 
-def _train_config(out, level, model, hidden, layers, pool, cache, split, modality, epochs, batch_size, lr, lr_step, dropout,
-                  window, normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
-                  val_fraction) -> TrainConfig:
+def _train_config(out, level, model, hidden, layers, pool, cache, split, modality, flow_cache, epochs, batch_size, lr,
+                  lr_step, dropout, window, normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
+                  val_fraction, stream_fusion="sum") -> TrainConfig:
+    if model != "twostream" and flow_cache is not None:
+        if modality != "flow":
+            raise click.UsageError("--flow-cache is read by --model twostream, --modality flow or a sweep over "
+                                   "--modalities rgb,flow")
+        cache, flow_cache = flow_cache, None  # a flow run reads the flow cache
     return TrainConfig(
-        cache=str(cache), out=str(out), split=split, modality=modality, level=level, model=model, hidden=hidden, layers=layers,
-        pool=pool, dropout=dropout, window=window, normalize=normalize, epochs=epochs, batch_size=batch_size, lr=lr,
-        lr_step_epochs=lr_step,
+        cache=str(cache), out=str(out), split=split, modality=modality, level=level, model=model,
+        flow_cache=None if flow_cache is None else str(flow_cache), stream_fusion=stream_fusion, hidden=hidden,
+        layers=layers, pool=pool, dropout=dropout, window=window, normalize=normalize, epochs=epochs,
+        batch_size=batch_size, lr=lr, lr_step_epochs=lr_step,
         clip=ClipSpec(clip_length, clip_stride, max_clips), seed=seed, device=device, allow_missing=allow_missing,
         val_fraction=val_fraction,
     )
@@ -237,21 +247,23 @@ def _train_config(out, level, model, hidden, layers, pool, cache, split, modalit
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
 @click.option("--model", type=click.Choice(MODELS), default="rrn", show_default=True,
               help="rrn (stacked SRU, the paper), lstm, reslstm (residual LSTM), tresnet (temporal residual "
-                   "blocks) or meanpool (the order-blind control).")
+                   "blocks), meanpool (the order-blind control) or twostream (RGB and flow, needs --flow-cache).")
+@click.option("--stream-fusion", type=click.Choice(STREAM_FUSIONS), default="sum", show_default=True,
+              help="twostream: fuse the top appearance and motion states by sum or element-wise product.")
 @click.option("--hidden", type=int, default=1024, show_default=True, help="SRU hidden units.")
 @click.option("--layers", type=int, default=3, show_default=True, help="Stacked SRU layers.")
 @click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,
               help="Temporal pooling of the per-step scores: mean (eq. 8) or max (eq. 9).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
-def train(level, out, model, hidden, layers, pool, resume, quiet, **kw):
+def train(level, out, model, stream_fusion, hidden, layers, pool, resume, quiet, **kw):
     """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
     from pipeline.train import fit
 
     with user_errors():
-        cfg = _train_config(out, level, model, hidden, layers, pool, **kw)
+        cfg = _train_config(out, level, model, hidden, layers, pool, stream_fusion=stream_fusion, **kw)
         s = fit(cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
     f = s.final
-    click.echo(f"{cfg.model} {cfg.level}: video top-1 {f['video_top1']:.1%}, top-5 {f['video_top5']:.1%}, "
+    click.echo(f"{cfg.model} {cfg.streams} {cfg.level}: video top-1 {f['video_top1']:.1%}, top-5 {f['video_top5']:.1%}, "
                f"mean class {f['mean_class_acc']:.1%}, clip {f['clip_acc']:.1%} after {s.epochs} epochs "
                f"({s.parameters:,} parameters, {s.seconds_per_epoch:.1f} s/epoch) -> {s.out}")
 
@@ -272,6 +284,11 @@ def _csv(kind, choices=None):
     return parse
 
 
+def _optional_csv(choices):
+    parse = _csv(str, choices)
+    return lambda ctx, param, value: None if value is None else parse(ctx, param, value)
+
+
 @main.command()
 @_train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Sweep directory (one run each).")
@@ -283,13 +300,20 @@ def _csv(kind, choices=None):
 @click.option("--layers", default="3", show_default=True, callback=_csv(int), help="Comma-separated depths.")
 @click.option("--pool", default="mean", show_default=True, callback=_csv(str, list(POOLS)),
               help="Comma-separated temporal poolings.")
-def sweep(out, levels, models, hidden, layers, pool, quiet, **kw):
-    """Train a grid of runs on one cache (finished runs are skipped) and write results.csv and results.md."""
+@click.option("--modalities", default=None, callback=_optional_csv(list(MODALITIES)),
+              help="Comma-separated streams for the single-stream heads, e.g. rgb,flow (flow runs read "
+                   "--flow-cache) [default: --modality].")
+@click.option("--stream-fusion", default="sum", show_default=True, callback=_csv(str, list(STREAM_FUSIONS)),
+              help="twostream: comma-separated fusions of the top states (sum, product).")
+def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, **kw):
+    """Train a grid of runs on one cache, or RGB and flow caches (finished runs are skipped), and write
+    results.csv and results.md: one comparison table."""
     from pipeline.sweep import run_sweep
 
     with user_errors():
-        base = _train_config(out / "_", levels[0], models[0], hidden[0], layers[0], pool[0], **kw)
-        run_sweep(base, out, levels, models, hidden, layers, pool, progress=not quiet,
+        base = _train_config(out / "_", levels[0], "rrn", hidden[0], layers[0], pool[0], flow_cache=None, **kw)
+        run_sweep(base, out, levels, models, hidden, layers, pool, modalities=modalities or [base.modality],
+                  flow_cache=flow_cache, stream_fusions=stream_fusion, progress=not quiet,
                   log=lambda m: click.echo(m, err=True))
     click.echo((out / "results.md").read_text(), nl=False)
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
@@ -300,8 +324,8 @@ def sweep(out, levels, models, hidden, layers, pool, quiet, **kw):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fuse directory.")
 @click.option("--method", type=click.Choice(FUSION_METHODS), default="weighted", show_default=True)
 @click.option("--weights", default=None,
-              help="Weights by level, 'high=0.7,mid=0.2,low=0.1' or '0.7,0.2,0.1' (high, mid, low as in eq. 10) "
-                   "[default: the paper's].")
+              help="Weights by level, 'high=0.7,mid=0.2,low=0.1' or '0.7,0.2,0.1' (high, mid, low as in eq. 10), "
+                   "by modality ('rgb=1,flow=1.5') or both ('rgb:high=0.5,flow:high=0.5') [default: the paper's].")
 @click.option("--search", is_flag=True, help="Choose the weights on the runs' validation videos (--val-fraction).")
 def fuse(runs, out, method, weights, search):
     """Fuse several runs' video scores (eq. 10, or sum / product) and write the summary and report."""
@@ -323,7 +347,8 @@ def _level_weights(text):
             return {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
         return dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
     except ValueError:
-        raise click.BadParameter(f"expected 'high=0.7,mid=0.2,low=0.1' or up to three numbers, got {text!r}",
+        raise click.BadParameter(f"expected 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5' or up to "
+                                 f"three numbers, got {text!r}",
                                  param_hint="--weights") from None
 
 

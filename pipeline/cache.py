@@ -80,6 +80,12 @@ def canonical(identity: dict) -> str:
     return json.dumps(identity, sort_keys=True, separators=(",", ":"))
 
 
+def source_identity(identity: dict) -> dict:
+    """What the streams of one dataset and backbone share (RGB and flow caches fuse and train together):
+    the identity without its modality and flow settings."""
+    return {k: v for k, v in identity.items() if k not in ("modality", "flow")}
+
+
 def describe_differences(have: dict, want: dict) -> str:
     """'weights: cache random:seed=0, this run sha256:...; crop: cache 224, this run 64'."""
     parts = []

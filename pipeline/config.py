@@ -106,7 +106,8 @@ class ExtractConfig:
 # ----------------------------------------------------------------------------------------------
 # Stage 2 (MRRN section 4.2 and 5.2)
 
-MODELS = ("rrn", "lstm", "reslstm", "tresnet", "meanpool")
+MODELS = ("rrn", "lstm", "reslstm", "tresnet", "meanpool", "twostream")
+STREAM_FUSIONS = ("sum", "product")  # twostream: how the top appearance and motion states are combined
 POOLS = ("mean", "max")  # eq. 8 and eq. 9
 PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
 PAPER_FUSION_WEIGHTS = {"high": 0.7, "mid": 0.2, "low": 0.1}  # eq. 10
@@ -137,6 +138,8 @@ class TrainConfig:
     level: str = "high"
     modality: str = "rgb"  # must match the cache's (mrrn extract --modality)
     model: str = "rrn"
+    flow_cache: str | None = None  # twostream: the flow cache beside ``cache`` (the RGB one)
+    stream_fusion: str = "sum"  # twostream: sum or product of the top appearance and motion states
     hidden: int = 1024
     layers: int = 3
     pool: str = "mean"
@@ -164,6 +167,12 @@ class TrainConfig:
             raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "twostream" and (self.flow_cache is None or self.modality != "rgb"):
+            raise ValueError("--model twostream trains on an RGB cache (--cache) and a flow cache (--flow-cache)")
+        if self.model != "twostream" and self.flow_cache is not None:
+            raise ValueError("a flow cache beside the RGB cache is only for --model twostream")
+        if self.stream_fusion not in STREAM_FUSIONS:
+            raise ValueError(f"stream fusion must be one of {', '.join(STREAM_FUSIONS)}, got {self.stream_fusion!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs, self.window) < 1:
@@ -174,6 +183,11 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return PAPER_LR[self.level] if self.lr is None else self.lr
+
+    @property
+    def streams(self) -> str:
+        """What the run sees: rgb, flow, or rgb+flow (twostream)."""
+        return "rgb+flow" if self.model == "twostream" else self.modality
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for 0-based ``epoch``: step decay (paper: 1e-5 for 8 epochs, then 1e-6)."""

@@ -1,6 +1,7 @@
 """Fusion of several runs' video scores (MRRN eq. 10; Res-LSTM's sum and product), and its summary.
 
-    weighted   P = sum_i w_i P_i, weights matched to runs by level (paper: 0.7 high, 0.2 mid, 0.1 low)
+    weighted   P = sum_i w_i P_i, weights matched to runs by level (paper: 0.7 high, 0.2 mid, 0.1 low),
+               or by modality:level / modality where RGB and flow runs are fused
     sum        P = sum_i P_i
     product    P = prod_i P_i (computed as a sum of logs, then renormalised)
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cache import source_identity
 from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
 from pipeline.train import video_metrics
 
@@ -86,26 +88,29 @@ def check_compatible(runs: list[RunScores]) -> None:
 
 
 def _source(cache_identity: str) -> dict:
-    """What runs to be fused must share: the cache's identity without its modality (RGB and flow runs
-    of one dataset and backbone fuse; two-stream fusion)."""
     try:
-        identity = json.loads(cache_identity)
+        return source_identity(json.loads(cache_identity))
     except json.JSONDecodeError:
         return {"identity": cache_identity}
-    return {k: v for k, v in identity.items() if k not in ("modality", "flow")}
 
 
-def weights_by_level(levels: list[str], weights: dict[str, float] | None) -> list[float]:
-    """One weight per run of ``levels``: ``weights`` or the paper's (0.7 high, 0.2 mid, 0.1 low)."""
+def weights_for(streams: list[tuple[str, str]], weights: dict[str, float] | None) -> list[float]:
+    """One weight per run given as (modality, level): the weight of ``modality:level``, else of the
+    modality, else of the level (``weights`` or the paper's 0.7 high, 0.2 mid, 0.1 low). A key that
+    would serve two runs is refused: weights must say which run they are for."""
     weights = PAPER_FUSION_WEIGHTS if weights is None else weights
-    repeated = sorted({lvl for lvl in levels if levels.count(lvl) > 1})
-    if repeated:
-        raise FuseError(f"weighted fusion matches weights to runs by level, and {', '.join(repeated)} appears "
-                        "more than once; fuse one run per level, or use --method sum or product")
-    missing = [lvl for lvl in levels if lvl not in weights]
-    if missing:
-        raise FuseError(f"no weight for level {', '.join(missing)} (weights given: {weights})")
-    return [float(weights[lvl]) for lvl in levels]
+    keys = []
+    for modality, level in streams:
+        key = next((k for k in (f"{modality}:{level}", modality, level) if k in weights), None)
+        if key is None:
+            raise FuseError(f"no weight for the {modality} {level} run (weights given: "
+                            f"{', '.join(f'{k}={v:g}' for k, v in weights.items())})")
+        keys.append(key)
+    shared = sorted({k for k in keys if keys.count(k) > 1})
+    if shared:
+        raise FuseError(f"the weight of {', '.join(shared)} would serve more than one run; give each run its own, "
+                        "e.g. --weights rgb:high=0.5,flow:high=0.5 (modality:level), or use --method sum or product")
+    return [float(weights[k]) for k in keys]
 
 
 def fuse(scores: list[np.ndarray], method: str, weights: list[float] | None = None) -> np.ndarray:
@@ -177,7 +182,7 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
         check_compatible(val)
         run_weights = search_weights([v.scores for v in val], val[0].labels)
     elif method == "weighted":
-        run_weights = weights_by_level([r.level for r in runs], weights)
+        run_weights = weights_for([(r.modality, r.level) for r in runs], weights)
     fused = fuse([r.scores for r in runs], method, run_weights)
     num_classes = len(runs[0].classes)
     labels = torch.from_numpy(runs[0].labels)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pipeline.config import TrainConfig
-from pipeline.sru import SRU
+from pipeline.sru import SRU, SRULayer
 
 
 class RRNHead(nn.Module):
@@ -99,6 +99,42 @@ class TResNetHead(nn.Module):
         return _pool(self.classifier(self.dropout(self.blocks(x))), self.pool)  # (B, K)
 
 
+class TwoStreamHead(nn.Module):
+    """Appearance and motion SRU stacks side by side on (B, T, 2C) = RGB features | flow features.
+
+    Before each appearance layer the motion stream's current state is added to the appearance input of
+    the layer's gates, while the layer's highway (skip) path carries appearance alone: ST-ResNet's
+    residual connection from the motion stream into the appearance stream. The two top states are
+    fused by sum or element-wise product (Res-LSTM's mid-level fusion), then the RRN's per-step head."""
+
+    def __init__(self, stream_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, pool: str = "mean",
+                 dropout: float = 0.5, fusion: str = "sum"):
+        super().__init__()
+        if fusion not in ("sum", "product"):
+            raise ValueError(f"fusion must be 'sum' or 'product', got {fusion!r}")
+        self.stream_size, self.pool, self.fusion = stream_size, pool, fusion
+        sizes = [stream_size] + [hidden] * (layers - 1)
+        self.appearance = nn.ModuleList(SRULayer(size, hidden) for size in sizes)
+        self.motion = nn.ModuleList(SRULayer(size, hidden) for size in sizes)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, 2C) -> the top appearance and motion states, (T, B, H) each."""
+        if x.ndim != 3 or x.shape[-1] != 2 * self.stream_size:
+            raise ValueError(f"expected (B, T, {2 * self.stream_size}) = RGB | flow, got {tuple(x.shape)}")
+        a, m = x.transpose(0, 1).split(self.stream_size, dim=-1)  # (T, B, C) each
+        for appearance, motion in zip(self.appearance, self.motion):
+            a, m = appearance(a + m, skip_input=a)[0], motion(m)[0]  # (T, B, H): motion -> appearance
+        return a, m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, m = self.streams(x)
+        top = a + m if self.fusion == "sum" else a * m  # (T, B, H)
+        steps = self.classifier(self.dropout(torch.tanh(top))).transpose(0, 1)  # (B, T, K)
+        return _pool(steps, self.pool)  # (B, K)
+
+
 class MeanPoolHead(nn.Module):
     """The order-blind control: the average of the clip's features -> dropout -> linear."""
 
@@ -139,7 +175,8 @@ class Classifier(nn.Module):
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Classifier:
-    """The head of ``cfg.model``; ``mean``/``std`` (C,), when given, standardise its inputs (--normalize)."""
+    """The head of ``cfg.model``; ``mean``/``std`` (C,), when given, standardise its inputs (--normalize).
+    For twostream, ``input_size`` is both streams' width together (RGB | flow)."""
     if cfg.model == "rrn":
         head = RRNHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.sru_dropout)
     elif cfg.model == "lstm":
@@ -150,6 +187,9 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
         head = TResNetHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.window)
     elif cfg.model == "meanpool":
         head = MeanPoolHead(input_size, num_classes, cfg.dropout)
+    elif cfg.model == "twostream":  # input: RGB and flow features side by side
+        head = TwoStreamHead(input_size // 2, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout,
+                             cfg.stream_fusion)
     else:
         raise ValueError(f"unknown model {cfg.model!r}")
     return Classifier(FeatureNorm(input_size, mean, std), head)

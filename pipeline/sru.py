@@ -90,10 +90,17 @@ class SRULayer(nn.Module):
                 nn.init.orthogonal_(block)
             self.bias.zero_()
 
-    def forward(self, x: torch.Tensor, c0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c0: torch.Tensor | None = None,
+                skip_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``skip_input`` (T, B, C), when given, is what the highway term carries instead of ``x``: the
+        two-stream head feeds appearance + motion to the gates and keeps appearance alone on the skip path."""
         H = self.hidden_size
-        u = F.linear(x, self.weight)  # (T, B, blocks*H): eq. 2 and every projection of every step at once
-        gates, skip = (u[..., : 3 * H], u[..., 3 * H :]) if self.project_skip else (u, x)
+        if skip_input is None:
+            u = F.linear(x, self.weight)  # (T, B, blocks*H): eq. 2 and every projection of every step at once
+            gates, skip = (u[..., : 3 * H], u[..., 3 * H :]) if self.project_skip else (u, x)
+        else:
+            gates = F.linear(x, self.weight[: 3 * H])  # (T, B, 3H)
+            skip = F.linear(skip_input, self.weight[3 * H :]) if self.project_skip else skip_input
         if c0 is None:
             c0 = x.new_zeros(x.shape[1], H)
         return SRUElementwise.apply(gates.contiguous(), self.bias, skip.contiguous(), c0)  # (3)-(6)

@@ -13,32 +13,51 @@ from pathlib import Path
 from pipeline.config import LEVELS, TrainConfig
 from pipeline.train import RunSummary, fit
 
-COLUMNS = ("level", "model", "hidden", "layers", "pool", "video_top1", "video_top5", "mean_class_acc", "clip_acc",
-           "epochs", "parameters", "seconds_per_epoch", "run")
+COLUMNS = ("streams", "level", "model", "stream_fusion", "hidden", "layers", "pool", "video_top1", "video_top5",
+           "mean_class_acc", "clip_acc", "epochs", "parameters", "seconds_per_epoch", "run")
 
 
 def run_name(cfg: TrainConfig) -> str:
+    prefix = "flow_" if cfg.modality == "flow" else ""
     if cfg.model == "meanpool":  # no temporal part: hidden, layers and pooling do not apply
-        return f"{cfg.level}_meanpool"
+        return f"{prefix}{cfg.level}_meanpool"
     if cfg.model == "reslstm":  # classifies from the last time step: no pooling
-        return f"{cfg.level}_reslstm_h{cfg.hidden}_l{cfg.layers}"
-    return f"{cfg.level}_{cfg.model}_h{cfg.hidden}_l{cfg.layers}_{cfg.pool}"
+        return f"{prefix}{cfg.level}_reslstm_h{cfg.hidden}_l{cfg.layers}"
+    model = f"twostream_{cfg.stream_fusion}" if cfg.model == "twostream" else cfg.model
+    return f"{prefix}{cfg.level}_{model}_h{cfg.hidden}_l{cfg.layers}_{cfg.pool}"
 
 
-def grid(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools) -> list[TrainConfig]:
-    """Every combination, as configs with their own run directory under ``out`` (duplicates dropped)."""
+def grid(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, modalities=None, flow_cache=None,
+         stream_fusions=("sum",)) -> list[TrainConfig]:
+    """Every combination, as configs with their own run directory under ``out`` (duplicates dropped).
+    Single-stream heads run once per modality (flow runs read ``flow_cache`` when given, else
+    ``base.cache``); twostream runs once per stream fusion, on ``base.cache`` (RGB) and ``flow_cache``."""
+    modalities = modalities or [base.modality]
+    if "twostream" in models and flow_cache is None:
+        raise ValueError("--models twostream needs --flow-cache beside the RGB --cache")
+    if set(modalities) == {"rgb", "flow"} and flow_cache is None:
+        raise ValueError("--modalities rgb,flow needs --flow-cache beside the RGB --cache")
     configs: dict[str, TrainConfig] = {}
-    for level, model, hidden, n_layers, pool in itertools.product(levels, models, hiddens, layers, pools):
-        cfg = dataclasses.replace(base, level=level, model=model, hidden=hidden, layers=n_layers, pool=pool)
+    for modality, level, model, hidden, n_layers, pool, fusion in itertools.product(
+            modalities, levels, models, hiddens, layers, pools, stream_fusions):
+        if model == "twostream":
+            cache, streams = base.cache, dict(modality="rgb", flow_cache=str(flow_cache), stream_fusion=fusion)
+        else:
+            cache = str(flow_cache) if modality == "flow" and flow_cache is not None else base.cache
+            streams = dict(modality=modality, flow_cache=None)
+        cfg = dataclasses.replace(base, cache=cache, level=level, model=model, hidden=hidden, layers=n_layers,
+                                  pool=pool, **streams)
         configs.setdefault(run_name(cfg), dataclasses.replace(cfg, out=str(out / run_name(cfg))))
-    return list(configs.values())
+    return sorted(configs.values(), key=lambda c: c.model == "twostream")  # single streams first
 
 
 def row(cfg: TrainConfig, s: RunSummary) -> dict:
     f = s.final
     recurrent = cfg.model != "meanpool"
     return {
-        "level": cfg.level, "model": cfg.model, "hidden": cfg.hidden if recurrent else "",
+        "streams": cfg.streams, "level": cfg.level, "model": cfg.model,
+        "stream_fusion": cfg.stream_fusion if cfg.model == "twostream" else "",
+        "hidden": cfg.hidden if recurrent else "",
         "layers": cfg.layers if recurrent else "", "pool": cfg.pool if recurrent and cfg.model != "reslstm" else "",
         "video_top1": round(f["video_top1"], 4), "video_top5": round(f["video_top5"], 4),
         "mean_class_acc": round(f["mean_class_acc"], 4), "clip_acc": round(f["clip_acc"], 4),
@@ -47,22 +66,28 @@ def row(cfg: TrainConfig, s: RunSummary) -> dict:
     }
 
 
+def _model(r: dict, mark_flow: bool = True) -> str:
+    """A row's head as the tables name it: twostream with its fusion, flow runs marked."""
+    name = f"{r['model']} ({r['stream_fusion']})" if r.get("stream_fusion") else r["model"]
+    return f"flow {name}" if mark_flow and r.get("streams") == "flow" else name
+
+
 def _pct(value) -> str:
     return f"{100 * value:.2f}" if value != "" else ""
 
 
 def markdown(rows: list[dict]) -> str:
     """All runs, then the paper-shaped grids wherever the sweep varies their axes."""
-    out = ["| level | model | hidden | layers | pool | video top-1 | top-5 | mean class | clip | params | s/epoch |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| streams | level | model | hidden | layers | pool | video top-1 | top-5 | mean class | clip | params "
+           "| s/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['level']} | {r['model']} | {r['hidden']} | {r['layers']} | {r['pool']} | "
+        out.append(f"| {r.get('streams', 'rgb')} | {r['level']} | {_model(r, mark_flow=False)} | {r['hidden']} | {r['layers']} | {r['pool']} | "
                    f"{_pct(r['video_top1'])} | {_pct(r['video_top5'])} | {_pct(r['mean_class_acc'])} | "
                    f"{_pct(r['clip_acc'])} | {r['parameters']:,} | {r['seconds_per_epoch']} |")
     recurrent = [r for r in rows if r["model"] != "meanpool"]
     # Table 1 shape: hidden x layers, per (model, level, pool)
-    for key in sorted({(r["model"], r["level"], r["pool"]) for r in recurrent}):
-        cells = {(r["hidden"], r["layers"]): r["video_top1"] for r in recurrent if (r["model"], r["level"], r["pool"]) == key}
+    for key in sorted({(_model(r), r["level"], r["pool"]) for r in recurrent}):
+        cells = {(r["hidden"], r["layers"]): r["video_top1"] for r in recurrent if (_model(r), r["level"], r["pool"]) == key}
         hiddens, layers = sorted({h for h, _ in cells}), sorted({n for _, n in cells})
         if len(hiddens) > 1 or len(layers) > 1:
             out += ["", f"Video top-1 (%), {key[0]}, {key[1]} level, {key[2]} pooling (paper table 1 shape):", "",
@@ -75,23 +100,24 @@ def markdown(rows: list[dict]) -> str:
     shapes = sorted({(r["hidden"], r["layers"]) for r in recurrent}) or [("", "")]
     for hidden, n_layers in shapes:
         group = [r for r in rows if r["model"] == "meanpool" or (r["hidden"], r["layers"]) == (hidden, n_layers)]
-        lines = sorted({(r["model"], r["pool"]) for r in group}, key=lambda mp: (mp[0] == "meanpool", mp))
-        if len(levels) > 1 or len(lines) > 1:
+        lines = sorted({(_model(r), r["pool"]) for r in group}, key=lambda mp: (mp[0].endswith("meanpool"), mp))
+        if len(levels) > 1:  # with one level the table above already says it all
             title = f"{hidden} hidden x {n_layers} layers" if hidden != "" else "meanpool"
             out += ["", f"Video top-1 (%) per level, {title} (paper table 2 shape):", "",
                     "| model | pooling | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]
             for model, pool in lines:
-                cells = {r["level"]: r["video_top1"] for r in group if (r["model"], r["pool"]) == (model, pool)}
+                cells = {r["level"]: r["video_top1"] for r in group if (_model(r), r["pool"]) == (model, pool)}
                 out.append(f"| {model} | {pool or '-'} | " + " | ".join(_pct(cells.get(lvl, "")) for lvl in levels) + " |")
     return "\n".join(out) + "\n"
 
 
-def run_sweep(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, progress=True, log=print):
+def run_sweep(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, modalities=None, flow_cache=None,
+              stream_fusions=("sum",), progress=True, log=print):
     """Train every configuration of the grid (resuming unfinished runs, skipping finished ones), then
     write ``results.csv`` and ``results.md`` in ``out``. Returns the rows."""
     out = Path(out)
+    configs = grid(base, out, levels, models, hiddens, layers, pools, modalities, flow_cache, stream_fusions)
     out.mkdir(parents=True, exist_ok=True)
-    configs = grid(base, out, levels, models, hiddens, layers, pools)
     rows = []
     for i, cfg in enumerate(configs, start=1):
         summary = fit(cfg, resume=True, progress=progress, log=log, epoch_lines=progress)

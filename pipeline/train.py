@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.backbone import resolve_device
-from pipeline.cache import FeatureCache, canonical, describe_differences, read_identity
+from pipeline.cache import FeatureCache, canonical, describe_differences, read_identity, source_identity
 from pipeline.clips import clip_frames
 from pipeline.config import TrainConfig
 from pipeline.datasets import hash_split
@@ -35,7 +35,7 @@ from pipeline.models import build_model, count_parameters
 
 # Settings that may change when a run is resumed: they do not change what the run computes (the cache
 # is compared by its identity, so a moved cache file is still the same cache).
-RESUMABLE_FIELDS = ("out", "device", "epochs", "cache")
+RESUMABLE_FIELDS = ("out", "device", "epochs", "cache", "flow_cache")
 
 
 class TrainError(Exception):
@@ -68,17 +68,28 @@ class LevelData:
     std: torch.Tensor | None  # (C,)
 
 
-def _clip_set(cache: FeatureCache, keys: list[str], cfg: TrainConfig, device: torch.device) -> ClipSet:
+@dataclass
+class _Source:
+    """One level in memory with its video table: a cache's, or RGB | flow side by side (twostream)."""
+
+    features: np.ndarray  # (frames, C)
+    videos: dict[str, tuple[int, int, int]]  # key -> (first row, frames, label)
+    classes: tuple[str, ...]
+    identity: dict
+    split: tuple[list[str], list[str]]  # (train keys, test keys)
+    name: str  # what a message calls it: the cache path, or both
+
+
+def _clip_set(source: _Source, keys: list[str], cfg: TrainConfig, device: torch.device) -> ClipSet:
     rows, owner = [], []
     for i, key in enumerate(keys):
-        rec = cache.videos[cache.index[key]]
-        frames = clip_frames(rec.frames, cfg.clip) + rec.offset  # (n, L)
-        rows.append(frames)
-        owner.append(np.full(len(frames), i))
-    labels = [cache.videos[cache.index[k]].label for k in keys]
+        offset, frames, _ = source.videos[key]
+        clips = clip_frames(frames, cfg.clip) + offset  # (n, L)
+        rows.append(clips)
+        owner.append(np.full(len(clips), i))
     return ClipSet(
         keys=list(keys),
-        labels=torch.tensor(labels, dtype=torch.int64, device=device),
+        labels=torch.tensor([source.videos[k][2] for k in keys], dtype=torch.int64, device=device),
         clip_rows=torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, cfg.clip.length), np.int64)).to(device),
         clip_video=torch.from_numpy(np.concatenate(owner) if owner else np.zeros(0, np.int64)).to(device),
     )
@@ -107,53 +118,99 @@ def _place(features: np.ndarray, device: torch.device, log) -> torch.Tensor:
     return tensor
 
 
-def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelData:
-    """Read ``cfg.level`` of the cache once and index the split's train and test clips."""
-    with FeatureCache(cfg.cache) as cache:
-        modality = cache.identity.get("modality", "rgb")
-        if modality != cfg.modality:
-            raise TrainError(f"{cfg.cache}: a {modality} cache, but this run asks for --modality {cfg.modality}")
+def _read_source(path: str, modality: str, cfg: TrainConfig) -> _Source:
+    """``cfg.level`` of the cache at ``path`` (one read), refusing another modality or a missing split."""
+    with FeatureCache(path) as cache:
+        have = cache.identity.get("modality", "rgb")
+        if have != modality:
+            wanted = "--flow-cache" if cfg.model == "twostream" and modality == "flow" else f"--modality {modality}"
+            raise TrainError(f"{path}: a {have} cache, but this run asks for {wanted}")
         if cfg.split not in cache.splits:
-            have = ", ".join(str(n) for n in sorted(cache.splits)) or "none"
-            raise TrainError(f"{cfg.cache}: no split {cfg.split} in this cache (it has: {have})")
-        features = cache.load_level(cfg.level)  # raises if the cache has no such level
-        parts = {}
-        for name, keys in zip(("train", "test"), cache.splits[cfg.split]):
-            present = [k for k in keys if k in cache.index]
-            missing = [k for k in keys if k not in cache.index]
-            if missing:
-                shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-                message = (f"{cfg.cache}: {len(missing)} of the {len(keys)} {name} videos of split {cfg.split} "
-                           f"are not in the cache (failed or not extracted): {shown}")
-                if not cfg.allow_missing:
-                    raise TrainError(message + "; --allow-missing trains without them")
-                log(f"warning: {message}; going on without them (--allow-missing)")
-            if not present:
-                raise TrainError(f"{cfg.cache}: split {cfg.split} has no {name} videos in the cache")
-            parts[name] = present
-        if cfg.val_fraction > 0:
-            labelled = [(k, cache.videos[cache.index[k]].label) for k in parts["train"]]
-            kept, held = hash_split(labelled, cfg.val_fraction)
-            parts["train"], parts["val"] = [k for k, _ in kept], [k for k, _ in held]
-        used = [cache.videos[cache.index[k]] for keys in parts.values() for k in keys]
-        bad = [r.key for r in used if not np.isfinite(features[r.offset : r.offset + r.frames]).all()]
-        if bad:
-            raise TrainError(f"{cfg.cache}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
-                             f"{', '.join(bad[:3])}; run `mrrn inspect --verify` and re-extract them")
-        mean = std = None
-        if cfg.normalize:  # a pass over every training frame: only when the statistics are used
-            train_rows = np.concatenate([np.arange(r.offset, r.offset + r.frames)
-                                         for r in (cache.videos[cache.index[k]] for k in parts["train"])])
-            mean, std = _statistics(features, train_rows)
-        return LevelData(
-            mean=mean, std=std,
-            features=_place(features, device, log),
-            train=_clip_set(cache, parts["train"], cfg, device),
-            test=_clip_set(cache, parts["test"], cfg, device),
-            val=_clip_set(cache, parts["val"], cfg, device) if parts.get("val") else None,
-            classes=cache.classes,
-            cache_identity=cache.identity,
+            known = ", ".join(str(n) for n in sorted(cache.splits)) or "none"
+            raise TrainError(f"{path}: no split {cfg.split} in this cache (it has: {known})")
+        return _Source(
+            features=cache.load_level(cfg.level),  # raises if the cache has no such level
+            videos={r.key: (r.offset, r.frames, r.label) for r in cache.videos},
+            classes=cache.classes, identity=cache.identity, split=cache.splits[cfg.split], name=str(path),
         )
+
+
+def stack_streams(rgb: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor):
+    """One video's RGB (T, C) and flow (T', C) features side by side, (n, 2C). Flow image i is the motion
+    from frame i to frame i+1, so it sits beside RGB frame i+1: n = min(T - 1, T') (the first RGB frame
+    has no motion before it; T' = T - 1 when both caches decoded the same frames)."""
+    n = max(min(len(rgb) - 1, len(flow)), 0)
+    if isinstance(rgb, torch.Tensor):
+        return torch.cat([rgb[1 : 1 + n], flow[:n]], dim=1)
+    return np.concatenate([rgb[1 : 1 + n], flow[:n]], axis=1)
+
+
+def join_streams(rgb: _Source, flow: _Source) -> _Source:
+    """RGB | flow features side by side (:func:`stack_streams`) for the videos in both caches."""
+    have, want = source_identity(rgb.identity), source_identity(flow.identity)
+    if have != want:
+        fields = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        raise TrainError(f"{rgb.name} and {flow.name} are not two streams of one dataset and backbone "
+                         f"(they differ in: {', '.join(fields)})")
+    if rgb.split != flow.split:
+        raise TrainError(f"{rgb.name} and {flow.name} hold different video lists for split {rgb.split}")
+    pieces, videos, offset = [], {}, 0
+    for key, (rgb_at, rgb_frames, label) in rgb.videos.items():
+        if key not in flow.videos:
+            continue
+        flow_at, flow_frames, _ = flow.videos[key]
+        both = stack_streams(rgb.features[rgb_at : rgb_at + rgb_frames], flow.features[flow_at : flow_at + flow_frames])
+        if len(both):
+            pieces.append(both)
+            videos[key] = (offset, len(both), label)
+            offset += len(both)
+    width = rgb.features.shape[1] + flow.features.shape[1]
+    features = np.concatenate(pieces) if pieces else np.zeros((0, width), rgb.features.dtype)
+    return _Source(features, videos, rgb.classes, rgb.identity, rgb.split, f"{rgb.name} + {flow.name}")
+
+
+def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelData:
+    """Read ``cfg.level`` of the cache (and, for twostream, of the flow cache) once and index the split's
+    train and test clips."""
+    source = _read_source(cfg.cache, cfg.modality, cfg)
+    if cfg.model == "twostream":
+        source = join_streams(source, _read_source(cfg.flow_cache, "flow", cfg))
+    features, where = source.features, ("both caches" if cfg.model == "twostream" else "the cache")
+    parts = {}
+    for name, keys in zip(("train", "test"), source.split):
+        present = [k for k in keys if k in source.videos]
+        missing = [k for k in keys if k not in source.videos]
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            message = (f"{source.name}: {len(missing)} of the {len(keys)} {name} videos of split {cfg.split} "
+                       f"are not in {where} (failed or not extracted): {shown}")
+            if not cfg.allow_missing:
+                raise TrainError(message + "; --allow-missing trains without them")
+            log(f"warning: {message}; going on without them (--allow-missing)")
+        if not present:
+            raise TrainError(f"{source.name}: split {cfg.split} has no {name} videos in {where}")
+        parts[name] = present
+    if cfg.val_fraction > 0:
+        kept, held = hash_split([(k, source.videos[k][2]) for k in parts["train"]], cfg.val_fraction)
+        parts["train"], parts["val"] = [k for k, _ in kept], [k for k, _ in held]
+    spans = {k: source.videos[k][:2] for keys in parts.values() for k in keys}  # key -> (first row, frames)
+    bad = [k for k, (at, n) in spans.items() if not np.isfinite(features[at : at + n]).all()]
+    if bad:
+        raise TrainError(f"{source.name}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
+                         f"{', '.join(bad[:3])}; run `mrrn inspect --verify` and re-extract them")
+    mean = std = None
+    if cfg.normalize:  # a pass over every training frame: only when the statistics are used
+        train_rows = np.concatenate([np.arange(at, at + n) for at, n in (spans[k] for k in parts["train"])])
+        mean, std = _statistics(features, train_rows)
+    return LevelData(
+        mean=mean, std=std,
+        features=_place(features, device, log),
+        train=_clip_set(source, parts["train"], cfg, device),
+        test=_clip_set(source, parts["test"], cfg, device),
+        val=_clip_set(source, parts["val"], cfg, device) if parts.get("val") else None,
+        classes=source.classes,
+        cache_identity=source.identity,
+    )
 
 
 def _batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device: torch.device):
@@ -231,8 +288,12 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def run_config(cfg: TrainConfig, cache_identity: dict) -> dict:
-    return {"train": cfg.to_json(), "cache": cache_identity, "mrrn_version": __version__}
+def run_config(cfg: TrainConfig) -> dict:
+    """config.json: the training settings and the identity of each cache read (headers only)."""
+    config = {"train": cfg.to_json(), "cache": read_identity(Path(cfg.cache)), "mrrn_version": __version__}
+    if cfg.flow_cache is not None:
+        config["flow_cache"] = read_identity(Path(cfg.flow_cache))
+    return config
 
 
 def _comparable(config: dict) -> dict:
@@ -240,9 +301,11 @@ def _comparable(config: dict) -> dict:
     Fields added to the configuration after a run was made take their defaults."""
     train = TrainConfig.from_json(config["train"]).to_json()
     cache = {"modality": "rgb", **config["cache"]}
+    flow = config.get("flow_cache", {})
     return {
         **{k: v for k, v in train.items() if k not in RESUMABLE_FIELDS},
         **{f"cache {k}": canonical(v) if isinstance(v, (dict, list)) else v for k, v in cache.items()},
+        **{f"flow cache {k}": canonical(v) if isinstance(v, (dict, list)) else v for k, v in flow.items()},
     }
 
 
@@ -266,7 +329,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    config = run_config(cfg, read_identity(Path(cfg.cache)))  # the header only: a finished run reads nothing more
+    config = run_config(cfg)  # the headers only: a finished run reads nothing more
     if (out / "config.json").is_file():
         old = json.loads((out / "config.json").read_text())
         if _comparable(old) != _comparable(config):
@@ -346,7 +409,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
 def save_scores(path: Path, scores: np.ndarray, clips: ClipSet, data: LevelData, cfg: TrainConfig) -> None:
     """Video scores (V, K) with everything fusion checks: keys, labels, classes, level, split, cache."""
     np.savez(path, scores=scores, keys=np.array(clips.keys), labels=clips.labels.cpu().numpy(),
-             classes=np.array(data.classes), level=cfg.level, model=cfg.model, modality=cfg.modality,
+             classes=np.array(data.classes), level=cfg.level, model=cfg.model, modality=cfg.streams,
              split=cfg.split, cache_identity=canonical(data.cache_identity))
 
 
@@ -357,6 +420,7 @@ class TrainedRun:
     model: torch.nn.Module  # in eval mode, on the requested device
     classes: tuple[str, ...]
     cache_identity: dict
+    flow_identity: dict | None = None  # twostream: the flow cache's
 
 
 def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt") -> TrainedRun:
@@ -368,9 +432,10 @@ def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt")
     cfg = TrainConfig.from_json(config["train"])
     identity = config["cache"]
     classes = tuple(identity["classes"])
-    model = build_model(cfg, int(identity["levels"][cfg.level][1]), len(classes))
+    width = sum(int(config[c]["levels"][cfg.level][1]) for c in ("cache", "flow_cache") if c in config)
+    model = build_model(cfg, width, len(classes))
     model.load_state_dict(torch.load(run / checkpoint, map_location="cpu", weights_only=False)["model"])
-    return TrainedRun(run, cfg, model.to(device).eval(), classes, identity)
+    return TrainedRun(run, cfg, model.to(device).eval(), classes, identity, config.get("flow_cache"))
 
 
 def _silent(message: str) -> None:

@@ -67,6 +67,19 @@ def sample_cache(sample_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flow_cache(sample_dir, tmp_path_factory) -> Path:
+    """The sample dataset's flow features, once per session (flow at 64 px, 64 px crops, random weights seed 0)."""
+    from pipeline.config import FlowSpec
+    from pipeline.extract import run_extract
+
+    out = tmp_path_factory.mktemp("flow") / "flow.h5"
+    cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist",
+                               modality="flow", flow=FlowSpec(size=64))
+    run_extract(cfg, progress=False, log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def level_runs(sample_cache, tmp_path_factory) -> dict[str, Path]:
     """RRN runs on the low, mid and high levels of the sample cache, trained as the demo trains them."""
     from pipeline.config import TrainConfig

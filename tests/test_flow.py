@@ -8,11 +8,9 @@ import pytest
 
 from pipeline.cache import FeatureCache
 from pipeline.config import FlowSpec
-from pipeline.extract import run_extract
 from pipeline.flow import flow_chunks, render_flow
 from pipeline.train import TrainError, fit
 from pipeline.video import VideoDecodeError
-from tests.conftest import small_extract_config
 from tests.test_train import QUIET, small
 
 
@@ -55,15 +53,6 @@ def test_a_single_frame_has_no_flow():
 def test_tvl1_without_opencv_contrib_says_what_to_install():
     with pytest.raises(VideoDecodeError, match="opencv-contrib"):
         list(flow_chunks(iter([translated()]), FlowSpec(method="tvl1")))
-
-
-@pytest.fixture(scope="module")
-def flow_cache(sample_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("flow") / "flow.h5"
-    cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist",
-                               modality="flow", flow=FlowSpec(size=64))
-    run_extract(cfg, progress=False, log=lambda m: None)
-    return out
 
 
 def test_flow_features_of_the_sample_dataset(flow_cache, sample_cache):

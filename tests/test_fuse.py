@@ -20,10 +20,11 @@ MID = np.array([[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6]])
 HIGH = np.array([[0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
 
 
-def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache="C"):
+def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache="C",
+              modality="rgb"):
     path.mkdir(parents=True, exist_ok=True)
     np.savez(path / f"scores_{part}.npz", scores=scores, keys=keys, labels=labels, classes=classes, level=level,
-             model="rrn", split=split, cache_identity=cache)
+             model="rrn", split=split, cache_identity=cache, modality=modality)
     return path
 
 
@@ -81,11 +82,28 @@ def test_mismatched_runs_are_refused(runs, tmp_path, change, message):
         run_fuse([runs[0], odd], tmp_path / "f")
 
 
-def test_weighted_fusion_needs_one_run_per_level(runs, tmp_path):
+def test_weighted_fusion_needs_a_weight_for_each_run(runs, tmp_path):
     twin = write_run(tmp_path / "high2", "high", LOW)
-    with pytest.raises(FuseError, match="high appears more than once"):
+    with pytest.raises(FuseError, match="the weight of high would serve more than one run"):
         run_fuse([runs[2], twin], tmp_path / "f")
     assert run_fuse([runs[2], twin], tmp_path / "f", method="sum").rows[-1]["name"] == "fused"
+    with pytest.raises(FuseError, match="no weight for the rgb low run"):
+        run_fuse(runs, tmp_path / "f", weights={"high": 0.5, "mid": 0.5})
+
+
+def test_rgb_and_flow_runs_take_weights_by_modality_and_level(runs, tmp_path):
+    flow = write_run(tmp_path / "flow_high", "high", LOW, modality="flow")
+    with pytest.raises(FuseError, match="rgb:high=0.5,flow:high=0.5"):  # the paper's weights are by level only
+        run_fuse([runs[2], flow], tmp_path / "f")
+    s = run_fuse([runs[2], flow], tmp_path / "f", weights={"rgb:high": 0.25, "flow:high": 0.75})
+    assert s.weights == {"high": 0.25, "flow high": 0.75}
+    np.testing.assert_allclose(np.load(tmp_path / "f" / "fused_scores.npz")["scores"], 0.25 * HIGH + 0.75 * LOW)
+    s = run_fuse([runs[0], runs[2], flow], tmp_path / "g", weights={"flow": 0.5, "high": 0.3, "low": 0.2})
+    assert s.weights == {"low": 0.2, "high": 0.3, "flow high": 0.5}  # modality:level, then modality, then level
+    result = CliRunner().invoke(main, ["fuse", str(runs[2]), str(flow), "--out", str(tmp_path / "h"),
+                                       "--weights", "rgb:high=1,flow:high=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "h" / "summary.json").read_text())["weights"] == {"high": 1.0, "flow high": 3.0}
 
 
 def test_search_chooses_weights_on_validation_videos_only(tmp_path):

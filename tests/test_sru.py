@@ -90,3 +90,16 @@ def test_dropout_between_layers_only_in_training():
     torch.testing.assert_close(sru(x), sru(x))
     sru.train()
     assert not torch.allclose(sru(x), sru(x))
+
+
+@pytest.mark.parametrize("input_size", [6, 8])  # with and without the skip projection
+def test_a_separate_skip_input_only_changes_the_highway_term(input_size):
+    torch.manual_seed(4)
+    layer = SRULayer(input_size, 8)
+    x, other = torch.randn(5, 2, input_size), torch.randn(5, 2, input_size)
+    torch.testing.assert_close(layer(x, skip_input=x)[0], layer(x)[0])
+    h, h_other = layer(x)[0], layer(x, skip_input=other)[0]
+    # h_t = r * tanh(c_t) + (1 - r) * skip: the gates and cell depend on x alone
+    r = torch.sigmoid(torch.nn.functional.linear(x, layer.weight[16:24]) + layer.bias[8:])
+    skip = (lambda v: torch.nn.functional.linear(v, layer.weight[24:])) if input_size != 8 else (lambda v: v)
+    torch.testing.assert_close(h - h_other, (1 - r) * (skip(x) - skip(other)))
