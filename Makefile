@@ -13,6 +13,7 @@ SPLIT   ?= 1
 CACHE   ?= data/$(DATASET)_resnet34.h5
 WEIGHTS ?= imagenet
 DEVICE  ?= auto
+NPROC   ?= 1
 EXTRACT_ARGS ?=
 LEVEL   ?= high
 RUN     ?= runs/$(DATASET)_split$(SPLIT)_$(LEVEL)
@@ -40,9 +41,9 @@ help:
 	@echo "make demo      run the pipeline end to end on the bundled sample dataset"
 	@echo "make sample    generate the sample dataset into $(SAMPLE)"
 	@echo "make index     index a dataset: DATASET=ucf101|hmdb51|folder ROOT=dir SPLITS=dir SPLIT=n"
-	@echo "make extract   stage 1 into CACHE=$(CACHE) (WEIGHTS=imagenet|random|path DEVICE=auto EXTRACT_ARGS=...)"
+	@echo "make extract   stage 1 into CACHE=$(CACHE) (WEIGHTS=imagenet|random|path DEVICE=auto NPROC=1 EXTRACT_ARGS=...)"
 	@echo "make inspect   describe and verify CACHE"
-	@echo "make train     stage 2 on CACHE: LEVEL=low|mid|high SPLIT=n RUN=dir TRAIN_ARGS=..."
+	@echo "make train     stage 2 on CACHE: LEVEL=low|mid|high SPLIT=n RUN=dir NPROC=1 TRAIN_ARGS=..."
 	@echo "make sweep     a grid of runs on CACHE into SWEEP=dir (SWEEP_ARGS, default: paper table 1)"
 	@echo "make fuse      fuse the low, mid and high runs of make train into FUSED=dir (eq. 10), with a report"
 	@echo "make bench     throughput benchmarks, appended to benchmarks/results.md"
@@ -69,13 +70,13 @@ index: $(STAMP)
 
 extract: $(STAMP)
 	$(MRRN) extract --dataset $(DATASET) --root $(ROOT) $(if $(SPLITS),--splits $(SPLITS)) --out $(CACHE) \
-		--weights $(WEIGHTS) --device $(DEVICE) $(EXTRACT_ARGS)
+		--weights $(WEIGHTS) --device $(DEVICE) --nproc $(NPROC) $(EXTRACT_ARGS)
 
 inspect: $(STAMP)
 	$(MRRN) inspect $(CACHE) --verify
 
 train: $(STAMP)
-	$(MRRN) train --cache $(CACHE) --split $(SPLIT) --level $(LEVEL) --out $(RUN) $(TRAIN_ARGS)
+	$(MRRN) train --cache $(CACHE) --split $(SPLIT) --level $(LEVEL) --out $(RUN) --nproc $(NPROC) $(TRAIN_ARGS)
 
 fuse: $(STAMP)
 	$(MRRN) fuse $(RUNS)_low $(RUNS)_mid $(RUNS)_high --out $(FUSED) $(FUSE_ARGS)
@@ -86,6 +87,7 @@ sweep: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_train.py
 
 demo: $(SAMPLE_STAMP)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,34 @@ def user_errors():
         if isinstance(err, _user_error_types()):
             raise click.ClickException(str(err)) from None
         raise
+
+
+def _nproc_option(f):
+    return click.option(
+        "--nproc", type=int, default=1, show_default=True,
+        help="Processes on this machine (one per GPU), started with torchrun; for several machines run "
+             "torchrun yourself (README).")(f)
+
+
+def _relaunch_under_torchrun(nproc: int) -> None:
+    """``--nproc N`` outside torchrun: run this same command line under torchrun with N processes and exit
+    with its status. Under torchrun (WORLD_SIZE set) the option is ignored: torchrun decides."""
+    if nproc < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--nproc")
+    if nproc == 1 or "WORLD_SIZE" in os.environ:
+        return
+    from pipeline.distributed import launch
+
+    args, skip = [], False
+    for arg in sys.argv[1:]:  # the command line without --nproc
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        args.append(arg)
+    sys.exit(launch(nproc, args))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100, "max_content_width": 100})
@@ -125,21 +154,26 @@ def index(dataset, root, splits, split, test_fraction, strict, as_json):
 @click.option("--flow-size", type=int, default=256, show_default=True, help="Shorter side of the frames flow is computed on.")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails, or a split file naming a missing video.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_nproc_option
 def extract(dataset, root, splits, out, weights, seed, device, batch_size, workers, short_side, crop, dtype,
-            precision, test_fraction, modality, flow_method, flow_bound, flow_size, strict, quiet):
+            precision, test_fraction, modality, flow_method, flow_bound, flow_size, strict, quiet, nproc):
     """Stage 1: frozen ResNet-34 features of every video into an HDF5 cache (resumable)."""
+    _relaunch_under_torchrun(nproc)
+    from pipeline import distributed
     from pipeline.extract import run_extract
 
+    rank = distributed.current()
     with user_errors():
         cfg = ExtractConfig(
             dataset=dataset, root=root, splits=splits, out=out, weights=weights, seed=seed, device=device,
-            batch_size=batch_size, workers=default_workers() if workers is None else workers,
+            batch_size=batch_size, workers=max(1, default_workers() // rank.world) if workers is None else workers,
             preprocess=Preprocess(short_side=short_side, crop=crop), dtype=dtype, precision=precision,
             strict=strict, test_fraction=test_fraction, modality=modality,
             flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),
         )
         s = run_extract(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo(
+        (f"rank {rank.rank}/{rank.world}: " if rank.distributed else "") +
         f"extracted {s.extracted} videos ({s.frames} frames) in {s.seconds:.1f} s, {s.frames_per_second:.1f} frames/s "
         f"on {s.device}; {s.already_done} were already done, {len(s.failed)} failed, {s.missing} missing; "
         f"weights {s.weights} -> {s.out}"
@@ -155,6 +189,11 @@ def inspect(cache_file, verify):
     """Print a cache's configuration, counts, size and level shapes."""
     from pipeline import cache as cache_mod
 
+    shards = sorted(cache_mod.shard_dir(cache_file).glob("*.h5"))
+    unjoined = (f"{len(shards)} shard(s) of a multi-process extraction in {cache_mod.shard_dir(cache_file)} "
+                "not yet joined; rerun the same `mrrn extract` to finish and join them")
+    if shards and not cache_file.exists():
+        raise click.ClickException(f"{cache_file}: no cache yet; {unjoined}")
     with user_errors(), cache_mod.FeatureCache(cache_file) as c:
         ident = c.identity
         pre = ident["preprocess"]
@@ -177,6 +216,8 @@ def inspect(cache_file, verify):
         if pending:
             click.echo(f"pending     {pending} finished video(s) in {cache_mod.journal_dir(cache_file)} not yet merged; "
                        "rerun the same `mrrn extract` to merge them")
+        if shards:
+            click.echo(f"pending     {unjoined}")
         if verify:
             problems = c.verify()
             for p in problems:
@@ -255,13 +296,18 @@ def _train_config(out, level, model, hidden, layers, pool, cache, split, modalit
 @click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,
               help="Temporal pooling of the per-step scores: mean (eq. 8) or max (eq. 9).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
-def train(level, out, model, stream_fusion, hidden, layers, pool, resume, quiet, **kw):
+@_nproc_option
+def train(level, out, model, stream_fusion, hidden, layers, pool, resume, quiet, nproc, **kw):
     """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
+    _relaunch_under_torchrun(nproc)
+    from pipeline import distributed
     from pipeline.train import fit
 
     with user_errors():
         cfg = _train_config(out, level, model, hidden, layers, pool, stream_fusion=stream_fusion, **kw)
         s = fit(cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    if not distributed.current().is_main:
+        return
     f = s.final
     click.echo(f"{cfg.model} {cfg.streams} {cfg.level}: video top-1 {f['video_top1']:.1%}, top-5 {f['video_top5']:.1%}, "
                f"mean class {f['mean_class_acc']:.1%}, clip {f['clip_acc']:.1%} after {s.epochs} epochs "

@@ -11,11 +11,13 @@ loses at most the videos in flight, and the next run merges the journal into ``F
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,22 @@ def journal_dir(path: Path) -> Path:
 
 def lock_path(path: Path) -> Path:
     return Path(f"{path}.lock")
+
+
+def shard_dir(path: Path) -> Path:
+    """Where the ranks of a multi-process extraction write their shards of FILE.h5: FILE.h5.shards/."""
+    return Path(f"{path}.shards")
+
+
+def shard_path(path: Path, rank: int, world: int) -> Path:
+    return shard_dir(path) / f"{rank}-of-{world}.h5"
+
+
+def remove_cache_files(path: Path) -> None:
+    """A cache file with its lock and (empty) journal; used once shards are joined."""
+    for leftover in (path, lock_path(path)):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(journal_dir(path), ignore_errors=True)
 
 
 def canonical(identity: dict) -> str:
@@ -436,6 +454,28 @@ class CacheWriter:
             self._replace(ordered, [failed[k] for k in sorted(failed)], created)
         for entry in entries:
             entry.unlink()
+
+    def absorb(self, parts: list[Path]) -> None:
+        """Join finished caches of the same configuration (the shards of a multi-process extraction)
+        into this one: one contiguous file in key order, written atomically like a commit. The parts
+        are left in place; the caller removes them once this returns."""
+        self.commit()
+        with contextlib.ExitStack() as stack:
+            old = stack.enter_context(FeatureCache(self.path))
+            videos = {rec.key: (rec, ("file", old._file, rec.offset)) for rec in old.videos}
+            failed = {f.key: f for f in old.failed}
+            for path in parts:
+                part = stack.enter_context(FeatureCache(path))
+                if part.identity != old.identity:
+                    raise ConfigMismatchError(f"{path}: made with a different configuration "
+                                              f"({describe_differences(part.identity, old.identity)})")
+                for rec in part.videos:
+                    videos.setdefault(rec.key, (rec, ("file", part._file, rec.offset)))
+                for f in part.failed:
+                    failed.setdefault(f.key, f)
+            failed = {k: f for k, f in failed.items() if k not in videos}
+            self._replace([videos[k] for k in sorted(videos)], [failed[k] for k in sorted(failed)],
+                          old.attrs.get("created_utc", ""))
 
     def _replace(self, videos, failed, created: str) -> None:
         tmp = Path(f"{self.path}.tmp")

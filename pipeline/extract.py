@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from pipeline import cache as cache_mod
+from pipeline import distributed
 from pipeline.backbone import (
     FeatureExtractor,
     load_backbone,
@@ -283,35 +285,84 @@ class _Run:
 
 def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> ExtractSummary:
     """Extract every video of ``cfg``'s dataset not yet in ``cfg.out``; finished work is committed even
-    when the run stops early (Ctrl-C, --strict)."""
+    when the run stops early (Ctrl-C, --strict). Under torchrun each rank extracts its share of the
+    videos (balanced by file size) into its own shard, resumable on its own, and rank 0 joins the
+    shards into ``cfg.out`` once every rank is done."""
     started = time.perf_counter()
     videos = list_videos(cfg.dataset, cfg.root, cfg.splits, test_fraction=cfg.test_fraction, strict=cfg.strict)
-    if videos.missing:
+    rank = distributed.current()
+    if videos.missing and rank.is_main:
         log(f"warning: {describe_missing(videos.missing, videos.root)}")
-    device = resolve_device(cfg.device)
+    device = rank.device(resolve_device(cfg.device))
+    rank = distributed.init(device)
     precision = resolve_precision(cfg.precision, device)
     identity = cache_identity(cfg, videos, precision)
+    mine, target, joined = videos.videos, Path(cfg.out), set()
+    if rank.distributed:
+        if target.exists():  # a joined cache from an earlier run: its videos are done
+            with cache_mod.FeatureCache(target) as done:
+                if done.identity != identity:
+                    raise cache_mod.ConfigMismatchError(
+                        f"{target}: made with a different configuration "
+                        f"({cache_mod.describe_differences(done.identity, identity)}); use another --out")
+                joined = {v.key for v in done.videos}
+        sizes = [_file_size(v.path) for v in videos.videos]
+        mine = [videos.videos[i] for i in distributed.balanced_shards(sizes, rank.world)[rank.rank]]
+        target = cache_mod.shard_path(target, rank.rank, rank.world)
     run = None
-    with cache_mod.CacheWriter(cfg.out, identity, videos.splits) as writer:
-        todo = [v for v in videos.videos if v.key not in writer.complete]
-        already = len(videos.videos) - len(todo)
+    with cache_mod.CacheWriter(target, identity, videos.splits) as writer:
+        todo = [v for v in mine if v.key not in writer.complete and v.key not in joined]
+        already = len(mine) - len(todo)
         if already:
-            log(f"resuming {cfg.out}: {already} of {len(videos.videos)} videos already extracted")
+            log(f"resuming {target}: {already} of {len(mine)} videos already extracted")
         try:
             if todo:
-                if cfg.weights == "random":
+                if cfg.weights == "random" and rank.is_main:
                     log(f"note: --weights random (seed {cfg.seed}): features come from an untrained ResNet-34")
                 run = _Run(cfg, videos, todo, writer, device, precision, progress, log)
                 run.run()
         finally:
             writer.finish()
-        with cache_mod.FeatureCache(cfg.out) as done:
-            ok_videos = len(done.videos)
+    if rank.distributed:
+        distributed.barrier()  # every shard is finished
+        if rank.is_main:
+            join_shards(Path(cfg.out), identity, videos.splits, log)
+        distributed.barrier()
+    with cache_mod.FeatureCache(cfg.out) as done:
+        ok_videos = len(done.videos)
     if ok_videos == 0:
         raise ExtractError(f"{cfg.out}: every video failed to decode; nothing was extracted")
     return ExtractSummary(
-        out=str(cfg.out), videos=len(videos.videos), already_done=already,
+        out=str(target), videos=len(mine), already_done=already,
         extracted=run.extracted if run else 0, failed=run.failed if run else [],
         frames=run.frames if run else 0, seconds=time.perf_counter() - started, missing=len(videos.missing),
         weights=identity["weights"], device=f"{device} ({precision})",
     )
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # it will fail to decode and be listed as failed like any unreadable video
+
+
+def join_shards(out: Path, identity: dict, splits: dict, log=print) -> int:
+    """Join every shard in ``out``.shards/ into ``out`` (atomically), then remove them. A shard left by
+    a killed run has its journal committed first, so nothing finished is lost. Returns the shard count."""
+    shards = sorted(cache_mod.shard_dir(out).glob("*.h5"))
+    for shard in shards:
+        with cache_mod.CacheWriter(shard, identity, splits) as writer:
+            writer.finish()
+    with cache_mod.CacheWriter(out, identity, splits) as writer:
+        writer.absorb(shards)
+        writer.finish()
+    for shard in shards:
+        cache_mod.remove_cache_files(shard)
+    try:
+        cache_mod.shard_dir(out).rmdir()
+    except OSError:
+        pass
+    if shards:
+        log(f"joined {len(shards)} shard(s) into {out}")
+    return len(shards)

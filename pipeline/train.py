@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import __version__
+from pipeline import __version__, distributed
 from pipeline.backbone import resolve_device
 from pipeline.cache import FeatureCache, canonical, describe_differences, read_identity, source_identity
 from pipeline.clips import clip_frames
@@ -220,44 +220,62 @@ def _batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device: to
 
 
 def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int, generator: torch.Generator,
-                    device: torch.device, progress: bool = False, desc: str = "") -> dict:
+                    device: torch.device, progress: bool = False, desc: str = "",
+                    rank: distributed.Rank = distributed.Rank()) -> dict:
+    """One epoch in batches of ``batch_size`` clips. With several ranks, every rank draws the same order
+    and takes every world-th clip of each batch; the loss is scaled so that DDP's gradient average is
+    the mean over the whole batch: the same step as one process, up to floating-point order."""
     model.train()
     order = torch.randperm(clips.num_clips, generator=generator).to(clips.clip_rows.device)
-    loss_sum, correct = 0.0, 0
+    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, correct clips (this rank's)
     bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
     for start in bar:
-        idx = order[start : start + batch_size]
+        batch = order[start : start + batch_size]  # the global batch, the same on every rank
+        idx, weight = batch[rank.rank :: rank.world], 1.0
+        if len(idx) == 0:  # fewer clips than ranks in the last batch: take part in the all-reduce with 0
+            idx, weight = batch[:1], 0.0
         x, y = _batch(features, clips, idx, device)
         logits = model(x)  # (B, K)
-        loss = F.cross_entropy(logits, y)
+        if rank.distributed:
+            summed = F.cross_entropy(logits, y, reduction="sum")
+            loss = summed * (weight * rank.world / len(batch))  # DDP then divides the summed gradient by world
+        else:
+            loss = F.cross_entropy(logits, y)
+            summed = loss.detach() * len(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
+        totals += torch.tensor([float(summed.detach()), int((logits.argmax(1) == y).sum())], dtype=torch.float64) * weight
+    loss_sum, correct = distributed.all_sum(totals).tolist()
     return {"loss": loss_sum / clips.num_clips, "train_acc": correct / clips.num_clips}
 
 
 @torch.no_grad()
-def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int, device: torch.device) -> dict:
-    """One pass: clip accuracy, and video scores = mean of each video's clip softmax -> top-1/5, class acc."""
+def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int, device: torch.device,
+             rank: distributed.Rank = distributed.Rank()) -> dict:
+    """One pass: clip accuracy, and video scores = mean of each video's clip softmax -> top-1/5, class acc.
+    With several ranks each scores a contiguous share of the clips and the sums are added up, so every
+    clip, and so every video, is counted exactly once."""
     model.eval()
     sums = torch.zeros(len(clips.keys), num_classes, device=device)
     counts = torch.zeros(len(clips.keys), device=device)
-    clip_correct = 0
-    for start in range(0, clips.num_clips, batch_size):
-        idx = torch.arange(start, min(start + batch_size, clips.num_clips), device=clips.clip_rows.device)
+    clip_correct = torch.zeros(1, device=device)
+    first, last = (clips.num_clips * r // rank.world for r in (rank.rank, rank.rank + 1))
+    for start in range(first, last, batch_size):
+        idx = torch.arange(start, min(start + batch_size, last), device=clips.clip_rows.device)
         x, y = _batch(features, clips, idx, device)
         probs = F.softmax(model(x), dim=1)  # (B, K)
-        clip_correct += int((probs.argmax(1) == y).sum())
+        clip_correct += (probs.argmax(1) == y).sum()
         video = clips.clip_video[idx].to(device)
         sums.index_add_(0, video, probs)
         counts.index_add_(0, video, torch.ones_like(video, dtype=torch.float32))
+    for total in (sums, counts, clip_correct):
+        distributed.all_sum(total)
     scores = (sums / counts[:, None]).cpu()  # (V, K)
     labels = clips.labels.cpu()
     metrics = video_metrics(scores, labels, num_classes)
-    return {"clip_acc": clip_correct / clips.num_clips, **metrics, "scores": scores.numpy()}
+    return {"clip_acc": float(clip_correct) / clips.num_clips, **metrics, "scores": scores.numpy()}
 
 
 def video_metrics(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
@@ -326,9 +344,16 @@ class RunSummary:
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool = True) -> RunSummary:
     """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint.
-    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``."""
+    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``.
+
+    Under torchrun every rank calls this: each trains on its share of every batch (DDP), evaluation
+    adds up the ranks' scores, and rank 0 alone writes the run directory and logs."""
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    rank = distributed.current()
+    device = rank.device(resolve_device(cfg.device))
+    rank = distributed.init(device)
+    if not rank.is_main:
+        log, progress = _silent, False
     config = run_config(cfg)  # the headers only: a finished run reads nothing more
     if (out / "config.json").is_file():
         old = json.loads((out / "config.json").read_text())
@@ -343,11 +368,14 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
             raise TrainError(f"{out}: holds an unfinished run of this configuration; pass --resume to continue it "
                              "or use another --out")
     data = load_level_data(cfg, device, log)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config)
+    distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
+    if rank.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", config)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.features.shape[1], len(data.classes), data.mean, data.std).to(device)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     start_epoch, best = 0, -1.0
     if resume and (out / "last.pt").is_file():
@@ -359,7 +387,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         log(f"resuming {out} after epoch {start_epoch}")
-    _keep_metrics_until(out / "metrics.jsonl", start_epoch)
+    if rank.is_main:
+        _keep_metrics_until(out / "metrics.jsonl", start_epoch)
 
     num_classes, seconds, metrics = len(data.classes), [], {}
     for epoch in range(start_epoch, cfg.epochs):
@@ -368,24 +397,29 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         for group in optimizer.param_groups:
             group["lr"] = lr
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's clip order
-        train_stats = train_one_epoch(model, optimizer, data.features, data.train, cfg.batch_size, generator,
-                                      device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device)
+        if rank.distributed:  # dropout: each rank its own stream, reproducible on resume without saved state
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + rank.rank)
+        train_stats = train_one_epoch(trained, optimizer, data.features, data.train, cfg.batch_size, generator,
+                                      device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", rank=rank)
+        result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device, rank)
         scores = {"test": result.pop("scores")}
         val = {}
         if data.val is not None:
-            val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device)
+            val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device, rank)
             scores["val"] = val.pop("scores")
         seconds.append(time.perf_counter() - started)
         metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
                    "lr": lr, "seconds": round(seconds[-1], 3)}
+        chosen_by = val["video_top1"] if val else result["video_top1"]  # best.pt: validation when there is one
+        if not rank.is_main:
+            best = max(best, chosen_by)
+            continue
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if epoch + 1 == cfg.epochs:  # before the checkpoint: a resumed run never lacks its scores
             for part, clips in (("test", data.test), ("val", data.val)):
                 if clips is not None:
                     save_scores(out / f"scores_{part}.npz", scores[part], clips, data, cfg)
-        chosen_by = val["video_top1"] if val else result["video_top1"]  # best.pt: validation when there is one
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                  "config": config, "best_video_top1": max(best, chosen_by),
                  "rng": {"cpu": torch.get_rng_state(),
@@ -398,11 +432,13 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
             f"clip {metrics['clip_acc']:.1%}  video top-1 {metrics['video_top1']:.1%}  "
             f"top-5 {metrics['video_top5']:.1%}  class {metrics['mean_class_acc']:.1%}  lr {lr:.0e}  "
             f"{seconds[-1]:.1f} s")
+    distributed.barrier()  # rank 0 has written the last epoch
     if not metrics:  # resumed a run whose last checkpoint was its last epoch
         metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     summary = RunSummary(out=str(out), epochs=cfg.epochs, final=metrics, parameters=count_parameters(model),
                          seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=start_epoch)
-    _write_json(out / "summary.json", {k: v for k, v in summary.__dict__.items() if k != "already_complete"})
+    if rank.is_main:
+        _write_json(out / "summary.json", {k: v for k, v in summary.__dict__.items() if k != "already_complete"})
     return summary
 
 

@@ -1,0 +1,97 @@
+"""Several processes on PyTorch's own runtime (torch.distributed, launched by ``torchrun``).
+
+Under ``torchrun --nproc_per_node=N cli.py extract|train ...`` (or ``mrrn extract|train --nproc N``,
+which runs exactly that on this machine) each process reads its place from the environment torchrun
+sets: RANK, WORLD_SIZE, LOCAL_RANK. Without torchrun the process is rank 0 of 1 and nothing here
+opens a process group.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+# Ranks wait for each other at barriers (the join after extraction); a shard can take hours.
+BARRIER_TIMEOUT = timedelta(hours=48)
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def device(self, requested: torch.device) -> torch.device:
+        """Each rank on its own GPU of the node (cuda:LOCAL_RANK); CPU stays CPU."""
+        if self.distributed and requested.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return requested
+
+
+def current() -> Rank:
+    """This process's place, from torchrun's environment (rank 0 of 1 without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return Rank(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device: torch.device) -> Rank:
+    """Open the process group once (NCCL between GPUs, gloo on CPU) when there is more than one rank."""
+    rank = current()
+    if rank.distributed and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
+    return rank
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks (in place; the tensor itself when there is one rank)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def balanced_shards(sizes: list[int], world: int) -> list[list[int]]:
+    """Indices of ``sizes`` split into ``world`` shards of about equal total size: largest first, each to
+    the shard with the least so far (ties: the lower rank). Deterministic, so every rank computes the
+    same split, and a rerun the same shards."""
+    shards: list[list[int]] = [[] for _ in range(world)]
+    totals = [0] * world
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        target = min(range(world), key=lambda r: (totals[r], r))
+        shards[target].append(i)
+        totals[target] += sizes[i]
+    return [sorted(s) for s in shards]
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run ``cli.py ARGS`` in ``nproc`` processes on this machine with torchrun (standalone rendezvous);
+    returns torchrun's exit status."""
+    from torch.distributed.run import get_args_parser, run
+
+    import cli
+
+    options = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", cli.__file__, *args])
+    try:
+        run(options)
+    except Exception as err:  # torchrun's ChildFailedError already printed which rank failed and why
+        print(f"Error: {type(err).__name__}: one or more ranks failed (see above)", file=sys.stderr)
+        return 1
+    return 0
