@@ -426,7 +426,7 @@ def report(directory):
               help="Trained run directory; repeat for each level to fuse (e.g. --runs runs/low --runs runs/high).")
 @click.option("--top", type=int, default=5, show_default=True)
 @click.option("--method", type=click.Choice(FUSION_METHODS), default=None,
-              help="Fusion [default: weighted by level when the runs are one per level, else sum].")
+              help="Fusion [default: weighted by level when the runs are one per level of one stream, else sum].")
 @click.option("--backbone-weights", type=click.Path(path_type=Path), default=None,
               help="The local state_dict the cache was made with, when it was made with --weights PATH.")
 @click.option("--device", default="auto", show_default=True)
