@@ -254,6 +254,16 @@ def read_identity(path: Path) -> dict:
         return cache.identity
 
 
+def require_identity(path: Path, identity: dict) -> None:
+    """Refuse an existing cache made with another configuration, naming what differs."""
+    have = read_identity(path)
+    if have != identity:
+        raise ConfigMismatchError(
+            f"{path}: made with a different configuration ({describe_differences(have, identity)}); "
+            "use another --out, or the cache's own settings"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing
 
@@ -373,12 +383,7 @@ class CacheWriter:
 
     def _open_state(self):
         if self.path.exists():
-            have = read_identity(self.path)
-            if have != self.identity:
-                raise ConfigMismatchError(
-                    f"{self.path}: made with a different configuration ({describe_differences(have, self.identity)}); "
-                    "use another --out, or the cache's own settings"
-                )
+            require_identity(self.path, self.identity)
             with FeatureCache(self.path) as cache:
                 self.complete = {v.key for v in cache.videos}
                 if self.splits is None:

@@ -300,11 +300,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     mine, target, joined = videos.videos, Path(cfg.out), set()
     if rank.distributed:
         if target.exists():  # a joined cache from an earlier run: its videos are done
+            cache_mod.require_identity(target, identity)
             with cache_mod.FeatureCache(target) as done:
-                if done.identity != identity:
-                    raise cache_mod.ConfigMismatchError(
-                        f"{target}: made with a different configuration "
-                        f"({cache_mod.describe_differences(done.identity, identity)}); use another --out")
                 joined = {v.key for v in done.videos}
         sizes = [_file_size(v.path) for v in videos.videos]
         mine = [videos.videos[i] for i in distributed.balanced_shards(sizes, rank.world)[rank.rank]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.config import TrainConfig
+from pipeline.config import STREAM_FUSIONS, TrainConfig
 from pipeline.sru import SRU, SRULayer
 
 
@@ -110,8 +110,8 @@ class TwoStreamHead(nn.Module):
     def __init__(self, stream_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, pool: str = "mean",
                  dropout: float = 0.5, fusion: str = "sum"):
         super().__init__()
-        if fusion not in ("sum", "product"):
-            raise ValueError(f"fusion must be 'sum' or 'product', got {fusion!r}")
+        if fusion not in STREAM_FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(STREAM_FUSIONS)}, got {fusion!r}")
         self.stream_size, self.pool, self.fusion = stream_size, pool, fusion
         sizes = [stream_size] + [hidden] * (layers - 1)
         self.appearance = nn.ModuleList(SRULayer(size, hidden) for size in sizes)

@@ -240,7 +240,7 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
         if rank.distributed:
             summed = F.cross_entropy(logits, y, reduction="sum")
             loss = summed * (weight * rank.world / len(batch))  # DDP then divides the summed gradient by world
-        else:
+        else:  # the one-process loss exactly as before, so single-process runs reproduce bit for bit
             loss = F.cross_entropy(logits, y)
             summed = loss.detach() * len(idx)
         optimizer.zero_grad(set_to_none=True)
