@@ -1,6 +1,7 @@
 # mrrn — every target calls the CLI; no logic lives here.
 # Variables (override on the command line, e.g. `make index DATASET=hmdb51 ROOT=... SPLITS=...`):
 PYTHON  ?= python3
+CONSTRAINTS ?= constraints.txt
 VENV    := .venv
 PY      := $(VENV)/bin/python
 MRRN    := $(VENV)/bin/mrrn
@@ -11,7 +12,7 @@ ROOT    ?= data/UCF-101
 SPLITS  ?= data/ucfTrainTestlist
 SPLIT   ?= 1
 CACHE   ?= data/$(DATASET)_resnet34.h5
-WEIGHTS ?= imagenet
+BACKBONE_WEIGHTS ?= $(or $(WEIGHTS),imagenet)
 DEVICE  ?= auto
 NPROC   ?= 1
 EXTRACT_ARGS ?=
@@ -32,16 +33,17 @@ SAMPLE_STAMP := $(SAMPLE)/ucfTrainTestlist/classInd.txt
 DEMO_CACHE := data/sample.h5
 DEMO_FLOW_CACHE := data/sample_flow.h5
 
-.PHONY: install test demo sample index extract inspect train sweep fuse bench clean help
+.PHONY: install lock test demo sample index extract inspect train sweep fuse bench clean help
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make install   create .venv and install mrrn (editable) with test + report extras"
+	@echo "make install   create .venv and install mrrn (editable) with test + report extras, at constraints.txt's versions"
+	@echo "make lock      rewrite constraints.txt from a fresh install of the newest allowed releases"
 	@echo "make test      run the test suite (installs first if needed)"
 	@echo "make demo      run the pipeline end to end on the bundled sample dataset"
 	@echo "make sample    generate the sample dataset into $(SAMPLE)"
 	@echo "make index     index a dataset: DATASET=ucf101|hmdb51|folder ROOT=dir SPLITS=dir SPLIT=n"
-	@echo "make extract   stage 1 into CACHE=$(CACHE) (WEIGHTS=imagenet|random|path DEVICE=auto NPROC=1 EXTRACT_ARGS=...)"
+	@echo "make extract   stage 1 into CACHE=$(CACHE) (BACKBONE_WEIGHTS=imagenet|random|path DEVICE=auto NPROC=1 EXTRACT_ARGS=...)"
 	@echo "make inspect   describe and verify CACHE"
 	@echo "make train     stage 2 on CACHE: LEVEL=low|mid|high SPLIT=n RUN=dir NPROC=1 TRAIN_ARGS=..."
 	@echo "make sweep     a grid of runs on CACHE into SWEEP=dir (SWEEP_ARGS, default: paper table 1)"
@@ -50,11 +52,23 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,report]'
+	$(PY) -m pip install -e '.[test,report]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
+
+# A fresh environment with the newest releases setup.cfg allows, frozen into constraints.txt.
+# Run `make install test demo` afterwards and commit constraints.txt only if both pass.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --upgrade pip
+	.venv-lock/bin/python -m pip install -e '.[test,report]'
+	head -3 constraints.txt > constraints.txt.new
+	.venv-lock/bin/python -m pip freeze --exclude-editable >> constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-lock
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -70,7 +84,7 @@ index: $(STAMP)
 
 extract: $(STAMP)
 	$(MRRN) extract --dataset $(DATASET) --root $(ROOT) $(if $(SPLITS),--splits $(SPLITS)) --out $(CACHE) \
-		--weights $(WEIGHTS) --device $(DEVICE) --nproc $(NPROC) $(EXTRACT_ARGS)
+		--backbone-weights $(BACKBONE_WEIGHTS) --device $(DEVICE) --nproc $(NPROC) $(EXTRACT_ARGS)
 
 inspect: $(STAMP)
 	$(MRRN) inspect $(CACHE) --verify
@@ -95,7 +109,7 @@ demo: $(SAMPLE_STAMP)
 	$(MRRN) index --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --split 1 --strict
 	@echo "== 2. extract: frozen ResNet-34 with RANDOM weights (seed 0; ImageNet weights are not downloaded for the demo), 96 px frames"
 	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_CACHE) \
-		--weights random --seed 0 --short-side 96 --crop 96 --quiet
+		--backbone-weights random --seed 0 --short-side 96 --crop 96 --quiet
 	$(MRRN) inspect $(DEMO_CACHE) --verify
 	@echo "== 3. train: SRU classifiers on the low, mid and high levels, each beside the order-blind meanpool control"
 	$(MRRN) sweep --cache $(DEMO_CACHE) --split 1 --out runs/demo --levels low,mid,high --models rrn,meanpool \
@@ -105,7 +119,7 @@ demo: $(SAMPLE_STAMP)
 		--out runs/demo/mrrn
 	@echo "== 5. motion stream: optical flow (Farneback at 64 px, smaller than the usual 256 to keep the demo short) through the same backbone"
 	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_FLOW_CACHE) \
-		--weights random --seed 0 --short-side 96 --crop 96 --modality flow --flow-size 64 --quiet
+		--backbone-weights random --seed 0 --short-side 96 --crop 96 --modality flow --flow-size 64 --quiet
 	@echo "== 6. compare the heads on the high level, RGB and flow, and the two-stream head on both"
 	$(MRRN) sweep --cache $(DEMO_CACHE) --flow-cache $(DEMO_FLOW_CACHE) --split 1 --out runs/demo-models --levels high \
 		--modalities rgb,flow --models rrn,lstm,reslstm,tresnet,meanpool,twostream $(DEMO_TRAIN) --quiet

@@ -1,4 +1,10 @@
-"""mrrn command line: thin click commands, each building its inputs and calling one pipeline function."""
+"""mrrn command line: thin click commands, each building its inputs and calling one pipeline function.
+
+Every default comes from the configuration dataclasses in ``pipeline/config.py`` (``default(...)``);
+``tests/test_cli.py`` checks that each option agrees with its field. Errors derived from
+``pipeline.errors.MrrnError`` are shown as one ``Error:`` line with exit status 1; anything else is a bug
+and keeps its traceback.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,60 +16,44 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline import datasets
 from pipeline.config import (
-    DEFAULT_TEST_FRACTION,
+    DATASET_CHOICES,
     FEATURE_DTYPES,
     FLOW_METHODS,
     FUSION_METHODS,
-    MODALITIES,
     LEVELS,
+    MODALITIES,
     MODELS,
     POOLS,
-    ClipSpec,
-    TrainConfig,
-    PAPER_CROP,
-    PAPER_SHORT_SIDE,
     PRECISIONS,
     STREAM_FUSIONS,
+    ClipSpec,
     ExtractConfig,
     FlowSpec,
     Preprocess,
+    TrainConfig,
+    caches_for_run,
+    check_flow_cache_use,
+    default,
     default_workers,
 )
-
-DATASET_CHOICE = click.Choice(datasets.DATASETS)
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input, not a bug. Heavy modules are only consulted once imported."""
-    types: list[type[BaseException]] = [datasets.SplitFileError, datasets.MissingVideosError,
-                                        FileNotFoundError, ValueError]
-    for module, names in (("pipeline.cache", ("CacheError",)), ("pipeline.extract", ("ExtractError",)),
-                          ("pipeline.video", ("VideoDecodeError",)),
-                          ("pipeline.train", ("TrainError",)), ("pipeline.backbone", ("WeightsError",)),
-                          ("pipeline.fuse", ("FuseError",)), ("pipeline.report", ("ReportError",))):
-        if module in sys.modules:
-            types += [getattr(sys.modules[module], n) for n in names]
-    return tuple(types)
+from pipeline.errors import MrrnError
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn the pipeline's input errors into a one-line ``Error: ...`` and exit status 1."""
+    """Turn the pipeline's errors about the user's input and world into ``Error: ...`` and exit status 1."""
     try:
         yield
-    except Exception as err:
-        if isinstance(err, _user_error_types()):
-            raise click.ClickException(str(err)) from None
-        raise
+    except MrrnError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _nproc_option(f):
     return click.option(
         "--nproc", type=int, default=1, show_default=True,
         help="Processes on this machine (one per GPU), started with torchrun; for several machines run "
-             "torchrun yourself (README).")(f)
+             "torchrun yourself (docs/distributed.md).")(f)
 
 
 def _relaunch_under_torchrun(nproc: int) -> None:
@@ -84,7 +74,11 @@ def _relaunch_under_torchrun(nproc: int) -> None:
             skip = True
             continue
         args.append(arg)
-    sys.exit(launch(nproc, args))
+    sys.exit(launch(nproc, Path(__file__).resolve(), args))
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100, "max_content_width": 100})
@@ -98,65 +92,73 @@ def main():
 
 
 @main.command()
-@click.option("--dataset", type=DATASET_CHOICE, required=True, help="Index format.")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True, help="Index format.")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
 @click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
 @click.option("--split", type=int, default=1, show_default=True, help="Split number.")
-@click.option(
-    "--test-fraction",
-    type=float,
-    default=DEFAULT_TEST_FRACTION,
-    show_default=True,
-    help="folder without --splits: share of each class held out for test (stable hash of the key).",
-)
+@click.option("--test-fraction", type=float, default=default(ExtractConfig, "test_fraction"), show_default=True,
+              help="folder without --splits: share of each class held out for test (stable hash of the key).")
 @click.option("--strict", is_flag=True, help="Fail if a split file names a video that is not on disk.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object {classes, train, test, missing}.")
 def index(dataset, root, splits, split, test_fraction, strict, as_json):
     """Count the classes and train/test videos of one split (never opens a video)."""
+    from pipeline import datasets
+
     with user_errors():
         idx = datasets.build_index(dataset, root, splits, split, test_fraction=test_fraction, strict=strict)
     if idx.missing:
-        click.echo(f"warning: {datasets.describe_missing(idx.missing, idx.root)}", err=True)
+        _log(f"warning: {datasets.describe_missing(idx.missing, idx.root)}")
+    s = idx.summary()
     if as_json:
-        click.echo(json.dumps(idx.summary()))
+        click.echo(json.dumps(s))
     else:
-        s = idx.summary()
-        click.echo(
-            f"{dataset} split {split}: {s['classes']} classes, {s['train']} train, "
-            f"{s['test']} test, {s['missing']} missing"
-        )
+        click.echo(f"{dataset} split {split}: {s['classes']} classes, {s['train']} train, {s['test']} test, "
+                   f"{s['missing']} missing")
+
+
+def _choice(values):
+    return click.Choice(list(values))
 
 
 @main.command()
-@click.option("--dataset", type=DATASET_CHOICE, required=True, help="Index format.")
+@click.option("--dataset", type=_choice(DATASET_CHOICES), required=True, help="Index format.")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
 @click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The HDF5 cache to write or resume.")
-@click.option("--weights", default="imagenet", show_default=True,
-              help="'imagenet' (torchvision download/cache), 'random' (seeded; tests and the demo) or a state_dict path.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --weights random.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Frames per backbone batch.")
+@click.option("--backbone-weights", default=None,
+              help="'imagenet' (torchvision download/cache), 'random' (seeded; tests and the demo) or a state_dict "
+                   f"path [default: {default(ExtractConfig, 'backbone_weights')}].")
+@click.option("--weights", "legacy_weights", default=None, hidden=True,
+              deprecated="--weights is now --backbone-weights (fusion weights keep --weights in `mrrn fuse`)")
+@click.option("--seed", type=int, default=default(ExtractConfig, "seed"), show_default=True,
+              help="Seed for --backbone-weights random.")
+@click.option("--device", default=default(ExtractConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=default(ExtractConfig, "batch_size"), show_default=True,
+              help="Frames per backbone batch.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: CPU cores - 1, at most 8).")
-@click.option("--short-side", type=int, default=PAPER_SHORT_SIDE, show_default=True, help="Resize shorter side to this.")
-@click.option("--crop", type=int, default=PAPER_CROP, show_default=True, help="Centre crop size.")
-@click.option("--dtype", type=click.Choice(FEATURE_DTYPES), default="float16", show_default=True,
+@click.option("--short-side", type=int, default=default(Preprocess, "short_side"), show_default=True,
+              help="Resize shorter side to this.")
+@click.option("--crop", type=int, default=default(Preprocess, "crop"), show_default=True, help="Centre crop size.")
+@click.option("--dtype", type=_choice(FEATURE_DTYPES), default=default(ExtractConfig, "dtype"), show_default=True,
               help="Storage type of the features.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+@click.option("--precision", type=_choice(PRECISIONS), default=default(ExtractConfig, "precision"), show_default=True,
               help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
-@click.option("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION, show_default=True,
+@click.option("--test-fraction", type=float, default=default(ExtractConfig, "test_fraction"), show_default=True,
               help="folder without --splits: share of each class recorded as split 1's test set.")
-@click.option("--modality", type=click.Choice(MODALITIES), default="rgb", show_default=True,
+@click.option("--modality", type=_choice(MODALITIES), default=default(ExtractConfig, "modality"), show_default=True,
               help="rgb frames, or flow: optical flow between consecutive frames rendered as images.")
-@click.option("--flow-method", type=click.Choice(FLOW_METHODS), default="farneback", show_default=True,
+@click.option("--flow-method", type=_choice(FLOW_METHODS), default=default(FlowSpec, "method"), show_default=True,
               help="tvl1 needs opencv-contrib-python-headless.")
-@click.option("--flow-bound", type=float, default=20.0, show_default=True, help="Flow clipped to +-this many pixels.")
-@click.option("--flow-size", type=int, default=256, show_default=True, help="Shorter side of the frames flow is computed on.")
-@click.option("--strict", is_flag=True, help="Stop at the first video that fails, or a split file naming a missing video.")
+@click.option("--flow-bound", type=float, default=default(FlowSpec, "bound"), show_default=True,
+              help="Flow clipped to +-this many pixels.")
+@click.option("--flow-size", type=int, default=default(FlowSpec, "size"), show_default=True,
+              help="Shorter side of the frames flow is computed on.")
+@click.option("--strict", is_flag=True, default=default(ExtractConfig, "strict"),
+              help="Stop at the first video that fails, or a split file naming a missing video.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_nproc_option
-def extract(dataset, root, splits, out, weights, seed, device, batch_size, workers, short_side, crop, dtype,
-            precision, test_fraction, modality, flow_method, flow_bound, flow_size, strict, quiet, nproc):
+def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_method, flow_bound, flow_size, quiet,
+            nproc, **settings):
     """Stage 1: frozen ResNet-34 features of every video into an HDF5 cache (resumable)."""
     _relaunch_under_torchrun(nproc)
     from pipeline import distributed
@@ -165,13 +167,12 @@ def extract(dataset, root, splits, out, weights, seed, device, batch_size, worke
     rank = distributed.current()
     with user_errors():
         cfg = ExtractConfig(
-            dataset=dataset, root=root, splits=splits, out=out, weights=weights, seed=seed, device=device,
-            batch_size=batch_size, workers=max(1, default_workers() // rank.world) if workers is None else workers,
-            preprocess=Preprocess(short_side=short_side, crop=crop), dtype=dtype, precision=precision,
-            strict=strict, test_fraction=test_fraction, modality=modality,
+            **settings, backbone_weights=backbone_weights or legacy_weights or default(ExtractConfig, "backbone_weights"),
+            workers=max(1, default_workers() // rank.world) if workers is None else workers,
+            preprocess=Preprocess(short_side=short_side, crop=crop),
             flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),
         )
-        s = run_extract(cfg, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        s = run_extract(cfg, progress=not quiet, log=_log)
     click.echo(
         (f"rank {rank.rank}/{rank.world}: " if rank.distributed else "") +
         f"extracted {s.extracted} videos ({s.frames} frames) in {s.seconds:.1f} s, {s.frames_per_second:.1f} frames/s "
@@ -187,75 +188,52 @@ def extract(dataset, root, splits, out, weights, seed, device, batch_size, worke
 @click.option("--verify", is_flag=True, help="Check every entry; exit 1 if anything is wrong.")
 def inspect(cache_file, verify):
     """Print a cache's configuration, counts, size and level shapes."""
-    from pipeline import cache as cache_mod
+    from pipeline.cache_report import inspect_cache
 
-    shards = sorted(cache_mod.shard_dir(cache_file).glob("*.h5"))
-    unjoined = (f"{len(shards)} shard(s) of a multi-process extraction in {cache_mod.shard_dir(cache_file)} "
-                "not yet joined; rerun the same `mrrn extract` to finish and join them")
-    if shards and not cache_file.exists():
-        raise click.ClickException(f"{cache_file}: no cache yet; {unjoined}")
-    with user_errors(), cache_mod.FeatureCache(cache_file) as c:
-        ident = c.identity
-        pre = ident["preprocess"]
-        size = cache_file.stat().st_size
-        click.echo(f"cache       {cache_file} ({size / 2**20:.1f} MiB, schema {c.attrs['schema_version']}, "
-                   f"mrrn {c.attrs['mrrn_version']}, updated {c.attrs['updated_utc']})")
-        click.echo(f"dataset     {ident['dataset']}, {len(c.classes)} classes, modality {ident.get('modality', 'rgb')}"
-                   + (f" ({ident['flow']})" if "flow" in ident else ""))
-        click.echo(f"backbone    {ident['backbone']}, weights {ident['weights']}, precision {ident['precision']}")
-        click.echo(f"preprocess  short side {pre['short_side']}, crop {pre['crop']}, resize {pre['resize']}, "
-                   f"mean {pre['mean']}, std {pre['std']}")
-        click.echo(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
-        for level in c.levels:
-            click.echo(f"level       {level:<4} {ident['levels'][level][0]}: {c.level_shape(level)} {ident['dtype']}")
-        for n, (train, test) in sorted(c.splits.items()):
-            click.echo(f"split       {n}: {len(train)} train, {len(test)} test")
-        for f in c.failed:
-            click.echo(f"failed      {f.key}: {f.reason}")
-        pending = cache_mod.pending_journal(cache_file)
-        if pending:
-            click.echo(f"pending     {pending} finished video(s) in {cache_mod.journal_dir(cache_file)} not yet merged; "
-                       "rerun the same `mrrn extract` to merge them")
-        if shards:
-            click.echo(f"pending     {unjoined}")
-        if verify:
-            problems = c.verify()
-            for p in problems:
-                click.echo(f"problem     {p}")
-            if problems:
-                raise click.ClickException(f"{cache_file}: {len(problems)} problem(s) found")
-            click.echo("verify      ok: every entry has consistent offsets, frame counts, shapes and finite values")
+    with user_errors():
+        report = inspect_cache(cache_file, verify)
+    for line in report.lines:
+        click.echo(line)
+    if verify:
+        for problem in report.problems:
+            click.echo(f"problem     {problem}")
+        if report.problems:
+            raise click.ClickException(f"{cache_file}: {len(report.problems)} problem(s) found")
+        click.echo("verify      ok: every entry has consistent offsets, frame counts, shapes and finite values")
 
 
 def _train_options(f):
-    """Options shared by `train` and `sweep` (paper defaults from pipeline.config.TrainConfig)."""
+    """Options shared by `train` and `sweep`; their names are TrainConfig's (or ClipSpec's) fields."""
     options = [
         click.option("--cache", type=click.Path(path_type=Path), required=True, help="Feature cache (mrrn extract)."),
-        click.option("--split", type=int, default=1, show_default=True, help="Split recorded in the cache."),
-        click.option("--modality", type=click.Choice(MODALITIES), default="rgb", show_default=True,
+        click.option("--split", type=int, default=default(TrainConfig, "split"), show_default=True,
+                     help="Split recorded in the cache."),
+        click.option("--modality", type=_choice(MODALITIES), default=default(TrainConfig, "modality"), show_default=True,
                      help="The cache's modality (mrrn extract --modality); a mismatch is refused."),
         click.option("--flow-cache", type=click.Path(path_type=Path), default=None,
                      help="A flow cache (extract --modality flow) beside the RGB --cache: for --model twostream, "
                           "for flow runs of a sweep over --modalities rgb,flow, and for --modality flow."),
-        click.option("--epochs", type=int, default=12, show_default=True),
-        click.option("--batch-size", type=int, default=28, show_default=True),
+        click.option("--epochs", type=int, default=default(TrainConfig, "epochs"), show_default=True),
+        click.option("--batch-size", type=int, default=default(TrainConfig, "batch_size"), show_default=True),
         click.option("--lr", type=float, default=None,
                      help="Initial learning rate [default: the paper's, 1e-5 high, 1e-4 low/mid]."),
-        click.option("--lr-step", type=int, default=8, show_default=True,
-                     help="Epochs before the learning rate drops 10x."),
-        click.option("--dropout", type=float, default=0.5, show_default=True, help="Before the per-step linear layer."),
-        click.option("--window", type=int, default=5, show_default=True,
+        click.option("--lr-step", "lr_step_epochs", type=int, default=default(TrainConfig, "lr_step_epochs"),
+                     show_default=True, help="Epochs before the learning rate drops 10x."),
+        click.option("--dropout", type=float, default=default(TrainConfig, "dropout"), show_default=True,
+                     help="Before the per-step linear layer."),
+        click.option("--window", type=int, default=default(TrainConfig, "window"), show_default=True,
                      help="tresnet: frames each temporal residual block sees."),
-        click.option("--normalize/--no-normalize", default=False, show_default=True,
+        click.option("--normalize/--no-normalize", default=default(TrainConfig, "normalize"), show_default=True,
                      help="Standardise each feature dimension with training-set statistics (not in the paper; "
                           "needed for untrained-backbone features, whose scale is far from ImageNet's)."),
-        click.option("--clip-length", type=int, default=30, show_default=True),
-        click.option("--clip-stride", type=int, default=8, show_default=True),
-        click.option("--max-clips", type=int, default=20, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--allow-missing", is_flag=True, help="Train even if some split videos are not in the cache."),
-        click.option("--val-fraction", type=float, default=0.0, show_default=True,
+        click.option("--clip-length", "length", type=int, default=default(ClipSpec, "length"), show_default=True),
+        click.option("--clip-stride", "stride", type=int, default=default(ClipSpec, "stride"), show_default=True),
+        click.option("--max-clips", type=int, default=default(ClipSpec, "max_clips"), show_default=True),
+        click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True),
+        click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
+                     help="Train even if some split videos are not in the cache."),
+        click.option("--val-fraction", type=float, default=default(TrainConfig, "val_fraction"), show_default=True,
                      help="Hold out this share of each class's training videos for validation (fusion --search)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -264,48 +242,42 @@ def _train_options(f):
     return f
 
 
-def _train_config(out, level, model, hidden, layers, pool, cache, split, modality, flow_cache, epochs, batch_size, lr,
-                  lr_step, dropout, window, normalize, clip_length, clip_stride, max_clips, seed, device, allow_missing,
-                  val_fraction, stream_fusion="sum") -> TrainConfig:
-    if model != "twostream" and flow_cache is not None:
-        if modality != "flow":
-            raise click.UsageError("--flow-cache is read by --model twostream, --modality flow or a sweep over "
-                                   "--modalities rgb,flow")
-        cache, flow_cache = flow_cache, None  # a flow run reads the flow cache
-    return TrainConfig(
-        cache=str(cache), out=str(out), split=split, modality=modality, level=level, model=model,
-        flow_cache=None if flow_cache is None else str(flow_cache), stream_fusion=stream_fusion, hidden=hidden,
-        layers=layers, pool=pool, dropout=dropout, window=window, normalize=normalize, epochs=epochs,
-        batch_size=batch_size, lr=lr, lr_step_epochs=lr_step,
-        clip=ClipSpec(clip_length, clip_stride, max_clips), seed=seed, device=device, allow_missing=allow_missing,
-        val_fraction=val_fraction,
-    )
+def _train_config(settings: dict) -> TrainConfig:
+    """A TrainConfig from train/sweep options named after its fields; the caches a run reads follow
+    ``config.caches_for_run``."""
+    clip = ClipSpec(settings.pop("length"), settings.pop("stride"), settings.pop("max_clips"))
+    model, modality = settings["model"], settings["modality"]
+    flow_cache = None if settings["flow_cache"] is None else str(settings["flow_cache"])
+    check_flow_cache_use(model, [modality], flow_cache)
+    cache, flow_cache = caches_for_run(model, modality, str(settings["cache"]), flow_cache)
+    return TrainConfig(**{**settings, "cache": cache, "flow_cache": flow_cache, "out": str(settings["out"]),
+                          "clip": clip})
 
 
 @main.command()
 @_train_options
-@click.option("--level", type=click.Choice(list(LEVELS)), required=True, help="Feature level to train on.")
+@click.option("--level", type=_choice(LEVELS), required=True, help="Feature level to train on.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-@click.option("--model", type=click.Choice(MODELS), default="rrn", show_default=True,
+@click.option("--model", type=_choice(MODELS), default=default(TrainConfig, "model"), show_default=True,
               help="rrn (stacked SRU, the paper), lstm, reslstm (residual LSTM), tresnet (temporal residual "
                    "blocks), meanpool (the order-blind control) or twostream (RGB and flow, needs --flow-cache).")
-@click.option("--stream-fusion", type=click.Choice(STREAM_FUSIONS), default="sum", show_default=True,
-              help="twostream: fuse the top appearance and motion states by sum or element-wise product.")
-@click.option("--hidden", type=int, default=1024, show_default=True, help="SRU hidden units.")
-@click.option("--layers", type=int, default=3, show_default=True, help="Stacked SRU layers.")
-@click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,
+@click.option("--stream-fusion", type=_choice(STREAM_FUSIONS), default=default(TrainConfig, "stream_fusion"),
+              show_default=True, help="twostream: fuse the top appearance and motion states by sum or element-wise product.")
+@click.option("--hidden", type=int, default=default(TrainConfig, "hidden"), show_default=True, help="SRU hidden units.")
+@click.option("--layers", type=int, default=default(TrainConfig, "layers"), show_default=True, help="Stacked SRU layers.")
+@click.option("--pool", type=_choice(POOLS), default=default(TrainConfig, "pool"), show_default=True,
               help="Temporal pooling of the per-step scores: mean (eq. 8) or max (eq. 9).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
 @_nproc_option
-def train(level, out, model, stream_fusion, hidden, layers, pool, resume, quiet, nproc, **kw):
+def train(resume, quiet, nproc, **settings):
     """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
     _relaunch_under_torchrun(nproc)
     from pipeline import distributed
     from pipeline.train import fit
 
     with user_errors():
-        cfg = _train_config(out, level, model, hidden, layers, pool, stream_fusion=stream_fusion, **kw)
-        s = fit(cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        cfg = _train_config(settings)
+        s = fit(cfg, resume=resume, progress=not quiet, log=_log)
     if not distributed.current().is_main:
         return
     f = s.final
@@ -315,9 +287,11 @@ def train(level, out, model, stream_fusion, hidden, layers, pool, resume, quiet,
 
 
 def _csv(kind, choices=None):
-    """A click callback turning 'a,b,c' into a list of ``kind``, checked against ``choices``."""
+    """A click callback turning 'a,b,c' into a list of ``kind``, checked against ``choices`` (None passes)."""
 
     def parse(ctx, param, value):
+        if value is None:
+            return None
         try:
             items = [kind(v.strip()) for v in value.split(",") if v.strip()]
         except ValueError:
@@ -330,37 +304,35 @@ def _csv(kind, choices=None):
     return parse
 
 
-def _optional_csv(choices):
-    parse = _csv(str, choices)
-    return lambda ctx, param, value: None if value is None else parse(ctx, param, value)
-
-
 @main.command()
 @_train_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Sweep directory (one run each).")
-@click.option("--levels", "--level", "levels", default="high", show_default=True, callback=_csv(str, list(LEVELS)),
-              help="Comma-separated levels.")
-@click.option("--models", "--model", "models", default="rrn", show_default=True, callback=_csv(str, list(MODELS)),
-              help="Comma-separated heads.")
-@click.option("--hidden", default="1024", show_default=True, callback=_csv(int), help="Comma-separated hidden sizes.")
-@click.option("--layers", default="3", show_default=True, callback=_csv(int), help="Comma-separated depths.")
-@click.option("--pool", default="mean", show_default=True, callback=_csv(str, list(POOLS)),
+@click.option("--levels", "--level", "levels", default=default(TrainConfig, "level"), show_default=True,
+              callback=_csv(str, list(LEVELS)), help="Comma-separated levels.")
+@click.option("--models", "--model", "models", default=default(TrainConfig, "model"), show_default=True,
+              callback=_csv(str, list(MODELS)), help="Comma-separated heads.")
+@click.option("--hidden", default=str(default(TrainConfig, "hidden")), show_default=True, callback=_csv(int),
+              help="Comma-separated hidden sizes.")
+@click.option("--layers", default=str(default(TrainConfig, "layers")), show_default=True, callback=_csv(int),
+              help="Comma-separated depths.")
+@click.option("--pool", default=default(TrainConfig, "pool"), show_default=True, callback=_csv(str, list(POOLS)),
               help="Comma-separated temporal poolings.")
-@click.option("--modalities", default=None, callback=_optional_csv(list(MODALITIES)),
+@click.option("--modalities", default=None, callback=_csv(str, list(MODALITIES)),
               help="Comma-separated streams for the single-stream heads, e.g. rgb,flow (flow runs read "
                    "--flow-cache) [default: --modality].")
-@click.option("--stream-fusion", default="sum", show_default=True, callback=_csv(str, list(STREAM_FUSIONS)),
+@click.option("--stream-fusion", default=default(TrainConfig, "stream_fusion"), show_default=True,
+              callback=_csv(str, list(STREAM_FUSIONS)),
               help="twostream: comma-separated fusions of the top states (sum, product).")
-def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, **kw):
+def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, **settings):
     """Train a grid of runs on one cache, or RGB and flow caches (finished runs are skipped), and write
     results.csv and results.md: one comparison table."""
     from pipeline.sweep import run_sweep
 
     with user_errors():
-        base = _train_config(out / "_", levels[0], "rrn", hidden[0], layers[0], pool[0], flow_cache=None, **kw)
+        base = _train_config({**settings, "out": out / "_", "level": levels[0], "model": "rrn", "hidden": hidden[0],
+                              "layers": layers[0], "pool": pool[0], "flow_cache": None})
         run_sweep(base, out, levels, models, hidden, layers, pool, modalities=modalities or [base.modality],
-                  flow_cache=flow_cache, stream_fusions=stream_fusion, progress=not quiet,
-                  log=lambda m: click.echo(m, err=True))
+                  flow_cache=flow_cache, stream_fusions=stream_fusion, progress=not quiet, log=_log)
     click.echo((out / "results.md").read_text(), nl=False)
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
 
@@ -368,34 +340,21 @@ def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fuse directory.")
-@click.option("--method", type=click.Choice(FUSION_METHODS), default="weighted", show_default=True)
+@click.option("--method", type=_choice(FUSION_METHODS), default=FUSION_METHODS[0], show_default=True)
 @click.option("--weights", default=None,
-              help="Weights by level, 'high=0.7,mid=0.2,low=0.1' or '0.7,0.2,0.1' (high, mid, low as in eq. 10), "
-                   "by modality ('rgb=1,flow=1.5') or both ('rgb:high=0.5,flow:high=0.5') [default: the paper's].")
+              help="Fusion weights by level, 'high=0.7,mid=0.2,low=0.1' or '0.7,0.2,0.1' (high, mid, low as in "
+                   "eq. 10), by modality ('rgb=1,flow=1.5') or both ('rgb:high=0.5,flow:high=0.5') "
+                   "[default: the paper's].")
 @click.option("--search", is_flag=True, help="Choose the weights on the runs' validation videos (--val-fraction).")
 def fuse(runs, out, method, weights, search):
     """Fuse several runs' video scores (eq. 10, or sum / product) and write the summary and report."""
-    from pipeline.fuse import run_fuse, summary_markdown
+    from pipeline.fuse import parse_weights, run_fuse, summary_markdown
 
     with user_errors():
-        s = run_fuse(runs, out, method, _level_weights(weights), search)
+        s = run_fuse(runs, out, method, parse_weights(weights), search)
         click.echo(summary_markdown(s), nl=False)
         report = _report(out)
     click.echo(f"-> {out / 'summary.md'}" + (f", {report}" if report else ""))
-
-
-def _level_weights(text):
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        if all("=" in t for t in items):
-            return {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
-        return dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
-    except ValueError:
-        raise click.BadParameter(f"expected 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5' or up to "
-                                 f"three numbers, got {text!r}",
-                                 param_hint="--weights") from None
 
 
 def _report(directory: Path):
@@ -405,7 +364,7 @@ def _report(directory: Path):
     try:
         return write_report(directory)
     except ReportError as err:
-        click.echo(f"warning: no report: {err}", err=True)
+        _log(f"warning: no report: {err}")
         return None
 
 
@@ -425,10 +384,10 @@ def report(directory):
 @click.option("--runs", "run_dirs", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Trained run directory; repeat for each level to fuse (e.g. --runs runs/low --runs runs/high).")
 @click.option("--top", type=int, default=5, show_default=True)
-@click.option("--method", type=click.Choice(FUSION_METHODS), default=None,
+@click.option("--method", type=_choice(FUSION_METHODS), default=None,
               help="Fusion [default: weighted by level when the runs are one per level of one stream, else sum].")
 @click.option("--backbone-weights", type=click.Path(path_type=Path), default=None,
-              help="The local state_dict the cache was made with, when it was made with --weights PATH.")
+              help="The local state_dict the cache was made with, when it was made with --backbone-weights PATH.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of {video, top: [{class, probability}], error}.")
 def predict(videos, run_dirs, top, method, backbone_weights, device, as_json):
@@ -443,7 +402,7 @@ def predict(videos, run_dirs, top, method, backbone_weights, device, as_json):
     else:
         for r in results:
             if r.error:
-                click.echo(f"Error: {r.video}: {r.error}", err=True)
+                _log(f"Error: {r.video}: {r.error}")
                 continue
             click.echo(f"{r.video}")
             for rank, (cls, p) in enumerate(r.top, start=1):
@@ -466,19 +425,19 @@ def sample_data(out, seed):
     )
 
 
-REFERENCE_START = "<!-- cli-reference:start (generated by `python cli.py cli-reference --write README.md`) -->"
+REFERENCE_START = "<!-- cli-reference:start (generated by `python cli.py cli-reference --write docs/cli.md`) -->"
 REFERENCE_END = "<!-- cli-reference:end -->"
 
 
 def reference_markdown() -> str:
-    """Every command's --help, as the README's CLI reference (a test keeps the two equal)."""
+    """Every command's --help, as docs/cli.md's reference (a test keeps the two equal)."""
     from click.testing import CliRunner
 
     parts = [REFERENCE_START, ""]
     for name in ["", *sorted(n for n, c in main.commands.items() if not c.hidden)]:
         args = [name, "--help"] if name else ["--help"]
         text = CliRunner().invoke(main, args, prog_name="mrrn").output.rstrip()
-        parts += [f"#### `mrrn{' ' + name if name else ''}`", "", "```text", text, "```", ""]
+        parts += [f"## `mrrn{' ' + name if name else ''}`", "", "```text", text, "```", ""]
     parts.append(REFERENCE_END)
     return "\n".join(parts)
 
@@ -486,7 +445,7 @@ def reference_markdown() -> str:
 @main.command("cli-reference", hidden=True)
 @click.option("--write", type=click.Path(path_type=Path), default=None, help="Replace the reference in this file.")
 def cli_reference(write):
-    """Print (or write into the README) the CLI reference."""
+    """Print (or write into docs/cli.md) the CLI reference."""
     text = reference_markdown()
     if write is None:
         click.echo(text)

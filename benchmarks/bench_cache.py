@@ -19,20 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results, synthetic_identity  # noqa: E402
-from pipeline.cache import CacheWriter, FeatureCache, VideoRecord  # noqa: E402
+from benchmarks.common import append_results, synthetic_identity, timed  # noqa: E402
+from pipeline.cache import FeatureCache, VideoRecord  # noqa: E402
+from pipeline.cache_writer import CacheWriter  # noqa: E402
 from pipeline.config import LEVELS  # noqa: E402
 
 IDENTITY = synthetic_identity(["bench"])
-
-
-def timed(fn, repeats=3) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
     python benchmarks/bench_extract.py [--videos DIR] [--short-side 256 --crop 224] [--batch-size 32]
 
-Videos: every file in --videos; by default the real clips in ../shared/data/videos when present
-(several containers and codecs), else the bundled sample dataset generated into a temporary folder.
+Videos: every file in --videos; by default six clips generated into a temporary folder the way UCF-101
+stores its videos (320x240, 25 fps, MPEG-4 part 2 in AVI), 200 frames each, of moving texture.
 """
 from __future__ import annotations
 
@@ -18,13 +18,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import SHARED_VIDEOS, append_results  # noqa: E402
+from benchmarks.common import append_results  # noqa: E402
 from pipeline.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision  # noqa: E402
 from pipeline.config import ExtractConfig, Preprocess, default_workers  # noqa: E402
 from pipeline.datasets import VIDEO_EXTENSIONS  # noqa: E402
 from pipeline.extract import run_extract  # noqa: E402
-from pipeline.sample_data import write_sample_dataset  # noqa: E402
 from pipeline.video import VideoReader, preprocess  # noqa: E402
+
+
+def write_clips(folder: Path, count: int = 6, frames: int = 200) -> list[Path]:
+    """UCF-101-like clips: 320x240 MPEG-4 (XviD fourcc) at 25 fps, a textured scene panning and brightening."""
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        scene = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 2 + i)
+        path = folder / f"clip{i}.avi"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"XVID"), 25.0, (320, 240))
+        for t in range(frames):
+            x, y = (3 * t) % 320, (2 * t) % 240
+            writer.write(cv2.convertScaleAbs(scene[y : y + 240, x : x + 320], alpha=1.0, beta=t % 40))
+        writer.release()
+        paths.append(path)
+    return paths
 
 
 def backbone_only(extractor: FeatureExtractor, pre: Preprocess, batch: int, frames: int) -> float:
@@ -70,14 +89,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        source = args.videos or (SHARED_VIDEOS if SHARED_VIDEOS.is_dir() else None)
-        if source is None:
-            write_sample_dataset(tmp / "sample")
-            paths = sorted((tmp / "sample" / "videos").rglob("*.avi"))
-            source_name = "the bundled sample dataset (80 videos, 128x96)"
+        if args.videos is None:
+            paths = write_clips(tmp / "generated")
+            source_name = f"{len(paths)} generated 320x240 MPEG-4 clips, each {args.repeat} times"
         else:
-            paths = sorted(p for p in source.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-            source_name = f"{len(paths)} videos from {source}, each {args.repeat} times"
+            paths = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+            source_name = f"{len(paths)} videos of --videos, each {args.repeat} times"
         root = tmp / "dataset" / "clips"  # a one-class folder dataset of links to the videos
         root.mkdir(parents=True)
         for copy in range(args.repeat):  # several links per video: enough frames to amortise start-up
@@ -86,7 +103,7 @@ def main() -> None:
 
         decode_fps = decode_only(paths, None)
         decode_pre_fps = decode_only(paths, pre if device.type == "cpu" else None)
-        cfg = ExtractConfig(dataset="folder", root=root.parent, out=tmp / "bench.h5", weights="random",
+        cfg = ExtractConfig(dataset="folder", root=root.parent, out=tmp / "bench.h5", backbone_weights="random",
                             preprocess=pre, batch_size=args.batch_size, workers=args.workers, device=args.device)
         summary = run_extract(cfg, progress=False, log=lambda m: None)
         pipeline_fps = summary.frames_per_second

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -19,10 +18,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_cache import IDENTITY, timed  # noqa: E402
-from benchmarks.common import append_results  # noqa: E402
-from pipeline.cache import CacheWriter, VideoRecord  # noqa: E402
+from benchmarks.common import append_results, synthetic_identity, timed  # noqa: E402
+from pipeline.cache import VideoRecord  # noqa: E402
+from pipeline.cache_writer import CacheWriter  # noqa: E402
 from pipeline.config import LEVELS  # noqa: E402
+
+IDENTITY = synthetic_identity(["bench"])
 
 
 def write_shards(folder: Path, shards: int, videos: int, frames: int) -> list[Path]:

@@ -23,11 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results, synthetic_identity  # noqa: E402
 from pipeline.backbone import resolve_device  # noqa: E402
-from pipeline.cache import CacheWriter, VideoRecord  # noqa: E402
+from pipeline.cache import VideoRecord  # noqa: E402
+from pipeline.cache_writer import CacheWriter  # noqa: E402
 from pipeline.config import LEVELS, TrainConfig  # noqa: E402
+from pipeline.data import load_level_data  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.sru import SRU  # noqa: E402
-from pipeline.train import load_level_data, train_one_epoch  # noqa: E402
+from pipeline.train import train_one_epoch  # noqa: E402
 
 
 def sync(device):

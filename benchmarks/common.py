@@ -4,14 +4,15 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
 
-from pipeline.config import LEVELS
+from pipeline.config import LEVELS, Preprocess
+from pipeline.identity import CacheIdentity, LevelSpec
 
 RESULTS = Path(__file__).with_name("results.md")
-SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 
 
 def machine() -> str:
@@ -27,6 +28,16 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def timed(fn, repeats=3) -> tuple[float, object]:
+    """The best wall time of ``repeats`` calls of ``fn``, and its last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
 def append_results(title: str, lines: list[str]) -> None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"\n## {title} — {stamp}\n\nMachine: {machine()}\n\n" + "\n".join(lines) + "\n"
@@ -37,12 +48,10 @@ def append_results(title: str, lines: list[str]) -> None:
     print(text)
 
 
-def synthetic_identity(classes: list[str]) -> dict:
+def synthetic_identity(classes: list[str]) -> CacheIdentity:
     """A cache configuration for caches the benchmarks fill with random features."""
-    return {
-        "backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
-        "dataset": "folder", "classes": classes,
-        "preprocess": {"short_side": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                       "resize": "bilinear-antialias-uint8"},
-        "levels": {level: [layer, dim] for level, (layer, dim) in LEVELS.items()},
-    }
+    return CacheIdentity(
+        backbone="resnet34", backbone_weights="random:seed=0", preprocess=Preprocess(),
+        levels=tuple(LevelSpec(level, layer, dim) for level, (layer, dim) in LEVELS.items()),
+        dtype="float16", precision="fp32", dataset="folder", classes=tuple(classes),
+    )

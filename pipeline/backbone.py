@@ -15,9 +15,10 @@ import torchvision
 from torch import nn
 
 from pipeline.config import BACKBONE, IMAGENET_WEIGHTS, LEVELS
+from pipeline.errors import ConfigError, MrrnError
 
 
-class WeightsError(ValueError):
+class WeightsError(MrrnError, ValueError):
     """Backbone weights that cannot be loaded; the message says which and why."""
 
 
@@ -60,7 +61,8 @@ def sha256_file(path: Path) -> str:
 
 
 def weights_identity(weights: str, seed: int) -> str:
-    """The identity string a cache records for ``--weights`` (cheap: hashes a local file, loads nothing)."""
+    """The identity string a cache records for ``--backbone-weights`` (cheap: hashes a local file, loads
+    nothing): ``torchvision:<name>``, ``random:seed=<seed>`` or ``sha256:<hex>``."""
     if weights == "imagenet":
         return f"torchvision:{IMAGENET_WEIGHTS}"
     if weights == "random":
@@ -69,6 +71,25 @@ def weights_identity(weights: str, seed: int) -> str:
     if not path.is_file():
         raise WeightsError(f"{weights}: weights file not found (use 'imagenet', 'random' or a state_dict path)")
     return f"sha256:{sha256_file(path)}"
+
+
+def weights_from_identity(identity: str, local: Path | None) -> tuple[str, int]:
+    """The inverse of :func:`weights_identity`: ``load_backbone`` arguments (weights, seed) that rebuild
+    the backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` identity.
+    Refused, naming what is missing, when those weights are not available."""
+    kind, _, value = identity.partition(":")
+    if kind == "torchvision":
+        return "imagenet", 0
+    if kind == "random":
+        return "random", int(value.removeprefix("seed="))
+    if kind == "sha256":
+        if local is None:
+            raise WeightsError(f"the runs' cache was made with a local weights file (sha256 {value[:12]}...); "
+                               "pass it with --backbone-weights PATH")
+        if sha256_file(local) != value:
+            raise WeightsError(f"{local}: sha256 differs from the weights the runs' cache was made with ({value[:12]}...)")
+        return str(local), 0
+    raise WeightsError(f"unknown weights identity {identity!r} in the runs' cache")
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
@@ -115,11 +136,18 @@ def load_backbone(weights: str = "imagenet", seed: int = 0) -> LoadedBackbone:
 
 
 def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when there is one), 'cpu', 'cuda' or 'cuda:N'; anything else is refused in one line."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: mrrn runs on cpu or cuda")
+    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -1,7 +1,13 @@
-"""Clip sampling: pure functions from a video's frame count to the frames of each clip."""
+"""Clips: which frames each clip of a video holds, and how clip scores become the video's score.
+
+Training samples clips (30 frames, stride 8, at most 20 per video, short videos looped); at test time
+a video's score is the mean of its clips' softmax scores (the paper's protocol). Evaluation and
+prediction both use :class:`VideoScores` for that mean.
+"""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from pipeline.config import ClipSpec
 
@@ -22,3 +28,25 @@ def clip_frames(num_frames: int, spec: ClipSpec = ClipSpec()) -> np.ndarray:
     """Frame indices of every clip, ``(num_clips, length)``; short videos loop (0, 1, .., T-1, 0, 1, ..)."""
     starts = np.asarray(clip_starts(num_frames, spec))[:, None]  # (n, 1)
     return (starts + np.arange(spec.length)[None, :]) % num_frames  # (n, length)
+
+
+class VideoScores:
+    """A video's score is the mean of its clips' softmax scores: add clip probabilities as they come
+    (in any order, in any number of batches), read the ``(V, K)`` video scores at the end."""
+
+    def __init__(self, num_videos: int, num_classes: int, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(num_videos, num_classes, device=device)  # (V, K)
+        self.counts = torch.zeros(num_videos, device=device)  # (V,)
+
+    def add(self, probs: torch.Tensor, video: torch.Tensor) -> None:
+        """probs: (B, K) clip softmax scores; video: (B,) int64 index of each clip's video."""
+        self.sums.index_add_(0, video, probs)
+        self.counts.index_add_(0, video, torch.ones_like(video, dtype=self.counts.dtype))
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running sums and counts (what several ranks add up before reading the scores)."""
+        return self.sums, self.counts
+
+    def scores(self) -> torch.Tensor:
+        """(V, K) mean clip softmax of each video."""
+        return self.sums / self.counts[:, None]

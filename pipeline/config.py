@@ -1,9 +1,17 @@
-"""Configuration: the paper's defaults live here, once (MRRN section 4.2 and DESIGN.md)."""
+"""Configuration: the paper's defaults live here, once (MRRN sections 4.2 and 5.2).
+
+The command line takes every option's default from these dataclasses (``default(TrainConfig, "epochs")``);
+``tests/test_cli.py`` fails if the two ever disagree.
+"""
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from pipeline.errors import ConfigError
 
 # ImageNet normalisation used by torchvision's ResNet-34 weights and by the paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,14 +26,34 @@ IMAGENET_WEIGHTS = "ResNet34_Weights.IMAGENET1K_V1"
 PAPER_SHORT_SIDE = 256
 PAPER_CROP = 224
 
+DATASET_CHOICES = ("ucf101", "hmdb51", "folder")  # index formats (datasets.py)
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_TEST_FRACTION = 0.3  # folder datasets without split files: share of each class held out for test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BACKBONE_WEIGHTS = ("imagenet", "random")  # or a path to a torchvision-layout state_dict
+MODALITIES = ("rgb", "flow")
+FLOW_METHODS = ("farneback", "tvl1")
+
+
+def default(cls, name: str):
+    """The default of dataclass ``cls``'s field ``name``: where the CLI's option defaults come from."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def default_workers() -> int:
     """Decoding processes: leave one core to inference, at least one worker, at most eight."""
     return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _require_choice(what: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _require_fraction(what: str, value: float) -> None:
+    if not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ConfigError(f"{what} must be in [0, 1), got {value}")
 
 
 @dataclass(frozen=True)
@@ -40,13 +68,9 @@ class Preprocess:
 
     def __post_init__(self):
         if self.crop < 32 or self.short_side < self.crop:
-            raise ValueError(
+            raise ConfigError(
                 f"need 32 <= crop <= short side, got crop {self.crop} and short side {self.short_side}"
             )
-
-
-MODALITIES = ("rgb", "flow")
-FLOW_METHODS = ("farneback", "tvl1")
 
 
 @dataclass(frozen=True)
@@ -60,22 +84,29 @@ class FlowSpec:
     size: int = 256
 
     def __post_init__(self):
-        if self.method not in FLOW_METHODS:
-            raise ValueError(f"flow method must be one of {', '.join(FLOW_METHODS)}, got {self.method!r}")
-        if self.bound <= 0 or self.size < 16:
-            raise ValueError(f"need a flow bound > 0 and a flow size >= 16, got {self.bound} and {self.size}")
+        _require_choice("flow method", self.method, FLOW_METHODS)
+        if not (math.isfinite(self.bound) and self.bound > 0) or self.size < 16:
+            raise ConfigError(f"need a flow bound > 0 and a flow size >= 16, got {self.bound} and {self.size}")
+
+
+class FrameSource(NamedTuple):
+    """What the backbone sees of a video: its frames preprocessed, or (``flow`` set) optical flow
+    between consecutive frames rendered as images and then preprocessed the same way."""
+
+    preprocess: Preprocess
+    flow: FlowSpec | None = None
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything `mrrn extract` needs. Fields marked identity decide whether a cache can be resumed."""
+    """Everything `mrrn extract` needs."""
 
     dataset: str
     root: Path
     out: Path
     splits: Path | None = None
-    weights: str = "imagenet"  # "imagenet", "random" or a path to a torchvision-layout state_dict
-    seed: int = 0  # seeds --weights random
+    backbone_weights: str = "imagenet"  # "imagenet", "random" or a path to a torchvision-layout state_dict
+    seed: int = 0  # seeds --backbone-weights random
     preprocess: Preprocess = field(default_factory=Preprocess)
     dtype: str = "float16"  # how features are stored
     precision: str = "auto"  # inference precision; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU
@@ -89,18 +120,16 @@ class ExtractConfig:
     flow: FlowSpec = field(default_factory=FlowSpec)
 
     def __post_init__(self):
-        if self.dtype not in FEATURE_DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        _require_choice("dtype", self.dtype, FEATURE_DTYPES)
+        _require_choice("precision", self.precision, PRECISIONS)
+        _require_choice("modality", self.modality, MODALITIES)
+        _require_fraction("test fraction", self.test_fraction)
         if self.batch_size < 1 or self.workers < 0 or self.chunk_frames < 1:
-            raise ValueError("batch size and chunk frames must be >= 1 and workers >= 0")
+            raise ConfigError("batch size and chunk frames must be >= 1 and workers >= 0")
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+    @property
+    def frame_source(self) -> FrameSource:
+        return FrameSource(self.preprocess, self.flow if self.modality == "flow" else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +154,7 @@ class ClipSpec:
 
     def __post_init__(self):
         if min(self.length, self.stride, self.max_clips) < 1:
-            raise ValueError(f"clip length, stride and max clips must be >= 1, got {self}")
+            raise ConfigError(f"clip length, stride and max clips must be >= 1, got {self}")
 
 
 @dataclass(frozen=True)
@@ -161,24 +190,19 @@ class TrainConfig:
     val_fraction: float = 0.0  # share of each class's training videos held out for validation (0: none)
 
     def __post_init__(self):
-        if self.level not in LEVELS:
-            raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {self.level!r}")
-        if self.modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        _require_choice("level", self.level, LEVELS)
+        _require_choice("modality", self.modality, MODALITIES)
+        _require_choice("model", self.model, MODELS)
+        _require_choice("stream fusion", self.stream_fusion, STREAM_FUSIONS)
+        _require_choice("pool", self.pool, POOLS)
         if self.model == "twostream" and (self.flow_cache is None or self.modality != "rgb"):
-            raise ValueError("--model twostream trains on an RGB cache (--cache) and a flow cache (--flow-cache)")
+            raise ConfigError("--model twostream trains on an RGB cache (--cache) and a flow cache (--flow-cache)")
         if self.model != "twostream" and self.flow_cache is not None:
-            raise ValueError("a flow cache beside the RGB cache is only for --model twostream")
-        if self.stream_fusion not in STREAM_FUSIONS:
-            raise ValueError(f"stream fusion must be one of {', '.join(STREAM_FUSIONS)}, got {self.stream_fusion!r}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
-        if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs, self.window) < 1:
-            raise ValueError("hidden, layers, epochs, batch size and lr step must be >= 1")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError("a flow cache beside the RGB cache is only for --model twostream")
+        if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs, self.window,
+               self.eval_batch_size) < 1:
+            raise ConfigError("hidden, layers, epochs, batch sizes, lr step and window must be >= 1")
+        _require_fraction("validation fraction", self.val_fraction)
 
     @property
     def learning_rate(self) -> float:
@@ -200,5 +224,24 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainConfig":
+        """Settings added after a run was written take their defaults."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**{**known, "clip": ClipSpec(**d.get("clip", {}))})
+
+
+def caches_for_run(model: str, modality: str, cache: str, flow_cache: str | None) -> tuple[str, str | None]:
+    """Which caches a run reads, as (``TrainConfig.cache``, ``TrainConfig.flow_cache``), given the
+    command line's --cache (RGB, or flow for a flow-only command line) and --flow-cache: twostream reads
+    both; a flow run reads --flow-cache when given, else --cache; an RGB run reads --cache."""
+    if model == "twostream":
+        return cache, flow_cache
+    if modality == "flow":
+        return (flow_cache or cache), None
+    return cache, None
+
+
+def check_flow_cache_use(model: str, modalities, flow_cache) -> None:
+    """--flow-cache is for twostream, flow runs, or a sweep over both modalities; anything else is a mistake."""
+    if flow_cache is not None and model != "twostream" and "flow" not in modalities:
+        raise ConfigError("--flow-cache is read by --model twostream, --modality flow or a sweep over "
+                          "--modalities rgb,flow")

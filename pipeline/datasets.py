@@ -17,24 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline.config import DEFAULT_TEST_FRACTION
+from pipeline.config import DATASET_CHOICES, DEFAULT_TEST_FRACTION
+from pipeline.errors import ConfigError, MrrnError
+from pipeline.splitfiles import SplitFileError, check_disjoint, read_class_index, read_hmdb_lists, read_ucf_list
 
-DATASETS = ("ucf101", "hmdb51", "folder")
+DATASETS = DATASET_CHOICES
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"}
 )
-HMDB_FLAGS = {"0": None, "1": "train", "2": "test"}  # 0 = not used in this split
 
 
-class SplitFileError(ValueError):
-    """A split or class-index file that cannot be trusted. The message is ``file:line: reason``."""
-
-    def __init__(self, path: str | os.PathLike, line: int | None, reason: str):
-        where = f"{path}:{line}" if line else str(path)
-        super().__init__(f"{where}: {reason}")
+class DatasetError(MrrnError, FileNotFoundError):
+    """A dataset root or split folder that is not there, or holds no videos."""
 
 
-class MissingVideosError(FileNotFoundError):
+class MissingVideosError(MrrnError, FileNotFoundError):
     """Raised in strict mode when split files name videos that are not on disk."""
 
 
@@ -68,82 +65,6 @@ def describe_missing(missing: tuple[str, ...] | list[str], root: Path, limit: in
     shown = ", ".join(missing[:limit])
     more = f", ... (+{len(missing) - limit} more)" if len(missing) > limit else ""
     return f"{len(missing)} video(s) named by the split files are missing under {root}: {shown}{more}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading files
-
-
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file as ``(line_number, stripped_text)``; CRLF and BOM tolerated."""
-    if not path.is_file():
-        raise SplitFileError(path, None, "file not found")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise SplitFileError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-
-
-def read_class_index(path: Path) -> tuple[str, ...]:
-    """``classInd.txt``: lines ``<id> <ClassName>``, ids 1..N (1-based) -> class names in id order."""
-    by_id: dict[int, str] = {}
-    seen_names: dict[str, int] = {}
-    for n, line in _read_lines(path):
-        parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise SplitFileError(path, n, f"bad line {line!r}: expected '<id> <ClassName>'")
-        class_id, name = int(parts[0]), parts[1]
-        if class_id in by_id:
-            raise SplitFileError(path, n, f"duplicate class id {class_id}")
-        if name in seen_names:
-            raise SplitFileError(path, n, f"duplicate class name {name!r} (also line {seen_names[name]})")
-        by_id[class_id] = name
-        seen_names[name] = n
-    if not by_id:
-        raise SplitFileError(path, None, "no classes")
-    if sorted(by_id) != list(range(1, len(by_id) + 1)):
-        raise SplitFileError(path, None, f"class ids must be 1..{len(by_id)} without gaps")
-    return tuple(by_id[i] for i in range(1, len(by_id) + 1))
-
-
-def _read_ucf_list(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """A UCF-101-format list: ``<Class>/<video> [<1-based id>]`` -> {key: (label, line)}.
-
-    The label is the class folder's id in ``classes``; an explicit id must agree with it.
-    """
-    class_ids = {name: i for i, name in enumerate(classes)}
-    entries: dict[str, tuple[int, int]] = {}
-    for n, line in _read_lines(path):
-        parts = line.split()
-        if len(parts) not in (1, 2):
-            raise SplitFileError(path, n, f"bad line {line!r}: expected '<Class>/<video> [<class id>]'")
-        key = parts[0].replace("\\", "/")
-        folder, sep, name = key.partition("/")
-        if not sep or not name:
-            raise SplitFileError(path, n, f"bad line {line!r}: the video must be given as <Class>/<video>")
-        if folder not in class_ids:
-            raise SplitFileError(path, n, f"unknown class {folder!r} (not in the class index)")
-        label = class_ids[folder]
-        if len(parts) == 2:
-            if not parts[1].isdigit():
-                raise SplitFileError(path, n, f"bad class id {parts[1]!r}: expected an integer")
-            if int(parts[1]) - 1 != label:
-                raise SplitFileError(
-                    path, n, f"class id {parts[1]} contradicts the folder {folder!r} (id {label + 1})"
-                )
-        if key in entries:
-            raise SplitFileError(path, n, f"duplicate entry {key!r} (first on line {entries[key][1]})")
-        entries[key] = (label, n)
-    return entries
-
-
-def _check_disjoint(train_file: Path, train: dict, test_file: Path, test: dict) -> None:
-    for key, (_, n) in test.items():
-        if key in train:
-            raise SplitFileError(
-                test_file, n, f"{key!r} is also in the training list ({train_file.name}:{train[key][1]})"
-            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +107,7 @@ def _finish(dataset, split, root, classes, train, test, missing, strict) -> Spli
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: {what} not found (or not a directory)")
+        raise DatasetError(f"{path}: {what} not found (or not a directory)")
     return path
 
 
@@ -203,9 +124,9 @@ def index_ucf101(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
 
 def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> SplitIndex:
     train_file, test_file = splits / f"trainlist{split:02d}.txt", splits / f"testlist{split:02d}.txt"
-    train_entries = _read_ucf_list(train_file, classes)
-    test_entries = _read_ucf_list(test_file, classes)
-    _check_disjoint(train_file, train_entries, test_file, test_entries)
+    train_entries = read_ucf_list(train_file, classes)
+    test_entries = read_ucf_list(test_file, classes)
+    check_disjoint(train_file, train_entries, test_file, test_entries)
     lister = _FileLister(root)
     train, missing_train = _split_present(root, train_entries, lister)
     test, missing_test = _split_present(root, test_entries, lister)
@@ -231,19 +152,7 @@ def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
         raise SplitFileError(splits, None, f"no HMDB-51 split files named <class>_test_split{split}.txt")
     classes = tuple(sorted(by_class))
     files = [by_class[c] for c in classes]
-    parts: dict[str, dict[str, tuple[int, int]]] = {"train": {}, "test": {}}
-    for label, path in enumerate(files):
-        seen: dict[str, int] = {}
-        for n, line in _read_lines(path):
-            tokens = line.split()
-            if len(tokens) != 2 or tokens[1] not in HMDB_FLAGS or "/" in tokens[0]:
-                raise SplitFileError(path, n, f"bad line {line!r}: expected '<name>.avi <0|1|2>'")
-            name, flag = tokens
-            if name in seen:
-                raise SplitFileError(path, n, f"duplicate entry {name!r} (first on line {seen[name]})")
-            seen[name] = n
-            if HMDB_FLAGS[flag] is not None:
-                parts[HMDB_FLAGS[flag]][f"{classes[label]}/{name}"] = (label, n)
+    parts = read_hmdb_lists(files, classes)
     lister = _FileLister(root)
     train, missing_train = _split_present(root, parts["train"], lister)
     test, missing_test = _split_present(root, parts["test"], lister)
@@ -290,7 +199,7 @@ def index_folder(
     """
     root = _require_dir(Path(root), "dataset root")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+        raise ConfigError(f"test fraction must be in [0, 1), got {test_fraction}")
     skip = Path(splits).resolve() if splits is not None else None
     videos = {}  # class folder -> its video file names, for folders holding at least one video
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -312,7 +221,7 @@ def index_folder(
     train = [VideoEntry(k, root / k, label) for k, label in kept]
     test = [VideoEntry(k, root / k, label) for k, label in held]
     if not classes:
-        raise FileNotFoundError(f"{root}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+        raise DatasetError(f"{root}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     return _finish("folder", split, root, classes, train, test, [], strict)
 
 
@@ -327,13 +236,13 @@ def build_index(
 ) -> SplitIndex:
     """Index ``dataset`` (one of :data:`DATASETS`) for one split."""
     if split < 1:
-        raise ValueError(f"split must be a positive number, got {split}")
+        raise ConfigError(f"split must be a positive number, got {split}")
     if dataset == "folder":
         return index_folder(root, splits, split, test_fraction=test_fraction, strict=strict)
     if dataset not in ("ucf101", "hmdb51"):
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if splits is None:
-        raise ValueError(f"{dataset} needs its split folder (--splits)")
+        raise ConfigError(f"{dataset} needs its split folder (--splits)")
     index = index_ucf101 if dataset == "ucf101" else index_hmdb51
     return index(root, splits, split, strict=strict)
 
@@ -375,7 +284,7 @@ def list_videos(
         idx = index_folder(root, test_fraction=test_fraction)
         return VideoSet(dataset, idx.root, idx.classes, tuple(sorted(idx.train + idx.test)), (), {1: _keys(idx)})
     if splits is None:
-        raise ValueError(f"{dataset} needs its split folder (--splits)")
+        raise ConfigError(f"{dataset} needs its split folder (--splits)")
     splits = _require_dir(Path(splits), "split folder")
     pattern = r"^.+_test_split(\d+)\.txt$" if dataset == "hmdb51" else r"^trainlist(\d+)\.txt$"
     numbers = _split_numbers(splits, pattern)

@@ -7,10 +7,12 @@ opens a process group.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -53,7 +55,13 @@ def init(device: torch.device) -> Rank:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
+        atexit.register(_close)  # a process group left open at exit can abort the process in its threads
     return rank
+
+
+def _close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -81,14 +89,13 @@ def balanced_shards(sizes: list[int], world: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
-def launch(nproc: int, args: list[str]) -> int:
-    """Run ``cli.py ARGS`` in ``nproc`` processes on this machine with torchrun (standalone rendezvous);
-    returns torchrun's exit status."""
+def launch(nproc: int, script: str | Path, args: list[str]) -> int:
+    """Run the program ``script`` with ``args`` in ``nproc`` processes on this machine with torchrun
+    (standalone rendezvous); returns torchrun's exit status. The command line passes its own file, so
+    the library never imports it."""
     from torch.distributed.run import get_args_parser, run
 
-    import cli
-
-    options = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", cli.__file__, *args])
+    options = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", str(script), *args])
     try:
         run(options)
     except Exception as err:  # torchrun's ChildFailedError already printed which rank failed and why

@@ -13,57 +13,34 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline.cache import source_identity
 from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
-from pipeline.train import video_metrics
+from pipeline.errors import MrrnError
+from pipeline.identity import IdentityError
+from pipeline.metrics import video_metrics
+from pipeline.scores import RunScores, read_scores, scores_path
 
 SEARCH_STEP = 0.05  # weight grid on the simplex for --search
 
 
-class FuseError(Exception):
+class FuseError(MrrnError):
     """Runs that cannot be fused as asked; the message says what differs."""
 
 
-@dataclass(frozen=True)
-class RunScores:
-    run: Path
-    level: str
-    model: str
-    modality: str
-    split: int
-    cache_identity: str
-    classes: tuple[str, ...]
-    keys: tuple[str, ...]  # (V,)
-    labels: np.ndarray  # (V,) int64
-    scores: np.ndarray  # (V, K) softmax scores
-
-    @property
-    def name(self) -> str:
-        name = self.level if self.modality == "rgb" else f"{self.modality} {self.level}"
-        return name if self.model == "rrn" else f"{name} ({self.model})"
-
-
 def load_scores(run: str | Path, part: str = "test") -> RunScores:
-    """A run's ``scores_<part>.npz`` (part: test or val)."""
-    run = Path(run)
-    path = run / f"scores_{part}.npz"
+    """A run's ``scores_<part>.npz`` (part: test or val), refused in one line when absent or unreadable."""
+    path = scores_path(Path(run), part)
     if not path.is_file():
         hint = " (train it with --val-fraction for --search)" if part == "val" else " (is the run finished?)"
         raise FuseError(f"{path}: no {part} scores{hint}")
-    with np.load(path, allow_pickle=False) as z:
-        return RunScores(
-            run=run, level=str(z["level"]), model=str(z["model"]) if "model" in z else "rrn",
-            modality=str(z["modality"]) if "modality" in z else "rgb", split=int(z["split"]),
-            cache_identity=str(z["cache_identity"]), classes=tuple(str(c) for c in z["classes"]),
-            keys=tuple(str(k) for k in z["keys"]), labels=z["labels"].astype(np.int64),
-            scores=z["scores"].astype(np.float64),
-        )
+    try:
+        return read_scores(run, part)
+    except IdentityError as err:
+        raise FuseError(f"{path}: unreadable cache identity ({err})") from None
 
 
 def check_compatible(runs: list[RunScores]) -> None:
@@ -73,7 +50,7 @@ def check_compatible(runs: list[RunScores]) -> None:
     first = runs[0]
     for other in runs[1:]:
         pair = f"{other.run} and {first.run}"
-        if _source(other.cache_identity) != _source(first.cache_identity):
+        if other.cache_identity.without_stream() != first.cache_identity.without_stream():
             raise FuseError(f"{pair} were trained on different caches (backbone, weights, preprocessing or dataset)")
         if other.split != first.split:
             raise FuseError(f"{pair} use different splits ({other.split} and {first.split})")
@@ -87,11 +64,25 @@ def check_compatible(runs: list[RunScores]) -> None:
             raise FuseError(f"{pair} give the same videos different labels")
 
 
-def _source(cache_identity: str) -> dict:
+def parse_weights(text: str | None) -> dict[str, float] | None:
+    """--weights as written on the command line: 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5',
+    'rgb=1,flow=1.5', or up to three bare numbers for high, mid and low (eq. 10's order)."""
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
     try:
-        return source_identity(json.loads(cache_identity))
-    except json.JSONDecodeError:
-        return {"identity": cache_identity}
+        if all("=" in t for t in items):
+            return {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
+        return dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
+    except ValueError:
+        raise FuseError(f"--weights: expected 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5' or up to "
+                        f"three numbers, got {text!r}") from None
+
+
+def default_method(streams: list[tuple[str, str]]) -> str:
+    """Eq. 10's weighted fusion when the runs are one per level of one stream, else the sum."""
+    one_per_level = len(set(streams)) == len(streams) and len({s for s, _ in streams}) == 1
+    return "weighted" if one_per_level else "sum"
 
 
 def weights_for(streams: list[tuple[str, str]], weights: dict[str, float] | None) -> list[float]:
@@ -135,11 +126,10 @@ def search_weights(val_scores: list[np.ndarray], val_labels: np.ndarray, step: f
     ticks = int(round(1 / step))
     best_key, best = None, None
     num_classes = val_scores[0].shape[1]
-    labels = torch.from_numpy(val_labels)
     for cut in itertools.combinations(range(ticks + n - 1), n - 1):  # stars and bars: all compositions
         parts = np.diff([-1, *cut, ticks + n - 1]) - 1
         weights = (parts / ticks).tolist()
-        m = video_metrics(torch.from_numpy(fuse(val_scores, "weighted", weights)), labels, num_classes)
+        m = video_metrics(fuse(val_scores, "weighted", weights), val_labels, num_classes)
         key = (m["video_top1"], m["mean_class_acc"])
         if best_key is None or key > best_key:
             best_key, best = key, weights
@@ -182,19 +172,18 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
         check_compatible(val)
         run_weights = search_weights([v.scores for v in val], val[0].labels)
     elif method == "weighted":
-        run_weights = weights_for([(r.modality, r.level) for r in runs], weights)
+        run_weights = weights_for([(r.streams, r.level) for r in runs], weights)
     fused = fuse([r.scores for r in runs], method, run_weights)
     num_classes = len(runs[0].classes)
-    labels = torch.from_numpy(runs[0].labels)
+    labels = runs[0].labels
     order = sorted(runs, key=lambda r: list(LEVELS).index(r.level))
-    rows = [{"name": r.name, "run": str(r.run), **video_metrics(torch.from_numpy(r.scores), labels, num_classes)}
-            for r in order]
-    rows.append({"name": "fused", "run": str(out), **video_metrics(torch.from_numpy(fused), labels, num_classes)})
+    rows = [{"name": r.name, "run": str(r.run), **video_metrics(r.scores, labels, num_classes)} for r in order]
+    rows.append({"name": "fused", "run": str(out), **video_metrics(fused, labels, num_classes)})
     summary = FuseSummary(out=str(out), method=method, searched=search, rows=rows,
                           weights={r.name: w for r, w in zip(runs, run_weights)} if run_weights else None)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "fused_scores.npz", scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
              classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
-    (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary

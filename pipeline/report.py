@@ -9,13 +9,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline.fuse import FuseSummary, RunScores, load_scores, summary_markdown
-from pipeline.train import video_metrics
+from pipeline.errors import MrrnError
+from pipeline.fuse import FuseSummary, load_scores, summary_markdown
+from pipeline.metrics import video_metrics
+from pipeline.scores import RunScores
 
 
-class ReportError(Exception):
+class ReportError(MrrnError):
     pass
 
 
@@ -132,7 +133,7 @@ def plot_curves(run: Path, path: Path) -> bool:
 
 
 def _single_run_summary(run: RunScores) -> FuseSummary:
-    m = video_metrics(torch.from_numpy(run.scores), torch.from_numpy(run.labels), len(run.classes))
+    m = video_metrics(run.scores, run.labels, len(run.classes))
     return FuseSummary(out=str(run.run), method="single run", weights=None, searched=False,
                        rows=[{"name": run.name, "run": str(run.run), **m}])
 

@@ -10,8 +10,10 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from pipeline.config import LEVELS, TrainConfig
-from pipeline.train import RunSummary, fit
+from pipeline.config import LEVELS, TrainConfig, caches_for_run
+from pipeline.errors import ConfigError
+from pipeline.rundir import RunSummary
+from pipeline.train import fit
 
 COLUMNS = ("streams", "level", "model", "stream_fusion", "hidden", "layers", "pool", "video_top1", "video_top5",
            "mean_class_acc", "clip_acc", "epochs", "parameters", "seconds_per_epoch", "run")
@@ -34,19 +36,17 @@ def grid(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, m
     ``base.cache``); twostream runs once per stream fusion, on ``base.cache`` (RGB) and ``flow_cache``."""
     modalities = modalities or [base.modality]
     if "twostream" in models and flow_cache is None:
-        raise ValueError("--models twostream needs --flow-cache beside the RGB --cache")
+        raise ConfigError("--models twostream needs --flow-cache beside the RGB --cache")
     if set(modalities) == {"rgb", "flow"} and flow_cache is None:
-        raise ValueError("--modalities rgb,flow needs --flow-cache beside the RGB --cache")
+        raise ConfigError("--modalities rgb,flow needs --flow-cache beside the RGB --cache")
     configs: dict[str, TrainConfig] = {}
     for modality, level, model, hidden, n_layers, pool, fusion in itertools.product(
             modalities, levels, models, hiddens, layers, pools, stream_fusions):
-        if model == "twostream":
-            cache, streams = base.cache, dict(modality="rgb", flow_cache=str(flow_cache), stream_fusion=fusion)
-        else:
-            cache = str(flow_cache) if modality == "flow" and flow_cache is not None else base.cache
-            streams = dict(modality=modality, flow_cache=None)
-        cfg = dataclasses.replace(base, cache=cache, level=level, model=model, hidden=hidden, layers=n_layers,
-                                  pool=pool, **streams)
+        modality = "rgb" if model == "twostream" else modality
+        cache, run_flow_cache = caches_for_run(model, modality, base.cache, None if flow_cache is None else str(flow_cache))
+        cfg = dataclasses.replace(base, cache=cache, flow_cache=run_flow_cache, modality=modality, level=level,
+                                  model=model, hidden=hidden, layers=n_layers, pool=pool,
+                                  stream_fusion=fusion if model == "twostream" else base.stream_fusion)
         configs.setdefault(run_name(cfg), dataclasses.replace(cfg, out=str(out / run_name(cfg))))
     return sorted(configs.values(), key=lambda c: c.model == "twostream")  # single streams first
 

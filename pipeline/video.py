@@ -20,13 +20,14 @@ import torch  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 from pipeline.config import Preprocess  # noqa: E402
+from pipeline.errors import MrrnError  # noqa: E402
 
 # A file that decodes to less than this share of the frames its header promises is called truncated.
 MIN_DECODED_SHARE = 0.9
 MAX_CHUNK_BYTES = 32 << 20  # raw RGB bytes per chunk: 1080p video -> 5 frames per chunk
 
 
-class VideoDecodeError(Exception):
+class VideoDecodeError(MrrnError):
     """A video that cannot be used; ``str(err)`` is a one-line reason (the caller names the file)."""
 
 

@@ -1,11 +1,17 @@
-"""Shared test helpers: small split files and placeholder videos written inside tmp_path."""
+"""Shared test helpers and fixtures: small split files, real videos written inside tmp_path, the sample
+dataset extracted once per session, and settings small enough for two CPU cores."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.sample_data import write_sample_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = dict(progress=False, log=lambda m: None)
+ORDER_PAIRS = 6  # sample labels 0..5: CircleGrow/Shrink, FadeRedToBlue/BlueToRed, FillUp/Down
 
 
 def write_lines(path: Path, lines: list[str], eol: str = "\r\n") -> Path:
@@ -22,18 +28,9 @@ def touch(root: Path, *keys: str) -> None:
         (root / key).write_bytes(b"")
 
 
-@pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory) -> Path:
-    """The bundled sample dataset, generated once per test session."""
-    out = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(out, seed=0)
-    return out
-
-
 def write_video(path: Path, n_frames: int, size: tuple[int, int] = (80, 60), seed: int = 0, fps: float = 25.0) -> Path:
     """A real MJPG .avi of ``n_frames`` random-ish RGB frames of ``size`` (width, height)."""
     import cv2
-    import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -45,14 +42,84 @@ def write_video(path: Path, n_frames: int, size: tuple[int, int] = (80, 60), see
     return path
 
 
+def folder_dataset(root: Path, per_class: int = 2, frames: int = 20) -> Path:
+    """A folder dataset of real videos: classes jump and walk, ``per_class`` videos each."""
+    for c, cls in enumerate(("jump", "walk")):
+        for i in range(per_class):
+            write_video(root / cls / f"{cls}{i}.avi", frames + 3 * i, seed=10 * c + i)
+    return root
+
+
 def small_extract_config(root: Path, out: Path, **overrides):
     """Extraction settings small enough for two CPU cores: 64 px crops, seeded random weights."""
     from pipeline.config import ExtractConfig, Preprocess
 
-    settings = dict(dataset="folder", root=root, out=out, weights="random", seed=0, batch_size=16, workers=1,
+    settings = dict(dataset="folder", root=root, out=out, backbone_weights="random", seed=0, batch_size=16, workers=1,
                     preprocess=Preprocess(short_side=64, crop=64))
     settings.update(overrides)
     return ExtractConfig(**settings)
+
+
+def small_train_config(cache, out, **overrides):
+    """Training settings for two CPU cores and untrained-backbone features (hence normalize and a higher lr)."""
+    from pipeline.config import TrainConfig
+
+    settings = dict(cache=str(cache), out=str(out), level="high", hidden=128, layers=2, epochs=30, lr=1e-3,
+                    lr_step_epochs=100, normalize=True)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def accuracy(run: Path, order_only: bool) -> float:
+    """Video top-1 of a run's test scores, on every class or on the order-only pairs alone."""
+    d = np.load(run / "scores_test.npz")
+    pred, labels = d["scores"].argmax(1), d["labels"]
+    keep = labels < ORDER_PAIRS if order_only else np.ones_like(labels, bool)
+    return float((pred[keep] == labels[keep]).mean())
+
+
+def make_identity(classes=("a", "b"), **changes):
+    """A cache identity for caches that tests fill with features of their own."""
+    from pipeline.config import Preprocess
+    from pipeline.identity import CacheIdentity, LevelSpec
+
+    settings = dict(backbone="resnet34", backbone_weights="random:seed=0", preprocess=Preprocess(short_side=64, crop=64),
+                    levels=(LevelSpec("low", "layer2", 128), LevelSpec("mid", "layer3", 256),
+                            LevelSpec("high", "layer4", 512)),
+                    dtype="float16", precision="fp32", dataset="folder", classes=tuple(classes))
+    settings.update(changes)
+    return CacheIdentity(**settings)
+
+
+def seeded_resnet(seed: int):
+    """torchvision's ResNet-34, randomly initialised after ``torch.manual_seed(seed)``."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.resnet34(weights=None)
+
+
+def torchvision_levels(model, x):
+    """The reference: a plain torchvision forward, layer2/3/4 outputs taken by hooks, averaged over space."""
+    import torch
+
+    seen = {}
+    hooks = [getattr(model, layer).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for layer, name in (("layer2", "low"), ("layer3", "mid"), ("layer4", "high"))]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return {name: out.mean(dim=(2, 3)) for name, out in seen.items()}
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """The bundled sample dataset, generated once per test session."""
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_dataset(out, seed=0)
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +129,7 @@ def sample_cache(sample_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("cache") / "sample.h5"
     cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist")
-    run_extract(cfg, progress=False, log=lambda m: None)
+    run_extract(cfg, **QUIET)
     return out
 
 
@@ -75,21 +142,18 @@ def flow_cache(sample_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("flow") / "flow.h5"
     cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist",
                                modality="flow", flow=FlowSpec(size=64))
-    run_extract(cfg, progress=False, log=lambda m: None)
+    run_extract(cfg, **QUIET)
     return out
 
 
 @pytest.fixture(scope="session")
 def level_runs(sample_cache, tmp_path_factory) -> dict[str, Path]:
     """RRN runs on the low, mid and high levels of the sample cache, trained as the demo trains them."""
-    from pipeline.config import TrainConfig
     from pipeline.train import fit
 
     runs = tmp_path_factory.mktemp("level_runs")
     out = {}
     for level in ("low", "mid", "high"):
-        cfg = TrainConfig(cache=str(sample_cache), out=str(runs / level), level=level, hidden=128, layers=2,
-                          epochs=30, lr=1e-3, lr_step_epochs=100, normalize=True)
-        fit(cfg, progress=False, log=lambda m: None)
+        fit(small_train_config(sample_cache, runs / level, level=level), **QUIET)
         out[level] = runs / level
     return out

@@ -5,24 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file
-
-
-def torchvision_levels(model: torchvision.models.ResNet, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The reference: a plain torchvision forward, layer2/3/4 outputs taken by hooks, averaged over space."""
-    seen = {}
-    hooks = [getattr(model, layer).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
-             for layer, name in (("layer2", "low"), ("layer3", "mid"), ("layer4", "high"))]
-    with torch.no_grad():
-        model.eval()(x)
-    for h in hooks:
-        h.remove()
-    return {name: out.mean(dim=(2, 3)) for name, out in seen.items()}
-
-
-def seeded_resnet(seed: int) -> torchvision.models.ResNet:
-    torch.manual_seed(seed)
-    return torchvision.models.resnet34(weights=None)
+from pipeline.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file, weights_from_identity
+from tests.conftest import seeded_resnet, torchvision_levels
 
 
 def test_levels_equal_a_direct_torchvision_forward():
@@ -89,3 +73,15 @@ def test_imagenet_weights_load_the_standard_torchvision_way_from_its_cache(tmp_p
     loaded = load_backbone("imagenet")
     assert loaded.identity == "torchvision:ResNet34_Weights.IMAGENET1K_V1"
     assert loaded.model.layer4[1].conv2.weight.equal(state["layer4.1.conv2.weight"])
+
+
+def test_a_caches_weights_identity_maps_back_to_the_weights_or_is_refused(tmp_path):
+    assert weights_from_identity("random:seed=3", None) == ("random", 3)
+    assert weights_from_identity("torchvision:ResNet34_Weights.IMAGENET1K_V1", None) == ("imagenet", 0)
+    with pytest.raises(WeightsError, match="pass it with --backbone-weights PATH"):
+        weights_from_identity("sha256:" + "ab" * 32, None)
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"something else")
+    with pytest.raises(WeightsError, match="sha256 differs"):
+        weights_from_identity("sha256:" + "ab" * 32, other)
+    assert weights_from_identity(f"sha256:{sha256_file(other)}", other) == (str(other), 0)

@@ -1,33 +1,24 @@
 """The HDF5 cache: round trip, journal resume, refusals, verification."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import (
-    CacheError,
-    CacheLockedError,
-    CacheWriter,
-    ConfigMismatchError,
-    FailedRecord,
-    FeatureCache,
-    VideoRecord,
-    pending_journal,
-)
+from pipeline.cache import CacheError, CacheLockedError, ConfigMismatchError, FailedRecord, FeatureCache, VideoRecord
+from pipeline.cache_writer import CacheWriter
+from pipeline.config import Preprocess
+from pipeline.journal import pending_entries
+from tests.conftest import make_identity
 
-IDENTITY = {
-    "backbone": "resnet34", "weights": "random:seed=0", "dtype": "float16", "precision": "fp32",
-    "dataset": "folder", "classes": ["a", "b"],
-    "preprocess": {"short_side": 64, "crop": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                   "resize": "bilinear-antialias-uint8"},
-    "levels": {"low": ["layer2", 128], "mid": ["layer3", 256], "high": ["layer4", 512]},
-    "modality": "rgb",
-}
+IDENTITY = make_identity()
 
 
 def record(key, frames, label=0):
-    return VideoRecord(key=key, label=label, class_name=IDENTITY["classes"][label], frames=frames, fps=25.0,
+    return VideoRecord(key=key, label=label, class_name=IDENTITY.classes[label], frames=frames, fps=25.0,
                        width=80, height=60, frames_reported=frames)
 
 
@@ -59,16 +50,16 @@ def test_a_killed_writer_leaves_a_valid_file_and_its_journal_is_merged_next_time
     path = tmp_path / "c.h5"
     w = CacheWriter(path, IDENTITY).__enter__()
     w.add_video(record("a/1.avi", 4), features(4, 0))
-    w._release()  # what a kill -9 leaves: no commit, the OS drops the lock
+    w.lock.release()  # what a kill -9 leaves: no commit, the OS drops the lock
     with FeatureCache(path) as c:  # readable and valid, just without the unmerged video
         assert c.videos == () and c.verify() == []
-    assert pending_journal(path) == 1
+    assert pending_entries(path) == 1
     with CacheWriter(path, IDENTITY) as w2:
         assert w2.complete == {"a/1.avi"}
         w2.finish()
     with FeatureCache(path) as c:
         assert [v.key for v in c.videos] == ["a/1.avi"]
-    assert pending_journal(path) == 0
+    assert pending_entries(path) == 0
 
 
 def test_a_later_success_replaces_an_earlier_failure(tmp_path):
@@ -88,11 +79,12 @@ def test_other_configuration_is_refused_saying_what_differs(tmp_path):
     path = tmp_path / "c.h5"
     with CacheWriter(path, IDENTITY) as w:
         w.finish()
-    other = {**IDENTITY, "weights": "random:seed=1", "preprocess": {**IDENTITY["preprocess"], "crop": 32}}
+    other = dataclasses.replace(IDENTITY, backbone_weights="random:seed=1", preprocess=Preprocess(short_side=64, crop=32))
     with pytest.raises(ConfigMismatchError) as err:
         CacheWriter(path, other).__enter__()
-    assert "weights: cache random:seed=0, this run random:seed=1" in str(err.value)
-    assert "'crop': 64" in str(err.value) and "'crop': 32" in str(err.value)
+    assert str(err.value) == (f"{path}: made with a different configuration (preprocess.crop: cache 64, this run 32; "
+                              "weights: cache random:seed=0, this run random:seed=1); use another --out, or the "
+                              "cache's own settings")
 
 
 def test_a_second_writer_is_refused(tmp_path):
@@ -135,10 +127,24 @@ def test_not_a_cache_is_a_clear_error(tmp_path):
 
 def test_a_cache_from_before_modalities_reads_as_rgb(tmp_path):
     path = tmp_path / "c.h5"
-    old = {k: v for k, v in IDENTITY.items() if k != "modality"}
-    with CacheWriter(path, old) as w:
+    with CacheWriter(path, IDENTITY) as w:
         w.finish()
+    old = {k: v for k, v in IDENTITY.to_json().items() if k != "modality"}  # as mrrn wrote it before flow
+    with h5py.File(path, "r+") as f:
+        f.attrs["config"] = json.dumps(old)
     with FeatureCache(path) as c:
-        assert c.identity["modality"] == "rgb"
-    with CacheWriter(path, {**old, "modality": "rgb"}) as w:  # and an rgb run may resume it
+        assert c.identity.modality == "rgb" and c.identity == IDENTITY
+    with CacheWriter(path, IDENTITY) as w:  # and an rgb run may resume it
         w.finish()
+
+
+def test_a_journal_of_another_configuration_is_never_merged(tmp_path):
+    path = tmp_path / "c.h5"
+    w = CacheWriter(path, IDENTITY).__enter__()
+    w.add_video(record("a/1.avi", 2), features(2, 0))
+    w.lock.release()  # killed before the commit
+    other = dataclasses.replace(IDENTITY, backbone_weights="random:seed=5")
+    (tmp_path / "c.h5").unlink()  # the cache is gone, its journal is left
+    with pytest.raises(ConfigMismatchError, match="c.h5.journal: left by a run with a different configuration "
+                                                  r"\(weights: journal random:seed=0, this run random:seed=5\)"):
+        CacheWriter(path, other).__enter__()

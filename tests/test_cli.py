@@ -4,14 +4,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from cli import main
-from tests.conftest import touch, write_lines
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, touch, write_lines
 
 
 def ucf_tree(tmp_path):
@@ -81,8 +79,54 @@ def test_cli_runs_as_a_script():
     assert "index" in out.stdout and "sample-data" in out.stdout
 
 
-def test_readme_cli_reference_matches_the_commands():
+def test_cli_reference_matches_the_commands():
     from cli import reference_markdown
 
-    readme = (REPO / "README.md").read_text()
-    assert reference_markdown() in readme, "README's CLI reference is stale: python cli.py cli-reference --write README.md"
+    doc = (REPO / "docs" / "cli.md").read_text()
+    assert reference_markdown() in doc, "docs/cli.md is stale: python cli.py cli-reference --write docs/cli.md"
+
+
+# option name -> (config class, field) where the two names differ
+RENAMED = {"lr_step_epochs": ("TrainConfig", "lr_step_epochs"), "length": ("ClipSpec", "length"),
+           "stride": ("ClipSpec", "stride"), "max_clips": ("ClipSpec", "max_clips"),
+           "short_side": ("Preprocess", "short_side"), "crop": ("Preprocess", "crop"),
+           "flow_method": ("FlowSpec", "method"), "flow_bound": ("FlowSpec", "bound"), "flow_size": ("FlowSpec", "size")}
+
+
+def test_every_option_default_is_its_config_default():
+    """The CLI repeats no default: each option that sets a configuration field has that field's default."""
+    from pipeline import config
+
+    owners = {"extract": [config.ExtractConfig], "train": [config.TrainConfig], "sweep": [config.TrainConfig]}
+    checked = 0
+    for command, classes in owners.items():
+        for param in main.commands[command].params:
+            if param.name in RENAMED:
+                cls_name, field = RENAMED[param.name]
+                cls = getattr(config, cls_name)
+            else:
+                cls, field = next(((c, param.name) for c in classes if param.name in c.__dataclass_fields__), (None, None))
+            if cls is None or param.required or param.name == "workers":  # workers: cores / ranks, at run time
+                continue
+            want = config.default(cls, field)
+            got = None if param.default is click.core.UNSET else param.default  # no default given: None
+            if command == "sweep" and param.name in ("hidden", "layers", "pool"):  # comma-separated lists
+                got = type(want)(got)
+            if field == "backbone_weights":  # shown in the help; None means "not given"
+                assert got is None and f"[default: {want}]" in param.help
+            else:
+                assert got == want, f"{command} --{param.name}: {got!r}, config says {want!r}"
+            checked += 1
+    assert checked >= 35
+
+
+def test_a_bug_is_not_shown_as_a_user_error(tmp_path, monkeypatch):
+    """Only the project's own errors become one-line messages; a bug keeps its traceback."""
+    import pipeline.datasets
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")  # what a numpy bug raises
+
+    monkeypatch.setattr(pipeline.datasets, "build_index", broken)
+    result = run("index", "--dataset", "folder", "--root", tmp_path)
+    assert isinstance(result.exception, ValueError) and "Error:" not in result.output

@@ -17,13 +17,13 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.cache import FeatureCache, shard_dir
+from pipeline.data import load_level_data
 from pipeline.distributed import balanced_shards
 from pipeline.extract import run_extract
-from pipeline.train import fit, load_level_data
-from tests.conftest import small_extract_config, write_video
-from tests.test_train import QUIET, small
-
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.journal import JournalEntry
+from pipeline.train import fit
+from tests.conftest import QUIET, REPO, small_extract_config, write_video
+from tests.conftest import small_train_config as small
 
 
 def mrrn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -58,7 +58,7 @@ def single_cache(videos, tmp_path_factory) -> Path:
 
 
 def extract_args(videos: Path, out: Path) -> list[str]:
-    return ["extract", "--dataset", "folder", "--root", str(videos), "--out", str(out), "--weights", "random",
+    return ["extract", "--dataset", "folder", "--root", str(videos), "--out", str(out), "--backbone-weights", "random",
             "--short-side", "64", "--crop", "64", "--batch-size", "16", "--workers", "1", "--quiet"]
 
 
@@ -110,7 +110,8 @@ def test_a_killed_rank_loses_only_its_in_flight_videos_and_a_rerun_completes_the
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.time() + 120
-        while not list(journal.glob("*.npz")) and time.time() < deadline and launcher.poll() is None:
+        while (not any(JournalEntry(p).ok for p in journal.glob("*.npz")) and time.time() < deadline
+               and launcher.poll() is None):
             time.sleep(0.02)
         victim = _rank_pid(launcher.pid, 1)
         assert victim is not None and launcher.poll() is None, "rank 1 finished before it could be killed"
@@ -121,7 +122,7 @@ def test_a_killed_rank_loses_only_its_in_flight_videos_and_a_rerun_completes_the
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
     assert launcher.returncode != 0
-    kept = len(list(journal.glob("*.npz")))
+    kept = sum(JournalEntry(p).ok for p in journal.glob("*.npz"))  # extracted (the broken video fails early)
     assert kept >= 1  # rank 1's finished videos survived its death
     inspect = CliRunner().invoke(main, ["inspect", str(out)])
     assert inspect.exit_code == 1 and "not yet joined; rerun the same `mrrn extract`" in inspect.output

@@ -21,22 +21,19 @@ from pipeline.cache import FeatureCache
 from pipeline.config import Preprocess
 from pipeline.extract import ExtractError, run_extract
 from pipeline.video import VideoReader, preprocess
-from tests.conftest import small_extract_config, write_video
-from tests.test_backbone import seeded_resnet, torchvision_levels
-
-REPO = Path(__file__).resolve().parents[1]
-QUIET = dict(progress=False, log=lambda m: None)
-
-
-def folder_dataset(root: Path, per_class: int = 2, frames: int = 20) -> Path:
-    for c, cls in enumerate(("jump", "walk")):
-        for i in range(per_class):
-            write_video(root / cls / f"{cls}{i}.avi", frames + 3 * i, seed=10 * c + i)
-    return root
+from tests.conftest import (
+    QUIET,
+    REPO,
+    folder_dataset,
+    seeded_resnet,
+    small_extract_config,
+    torchvision_levels,
+    write_video,
+)
 
 
 def extract_args(root: Path, out: Path, *extra) -> list[str]:
-    return ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out), "--weights", "random",
+    return ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out), "--backbone-weights", "random",
             "--short-side", "64", "--crop", "64", "--batch-size", "16", "--workers", "1", "--quiet", *extra]
 
 
@@ -44,8 +41,8 @@ def test_sample_dataset_extracts_every_video_with_its_metadata(sample_cache, sam
     with FeatureCache(sample_cache) as c:
         assert len(c.videos) == 80 and c.failed == ()
         assert c.classes[:2] == ("CircleGrow", "CircleShrink")
-        assert c.identity["weights"] == "random:seed=0"
-        assert c.identity["preprocess"]["crop"] == 64
+        assert c.identity.backbone_weights == "random:seed=0"
+        assert c.identity.preprocess.crop == 64
         rec = c.videos[c.index["CircleGrow/v_CircleGrow_g01_c01.avi"]]
         assert (rec.width, rec.height, rec.fps, rec.label, rec.class_name) == (128, 96, 25.0, 0, "CircleGrow")
         frames = sum(len(ch) for ch in VideoReader(sample_dir / "videos" / rec.key).chunks())
@@ -147,8 +144,8 @@ def test_other_configuration_is_refused(tmp_path):
     assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0
     result = CliRunner().invoke(main, extract_args(root, out, "--crop", "48"))
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"Error: {out}: made with a different configuration (preprocess: cache")
-    assert "'crop': 64" in result.stderr and "'crop': 48" in result.stderr
+    assert result.stderr.startswith(f"Error: {out}: made with a different configuration (preprocess.crop: cache 64, "
+                                    "this run 48)")
     again = CliRunner().invoke(main, extract_args(root, out))
     assert again.exit_code == 0 and "2 were already done" in again.output
 
@@ -158,7 +155,8 @@ def test_a_second_concurrent_writer_is_refused(tmp_path):
     out = tmp_path / "c.h5"
     assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0
     holder = subprocess.Popen(  # another process writing the same cache
-        [sys.executable, "-c", "import sys, time; from pipeline.cache import CacheWriter, read_identity; "
+        [sys.executable, "-c", "import sys, time; from pipeline.cache import read_identity; "
+         "from pipeline.cache_writer import CacheWriter; "
          "w = CacheWriter(sys.argv[1], read_identity(sys.argv[1])).__enter__(); print('locked', flush=True); "
          "time.sleep(120)", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
@@ -180,10 +178,10 @@ def test_weights_path_round_trip(tmp_path):
     weights = tmp_path / "r34.pth"
     torch.save(seeded_resnet(0).state_dict(), weights)
     by_path, by_seed = tmp_path / "path.h5", tmp_path / "seed.h5"
-    run_extract(small_extract_config(root, by_path, weights=str(weights)), **QUIET)
+    run_extract(small_extract_config(root, by_path, backbone_weights=str(weights)), **QUIET)
     run_extract(small_extract_config(root, by_seed), **QUIET)
     with FeatureCache(by_path) as a, FeatureCache(by_seed) as b:
-        assert a.identity["weights"] == f"sha256:{sha256_file(weights)}"
+        assert a.identity.backbone_weights == f"sha256:{sha256_file(weights)}"
         np.testing.assert_array_equal(a.load_level("high"), b.load_level("high"))
 
 
@@ -210,7 +208,7 @@ def test_cuda_extraction_matches_cpu_within_bf16_tolerance(tmp_path):
     run_extract(small_extract_config(root, cpu, device="cpu"), **QUIET)
     run_extract(small_extract_config(root, gpu, device="cuda"), **QUIET)
     with FeatureCache(cpu) as a, FeatureCache(gpu) as b:
-        assert b.identity["precision"] in ("bf16", "fp16")
+        assert b.identity.precision in ("bf16", "fp16")
         for level in ("low", "mid", "high"):
             x, y = a.load_level(level).astype(np.float32), b.load_level(level).astype(np.float32)
             assert np.abs(x - y).max() <= 0.03 * np.abs(x).max()
@@ -227,3 +225,13 @@ def test_the_cache_records_every_split_for_training(sample_cache, tmp_path):
     with FeatureCache(out) as c:
         train, test = c.splits[1]
     assert (len(train), len(test)) == (6, 2)
+
+
+def test_the_old_weights_option_still_works_with_a_deprecation_note(tmp_path):
+    root = folder_dataset(tmp_path / "data", per_class=1)
+    args = [a if a != "--backbone-weights" else "--weights" for a in extract_args(root, tmp_path / "c.h5")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "--weights is now --backbone-weights" in result.stderr
+    with FeatureCache(tmp_path / "c.h5") as c:
+        assert c.identity.backbone_weights == "random:seed=0"

@@ -11,7 +11,8 @@ from pipeline.config import FlowSpec
 from pipeline.flow import flow_chunks, render_flow
 from pipeline.train import TrainError, fit
 from pipeline.video import VideoDecodeError
-from tests.test_train import QUIET, small
+from tests.conftest import QUIET
+from tests.conftest import small_train_config as small
 
 
 def test_render_flow_by_hand():
@@ -57,8 +58,8 @@ def test_tvl1_without_opencv_contrib_says_what_to_install():
 
 def test_flow_features_of_the_sample_dataset(flow_cache, sample_cache):
     with FeatureCache(flow_cache) as flow, FeatureCache(sample_cache) as rgb:
-        assert flow.identity["modality"] == "flow"
-        assert flow.identity["flow"] == {"method": "farneback", "bound": 20.0, "size": 64}
+        assert flow.identity.modality == "flow"
+        assert flow.identity.flow == FlowSpec(method="farneback", bound=20.0, size=64)
         assert len(flow.videos) == 80 and flow.verify() == []
         assert {v.key: v.frames + 1 for v in flow.videos} == {v.key: v.frames for v in rgb.videos}
 

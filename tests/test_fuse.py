@@ -9,7 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from pipeline.config import FlowSpec
 from pipeline.fuse import FuseError, fuse, run_fuse, search_weights
+from pipeline.scores import write_scores
+from tests.conftest import make_identity
 
 CLASSES = np.array(["a", "b", "c"])
 KEYS = np.array(["a/1.avi", "b/1.avi", "c/1.avi"])
@@ -20,11 +23,15 @@ MID = np.array([[0.5, 0.4, 0.1], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6]])
 HIGH = np.array([[0.4, 0.5, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
 
 
-def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache="C",
-              modality="rgb"):
+CACHE = make_identity(classes=tuple(CLASSES))
+
+
+def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache=CACHE,
+              streams="rgb"):
+    """A run directory's score file, written as training writes it."""
     path.mkdir(parents=True, exist_ok=True)
-    np.savez(path / f"scores_{part}.npz", scores=scores, keys=keys, labels=labels, classes=classes, level=level,
-             model="rrn", split=split, cache_identity=cache, modality=modality)
+    write_scores(path / f"scores_{part}.npz", scores, list(keys), labels, tuple(classes), level, "rrn", streams, split,
+                 cache)
     return path
 
 
@@ -72,7 +79,8 @@ def test_custom_weights_from_the_command_line(runs, tmp_path):
         (dict(keys=np.array(["a/1.avi", "b/1.avi", "c/9.avi"])), "score different videos: 2 video(s) in one only"),
         (dict(classes=np.array(["a", "b", "x"])), "have different classes"),
         (dict(split=2), "use different splits (2 and 1)"),
-        (dict(cache="other"), "were trained on different caches"),
+        (dict(cache=make_identity(classes=tuple(CLASSES), backbone_weights="random:seed=1")),
+         "were trained on different caches"),
         (dict(labels=np.array([0, 1, 1])), "give the same videos different labels"),
     ],
 )
@@ -92,7 +100,8 @@ def test_weighted_fusion_needs_a_weight_for_each_run(runs, tmp_path):
 
 
 def test_rgb_and_flow_runs_take_weights_by_modality_and_level(runs, tmp_path):
-    flow = write_run(tmp_path / "flow_high", "high", LOW, modality="flow")
+    flow_cache = make_identity(classes=tuple(CLASSES), modality="flow", flow=FlowSpec(size=64))
+    flow = write_run(tmp_path / "flow_high", "high", LOW, streams="flow", cache=flow_cache)
     with pytest.raises(FuseError, match="rgb:high=0.5,flow:high=0.5"):  # the paper's weights are by level only
         run_fuse([runs[2], flow], tmp_path / "f")
     s = run_fuse([runs[2], flow], tmp_path / "f", weights={"rgb:high": 0.25, "flow:high": 0.75})

@@ -11,9 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
+from pipeline.config import FlowSpec
+from pipeline.data import LevelTable, join_streams, stack_streams
 from pipeline.models import ResLSTMHead, TemporalResidualBlock, TResNetHead, TwoStreamHead
-from pipeline.train import TrainError, _Source, fit, join_streams, stack_streams
-from tests.test_train import QUIET, accuracy, small
+from pipeline.train import TrainError, fit
+from tests.conftest import QUIET, accuracy, make_identity
+from tests.conftest import small_train_config as small
 
 
 def test_tresnet_starts_as_the_identity():
@@ -91,15 +94,15 @@ def test_twostream_motion_reaches_appearance_but_not_the_other_way():
 
 
 def test_join_streams_refuses_caches_of_another_backbone_and_skips_videos_without_flow():
-    def source(identity, videos, width=2):
+    def table(identity, videos, width=2):
         frames = sum(n for _, n, _ in videos.values())
-        return _Source(np.ones((frames, width), np.float32), videos, ("a", "b"), identity, (["x"], ["y"]), "c.h5")
+        return LevelTable(np.ones((frames, width), np.float32), videos, ("a", "b"), identity, (("x",), ("y",)), "c.h5")
 
-    rgb = source({"weights": "random:seed=0", "modality": "rgb"}, {"x": (0, 5, 0), "y": (5, 3, 1), "z": (8, 1, 1)})
-    flow = source({"weights": "random:seed=0", "modality": "flow", "flow": {}}, {"x": (0, 4, 0), "z": (4, 0, 1)})
+    rgb = table(make_identity(), {"x": (0, 5, 0), "y": (5, 3, 1), "z": (8, 1, 1)})
+    flow = table(make_identity(modality="flow", flow=FlowSpec()), {"x": (0, 4, 0), "z": (4, 0, 1)})
     joined = join_streams(rgb, flow)
     assert joined.videos == {"x": (0, 4, 0)} and joined.features.shape == (4, 4)  # y: no flow; z: one frame
-    other = source({"weights": "random:seed=1", "modality": "flow"}, {"x": (0, 4, 0)})
+    other = table(make_identity(backbone_weights="random:seed=1", modality="flow", flow=FlowSpec()), {"x": (0, 4, 0)})
     with pytest.raises(TrainError, match="not two streams of one dataset and backbone .they differ in: weights"):
         join_streams(rgb, other)
 
@@ -117,7 +120,7 @@ def test_twostream_learns_the_order_only_classes_and_predict_reproduces_its_scor
     assert accuracy(twostream_run, order_only=True) >= 0.75
     assert accuracy(twostream_run, order_only=False) >= 0.7
     scores = np.load(twostream_run / "scores_test.npz")
-    assert str(scores["modality"]) == "rgb+flow"
+    assert str(scores["streams"]) == "rgb+flow"
     key = "CircleShrink/v_CircleShrink_g01_c01.avi"
     result = predict([sample_dir / "videos" / key], [twostream_run], top=8)[0]
     expected = dict(zip(map(str, scores["classes"]), scores["scores"][list(scores["keys"]).index(key)]))

@@ -1,28 +1,49 @@
-"""mrrn predict: the demo-style models find a sample video's class among the top-k; a corrupt file among
-several gets its one-line error and the others are still predicted."""
+"""mrrn predict: a cached test video gets exactly the scores evaluation gave it; the demo-style models find
+a sample video's class among the top-k; a corrupt file among several gets its one-line error and the
+others are still predicted."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.backbone import WeightsError
-from pipeline.predict import backbone_weights, predict
+from pipeline.fuse import fuse
+from pipeline.predict import predict
 
 
 def runs_args(level_runs):
     return [arg for lvl in ("low", "mid", "high") for arg in ("--runs", str(level_runs[lvl]))]
 
 
-def test_true_class_is_in_the_top_k(level_runs, sample_dir):
+def test_predicting_a_cached_test_video_reproduces_its_stored_scores(level_runs, sample_dir):
+    """The same path from video to features as extraction, and the same clip-to-video mean as evaluation."""
+    stored = np.load(level_runs["high"] / "scores_test.npz")
+    keys = list(map(str, stored["keys"]))
+    for key in ("FadeBlueToRed/v_FadeBlueToRed_g02_c01.avi", "Stripes/v_Stripes_g01_c02.avi"):
+        result = predict([sample_dir / "videos" / key], [level_runs["high"]], top=8, device="cpu")[0]
+        got = dict(result.top)
+        expected = dict(zip(map(str, stored["classes"]), stored["scores"][keys.index(key)]))
+        assert got.keys() == expected.keys()
+        for cls, p in expected.items():
+            assert got[cls] == pytest.approx(p, abs=2e-3)
+
+
+def test_true_class_is_in_the_top_k_and_fusion_follows_eq_10(level_runs, sample_dir):
     videos = [sample_dir / "videos" / cls / f"v_{cls}_g01_c01.avi" for cls in ("FillDown", "Stripes", "CircleGrow")]
     results = predict(videos, [level_runs[lvl] for lvl in ("low", "mid", "high")], top=3)
     for video, result in zip(videos, results):
         assert result.error is None
         assert video.parent.name in [cls for cls, _ in result.top]
-        assert sum(p for _, p in result.top) <= 1.0 + 1e-6 and result.top[0][1] >= result.top[1][1]
+        assert [p for _, p in result.top] == sorted((p for _, p in result.top), reverse=True)
+    # the fused ranking is 0.1 low + 0.2 mid + 0.7 high of the runs' own predictions
+    alone = [{c: p for c, p in predict(videos[:1], [level_runs[lvl]], top=8)[0].top} for lvl in ("low", "mid", "high")]
+    classes = sorted(alone[0])
+    expected = fuse([np.array([[a[c] for c in classes]]) for a in alone], "weighted", [0.1, 0.2, 0.7])[0]
+    for cls, p in results[0].top:
+        assert p == pytest.approx(expected[classes.index(cls)], abs=1e-6)
 
 
 def test_a_corrupt_video_among_several(level_runs, sample_dir, tmp_path):
@@ -40,14 +61,3 @@ def test_a_corrupt_video_among_several(level_runs, sample_dir, tmp_path):
     items = json.loads(as_json.stdout)
     assert [i["error"] is None for i in items] == [True, False]
     assert items[0]["top"][0]["class"] == "Checkerboard" and len(items[0]["top"]) == 5
-
-
-def test_weights_that_are_not_available_are_refused(tmp_path):
-    assert backbone_weights("random:seed=3", None) == ("random", 3)
-    assert backbone_weights("torchvision:ResNet34_Weights.IMAGENET1K_V1", None) == ("imagenet", 0)
-    with pytest.raises(WeightsError, match="pass it with --backbone-weights PATH"):
-        backbone_weights("sha256:" + "ab" * 32, None)
-    other = tmp_path / "other.pth"
-    other.write_bytes(b"something else")
-    with pytest.raises(WeightsError, match="sha256 differs"):
-        backbone_weights("sha256:" + "ab" * 32, other)

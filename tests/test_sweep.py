@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -15,7 +17,11 @@ def test_sweep_runs_the_grid_once_and_writes_tables(sample_cache, tmp_path):
     assert first.exit_code == 0, first.output
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert [(r["hidden"], r["layers"]) for r in rows] == [("16", "1"), ("16", "2"), ("32", "1"), ("32", "2")]
-    assert all(0.0 <= float(r["video_top1"]) <= 1.0 for r in rows)
+    for r in rows:  # each row is its run's own result, as its score file gives it
+        scores = np.load(tmp_path / r["run"] / "scores_test.npz")
+        top1 = (scores["scores"].argmax(1) == scores["labels"]).mean()
+        assert float(r["video_top1"]) == pytest.approx(top1, abs=1e-4)
+        assert int(r["epochs"]) == 2 and int(r["parameters"]) > 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
         "high_rrn_h16_l1_mean", "high_rrn_h16_l2_mean", "high_rrn_h32_l1_mean", "high_rrn_h32_l2_mean"]
     table = (tmp_path / "results.md").read_text()

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,27 +17,11 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.config import TrainConfig
+from pipeline.metrics import video_metrics
 from pipeline.models import MeanPoolHead, RRNHead
-from pipeline.train import TrainError, fit, video_metrics
-
-REPO = Path(__file__).resolve().parents[1]
-QUIET = dict(progress=False, log=lambda m: None)
-ORDER_PAIRS = 6  # labels 0..5: CircleGrow/Shrink, FadeRedToBlue/BlueToRed, FillUp/Down
-
-
-def small(cache, out, **kw) -> TrainConfig:
-    """Settings for two CPU cores and untrained-backbone features (hence normalize and a higher lr)."""
-    settings = dict(cache=str(cache), out=str(out), level="high", hidden=128, layers=2, epochs=30, lr=1e-3,
-                    lr_step_epochs=100, normalize=True)
-    settings.update(kw)
-    return TrainConfig(**settings)
-
-
-def accuracy(run: Path, order_only: bool) -> float:
-    d = np.load(run / "scores_test.npz")
-    pred, labels = d["scores"].argmax(1), d["labels"]
-    keep = labels < ORDER_PAIRS if order_only else np.ones_like(labels, bool)
-    return float((pred[keep] == labels[keep]).mean())
+from pipeline.train import TrainError, fit
+from tests.conftest import QUIET, REPO, accuracy, folder_dataset, small_extract_config
+from tests.conftest import small_train_config as small
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +47,9 @@ def test_run_directory_holds_config_metrics_checkpoints_and_scores(trained, samp
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(1, 31))
     assert set(lines[0]) >= {"loss", "train_acc", "clip_acc", "video_top1", "video_top5", "mean_class_acc", "seconds"}
-    last = torch.load(run / "last.pt", weights_only=False)
+    last = torch.load(run / "last.pt", weights_only=True)  # plain data: no code runs when a run is opened
     assert last["epoch"] == 30 and {"model", "optimizer", "config"} <= set(last)
-    best = torch.load(run / "best.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=True)
     assert best["best_video_top1"] == max(m["video_top1"] for m in lines)
     d = np.load(run / "scores_test.npz")
     assert d["scores"].shape == (32, 8) and len(d["keys"]) == 32
@@ -96,8 +79,8 @@ def test_heads_pool_over_time():
 
 
 def test_video_metrics_by_hand():
-    scores = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.5, 0.1, 0.4], [0.1, 0.2, 0.7]])
-    labels = torch.tensor([0, 2, 2, 2])
+    scores = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.5, 0.1, 0.4], [0.1, 0.2, 0.7]])
+    labels = np.array([0, 2, 2, 2])
     m = video_metrics(scores, labels, 3)
     assert m["video_top1"] == pytest.approx(0.5)  # videos 0 and 3
     assert m["mean_class_acc"] == pytest.approx((1.0 + 1 / 3) / 2)
@@ -158,10 +141,13 @@ def test_a_moved_cache_is_the_same_cache_but_another_one_is_refused(sample_cache
     moved.write_bytes(sample_cache.read_bytes())
     assert fit(small(moved, tmp_path / "r", epochs=1), **QUIET).already_complete
     other = tmp_path / "other.h5"
-    from pipeline.cache import CacheWriter, FeatureCache
+    from dataclasses import replace
+
+    from pipeline.cache import FeatureCache
+    from pipeline.cache_writer import CacheWriter
 
     with FeatureCache(sample_cache) as c:
-        identity = {**c.identity, "weights": "random:seed=9"}
+        identity = replace(c.identity, backbone_weights="random:seed=9")
     with CacheWriter(other, identity) as w:
         w.finish()
     with pytest.raises(TrainError, match="cache weights: cache random:seed=0, this run random:seed=9"):
@@ -189,8 +175,6 @@ def test_refuses_non_finite_features(sample_cache, tmp_path):
 
 def test_refuses_split_videos_missing_from_the_cache_unless_allowed(tmp_path):
     from pipeline.extract import run_extract
-    from tests.conftest import small_extract_config
-    from tests.test_extract import folder_dataset
 
     root = folder_dataset(tmp_path / "data", per_class=4)
     (root / "walk" / "walk3.avi").write_bytes(b"")  # fails to decode: in the split, not in the cache

@@ -1,0 +1,44 @@
+"""What `mrrn inspect` says about a cache: how it was made, what it holds, and what waits to be merged."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.cache import CacheError, FeatureCache, journal_dir, shard_dir
+from pipeline.journal import pending_entries
+
+
+@dataclass
+class CacheReport:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # from --verify
+
+
+def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
+    """The report of the cache at ``path``; refused in one line when there is no readable cache yet."""
+    shards = sorted(shard_dir(path).glob("*.h5"))
+    unjoined = (f"{len(shards)} shard(s) of a multi-process extraction in {shard_dir(path)} "
+                "not yet joined; rerun the same `mrrn extract` to finish and join them")
+    if shards and not path.exists():
+        raise CacheError(f"{path}: no cache yet; {unjoined}")
+    report = CacheReport()
+    with FeatureCache(path) as c:
+        attrs = c.attrs
+        report.lines.append(f"cache       {path} ({path.stat().st_size / 2**20:.1f} MiB, schema {attrs['schema_version']}, "
+                            f"mrrn {attrs['mrrn_version']}, updated {attrs['updated_utc']})")
+        report.lines += c.identity.describe()
+        report.lines.append(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
+        for spec in c.identity.levels:
+            report.lines.append(f"level       {spec.name:<4} {spec.layer}: {c.level_shape(spec.name)} {c.identity.dtype}")
+        for n, (train, test) in sorted(c.splits.items()):
+            report.lines.append(f"split       {n}: {len(train)} train, {len(test)} test")
+        report.lines += [f"failed      {f.key}: {f.reason}" for f in c.failed]
+        pending = pending_entries(path)
+        if pending:
+            report.lines.append(f"pending     {pending} finished video(s) in {journal_dir(path)} not yet merged; "
+                                "rerun the same `mrrn extract` to merge them")
+        if shards:
+            report.lines.append(f"pending     {unjoined}")
+        if verify:
+            report.problems = c.verify()
+    return report

@@ -1,0 +1,301 @@
+"""Writing a cache: an exclusive lock, the journal, one merge, and the atomic replace of ``FILE.h5``.
+
+Crash safety. ``FILE.h5`` is never modified in place: a commit writes ``FILE.h5.tmp`` and renames it
+over ``FILE.h5`` (atomic), so the file is always a complete, valid cache. While extraction runs, each
+finished video goes to the journal at once (``journal.py``), so no finished work exists only in
+memory; a killed run loses at most the videos in flight, and the next run merges the journal.
+``FILE.h5.lock`` (an OS file lock, released when the process dies) keeps a second writer out.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import h5py
+import numpy as np
+
+from pipeline import __version__
+from pipeline.cache import (
+    SCHEMA_VERSION,
+    STR,
+    CacheLockedError,
+    ConfigMismatchError,
+    FailedRecord,
+    FeatureCache,
+    Splits,
+    VideoRecord,
+    lock_path,
+    require_identity,
+)
+from pipeline.identity import CacheIdentity
+from pipeline.journal import Journal
+
+# POSIX locks never conflict within one process, so this process's own writers are tracked here.
+_HELD_BY_THIS_PROCESS: set[str] = set()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class CacheLock:
+    """The exclusive right to write the cache at ``path``: a POSIX record lock on ``FILE.h5.lock``, owned
+    by this process alone (forked decoding workers do not inherit it) and released by the OS the
+    moment the process dies, kill -9 included."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._held = str(path.resolve())
+
+    def __enter__(self) -> CacheLock:
+        busy = CacheLockedError(
+            f"{self.path}: another mrrn process is writing this cache (lock {lock_path(self.path)} is held); "
+            "wait for it to finish or use another --out"
+        )
+        if self._held in _HELD_BY_THIS_PROCESS:
+            raise busy
+        fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                raise busy from None
+            raise
+        self._fd = fd
+        _HELD_BY_THIS_PROCESS.add(self._held)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+            _HELD_BY_THIS_PROCESS.discard(self._held)
+
+
+# ----------------------------------------------------------------------------------------------
+# What goes into a new file: videos with where their rows are, and failures
+
+
+class Rows(Protocol):
+    """Where a video's features come from when a new file is written: a committed cache or a journal entry.
+    ``reading()`` keeps it open while all its levels are read."""
+
+    def rows(self, level: str) -> np.ndarray:
+        """The video's features of one level, ``(frames, C)``."""
+
+    def reading(self) -> contextlib.AbstractContextManager:
+        ...
+
+
+@dataclass(frozen=True)
+class StoredRows:
+    """A video's rows in a committed cache."""
+
+    cache: FeatureCache
+    record: VideoRecord
+
+    def rows(self, level: str) -> np.ndarray:
+        return self.cache.rows(level, self.record.offset, self.record.frames)
+
+    def reading(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext(self)
+
+
+@dataclass
+class Layer:
+    """Videos and failures from one place: a committed cache, a journal, or a shard."""
+
+    videos: list[tuple[VideoRecord, Rows]] = field(default_factory=list)
+    failed: list[FailedRecord] = field(default_factory=list)
+
+    @classmethod
+    def of_cache(cls, cache: FeatureCache) -> Layer:
+        return cls([(rec, StoredRows(cache, rec)) for rec in cache.videos], list(cache.failed))
+
+
+def merge(layers: list[Layer]) -> tuple[list[tuple[VideoRecord, Rows]], list[FailedRecord]]:
+    """The one merge, used by commit and by the join of shards: a video extracted in any layer is in
+    (the first layer that has it wins); a failure counts only for a video no layer extracted (the
+    last layer's reason wins: it is the newest try). Both lists come out in key order."""
+    videos: dict[str, tuple[VideoRecord, Rows]] = {}
+    failed: dict[str, FailedRecord] = {}
+    for layer in layers:
+        for rec, rows in layer.videos:
+            videos.setdefault(rec.key, (rec, rows))
+        for rec in layer.failed:
+            failed[rec.key] = rec
+    return [videos[k] for k in sorted(videos)], [failed[k] for k in sorted(failed) if k not in videos]
+
+
+def write_cache_file(path: Path, identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]],
+                     failed: list[FailedRecord], splits: Splits, created: str) -> None:
+    """Write a complete cache to ``path.tmp``, flush it to disk and rename it over ``path`` (atomic)."""
+    tmp = Path(f"{path}.tmp")
+    try:
+        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+            _write_header(f, identity, created)
+            offsets = _write_tables(f, [rec for rec, _ in videos], failed, splits)
+            _write_features(f, identity, videos, offsets)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_header(f: h5py.File, identity: CacheIdentity, created: str) -> None:
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["config"] = identity.canonical()
+    f.attrs["mrrn_version"] = __version__
+    f.attrs["created_utc"] = created
+    f.attrs["updated_utc"] = _now()
+    stored = identity.to_json()
+    for name in ("backbone", "weights", "dataset", "dtype", "precision"):  # copies for h5dump readers
+        f.attrs[name] = str(stored[name])
+    f.create_dataset("classes", data=np.array(identity.classes, dtype=object), dtype=STR)
+
+
+def _strings(values) -> np.ndarray:
+    return np.array(list(values), dtype=object)
+
+
+def _write_tables(f: h5py.File, recs: list[VideoRecord], failed: list[FailedRecord], splits: Splits) -> np.ndarray:
+    """The video table, failures and split lists; returns each video's first row."""
+    offsets = np.cumsum([0] + [r.frames for r in recs])[:-1].astype(np.int64)
+    g = f.create_group("videos")
+    g.create_dataset("key", data=_strings(r.key for r in recs), dtype=STR)
+    g.create_dataset("class_name", data=_strings(r.class_name for r in recs), dtype=STR)
+    g.create_dataset("label", data=np.array([r.label for r in recs], dtype=np.int32))
+    g.create_dataset("frames", data=np.array([r.frames for r in recs], dtype=np.int64))
+    g.create_dataset("offset", data=offsets)
+    g.create_dataset("fps", data=np.array([r.fps for r in recs], dtype=np.float32))
+    g.create_dataset("width", data=np.array([r.width for r in recs], dtype=np.int32))
+    g.create_dataset("height", data=np.array([r.height for r in recs], dtype=np.int32))
+    g.create_dataset("frames_reported", data=np.array([r.frames_reported for r in recs], dtype=np.int64))
+    fg = f.create_group("failed")
+    fg.create_dataset("key", data=_strings(r.key for r in failed), dtype=STR)
+    fg.create_dataset("class_name", data=_strings(r.class_name for r in failed), dtype=STR)
+    fg.create_dataset("label", data=np.array([r.label for r in failed], dtype=np.int32))
+    fg.create_dataset("reason", data=_strings(r.reason for r in failed), dtype=STR)
+    sg = f.create_group("splits")
+    for n, (train, test) in sorted(splits.items()):
+        s = sg.create_group(str(n))
+        s.create_dataset("train", data=_strings(train), dtype=STR)
+        s.create_dataset("test", data=_strings(test), dtype=STR)
+    return offsets
+
+
+def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]],
+                    offsets: np.ndarray) -> None:
+    """Every video's rows of every level, video by video (each origin is opened once, in order)."""
+    total = sum(rec.frames for rec, _ in videos)
+    group = f.create_group("features")
+    out = {spec.name: group.create_dataset(spec.name, shape=(total, spec.width), dtype=identity.dtype)
+           for spec in identity.levels}
+    for spec in identity.levels:
+        out[spec.name].attrs["layer"] = spec.layer
+    for (rec, rows), offset in zip(videos, offsets):
+        with rows.reading():
+            for level, ds in out.items():
+                ds[offset : offset + rec.frames] = rows.rows(level)
+
+
+# ----------------------------------------------------------------------------------------------
+# The writer
+
+
+class CacheWriter:
+    """Exclusive writer of one cache: ``with CacheWriter(path, identity) as w: w.add_video(...); w.finish()``.
+
+    On entry: takes the lock, checks an existing file's configuration (refusing a different one),
+    creates an empty valid file if there is none, and loads the journal left by a killed run.
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: CacheIdentity, splits: Splits | None = None):
+        self.path = Path(path)
+        self.identity = identity
+        self.splits = splits  # None keeps the file's own
+        self.journal = Journal(self.path, identity)
+        self.lock = CacheLock(self.path)
+        self.complete: set[str] = set()  # keys extracted, in the file or the journal
+
+    def __enter__(self) -> CacheWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock.__enter__()
+        try:
+            self._open_state()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def _open_state(self) -> None:
+        if self.path.exists():
+            require_identity(self.path, self.identity)
+            with FeatureCache(self.path) as cache:
+                self.complete = {v.key for v in cache.videos}
+                if self.splits is None:
+                    self.splits = cache.splits
+        else:
+            self.splits = self.splits or {}
+            write_cache_file(self.path, self.identity, [], [], self.splits, created=_now())
+        self.complete |= {entry.key for entry in self.journal.open() if entry.ok}
+
+    def add_video(self, rec: VideoRecord, features: dict[str, np.ndarray]) -> None:
+        """features: {level: (rec.frames, C)}; written to the journal at once."""
+        self.journal.add_video(rec, features)
+        self.complete.add(rec.key)
+
+    def add_failure(self, rec: FailedRecord) -> None:
+        self.journal.add_failure(rec)
+
+    def commit(self) -> None:
+        """Merge the journal (and the current split lists) into FILE.h5, then empty the journal."""
+        entries = self.journal.entries()
+        with FeatureCache(self.path) as old:
+            if not entries and old.splits == self.splits:
+                return
+            records = [(entry.record(), entry) for entry in entries]
+            journalled = Layer([(r, e) for r, e in records if isinstance(r, VideoRecord)],
+                               [r for r, _ in records if isinstance(r, FailedRecord)])
+            videos, failed = merge([Layer.of_cache(old), journalled])
+            write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""))
+        for entry in entries:
+            entry.path.unlink()
+
+    def absorb(self, parts: list[Path]) -> None:
+        """Join finished caches of the same configuration (the shards of a multi-process extraction) into
+        this one: one contiguous file in key order, written atomically like a commit. The parts are left
+        in place; the caller removes them once this returns."""
+        self.commit()
+        with contextlib.ExitStack() as stack:
+            old = stack.enter_context(FeatureCache(self.path))
+            layers = [Layer.of_cache(old)]
+            for path in parts:
+                part = stack.enter_context(FeatureCache(path))
+                if part.identity != old.identity:
+                    raise ConfigMismatchError(f"{path}: made with a different configuration "
+                                              f"({part.identity.diff(old.identity, 'shard', 'cache')})")
+                layers.append(Layer.of_cache(part))
+            videos, failed = merge(layers)
+            write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""))
+
+    def finish(self) -> None:
+        """Commit and remove the (then empty) journal folder."""
+        self.commit()
+        self.journal.close()

@@ -1,0 +1,134 @@
+"""The extraction journal ``FILE.h5.journal/``: every finished (or failed) video on disk at once.
+
+One ``.npz`` per video, named by the SHA-1 of its key, written to a temporary name and renamed, so an
+entry is whole or absent. ``config.json`` holds the identity of the run that writes it, so a journal
+left by a run of another configuration is never merged. :class:`CacheWriter` commits the entries
+into ``FILE.h5`` and then removes them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cache import ConfigMismatchError, FailedRecord, VideoRecord, journal_dir
+from pipeline.identity import CacheIdentity, IdentityError
+
+IDENTITY_FILE = "config.json"
+
+
+class JournalEntry:
+    """One journalled video: its record, and (for a finished video) its rows of each level."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._open = None  # the entry's arrays while reading() is active
+        with np.load(path, allow_pickle=False) as z:
+            self.meta: dict = json.loads(str(z["meta"]))
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    @property
+    def ok(self) -> bool:
+        return self.meta["status"] == "ok"
+
+    def record(self) -> VideoRecord | FailedRecord:
+        if self.ok:
+            return VideoRecord(**{k: self.meta[k] for k in VideoRecord.__dataclass_fields__ if k in self.meta})
+        return FailedRecord(self.meta["key"], self.meta["label"], self.meta["class_name"], self.meta["reason"])
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Keep the entry open while several levels are read (one open instead of one per level)."""
+        with np.load(self.path, allow_pickle=False) as z:
+            self._open = z
+            try:
+                yield self
+            finally:
+                self._open = None
+
+    def rows(self, level: str) -> np.ndarray:
+        """The video's features of one level, ``(frames, C)``."""
+        if self._open is not None:
+            return self._open[level]
+        with np.load(self.path, allow_pickle=False) as z:
+            return z[level]
+
+
+class Journal:
+    """The journal of the cache at ``cache_path``, written by a run of ``identity``."""
+
+    def __init__(self, cache_path: Path, identity: CacheIdentity):
+        self.dir = journal_dir(cache_path)
+        self.identity = identity
+
+    def open(self) -> list[JournalEntry]:
+        """Check that a journal left behind was written by this configuration, make sure the folder
+        exists with our identity, and return the entries already in it."""
+        entries = []
+        if self.dir.exists():
+            self._require_identity()
+            entries = self.entries()
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / IDENTITY_FILE).write_text(self.identity.canonical())
+        return entries
+
+    def _require_identity(self) -> None:
+        ident_file = self.dir / IDENTITY_FILE
+        if not ident_file.is_file():
+            return
+        try:
+            theirs = CacheIdentity.from_json(ident_file.read_text())
+        except IdentityError:
+            theirs = None
+        if theirs != self.identity:
+            detail = f" ({theirs.diff(self.identity, 'journal', 'this run')})" if theirs is not None else ""
+            raise ConfigMismatchError(
+                f"{self.dir}: left by a run with a different configuration{detail}; delete it to start over"
+            )
+
+    def entries(self) -> list[JournalEntry]:
+        return [JournalEntry(p) for p in sorted(self.dir.glob("*.npz"))]
+
+    def _write(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        final = self.dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
+        tmp = final.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, final)
+
+    def add_video(self, rec: VideoRecord, features: dict[str, np.ndarray]) -> None:
+        """features: {level: (rec.frames, C)}, stored in the cache's dtype; on disk when this returns."""
+        for spec in self.identity.levels:
+            if features[spec.name].shape != (rec.frames, spec.width):
+                raise ValueError(f"{rec.key}: level {spec.name} has shape {features[spec.name].shape}, "
+                                 f"expected ({rec.frames}, {spec.width})")
+        meta = {"status": "ok", **{k: v for k, v in asdict(rec).items() if k != "offset"}}
+        dtype = self.identity.dtype
+        self._write(rec.key, meta, {s.name: np.asarray(features[s.name], dtype=dtype) for s in self.identity.levels})
+
+    def add_failure(self, rec: FailedRecord) -> None:
+        self._write(rec.key, {"status": "failed", **asdict(rec)}, {})
+
+    def close(self) -> None:
+        """Remove the (then empty) journal folder once everything in it is committed."""
+        for leftover in self.dir.glob("*.tmp"):
+            leftover.unlink()
+        (self.dir / IDENTITY_FILE).unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
+
+
+def pending_entries(cache_path: Path) -> int:
+    """How many finished videos wait in FILE.h5.journal/ to be merged (after a killed run)."""
+    j = journal_dir(Path(cache_path))
+    return len(list(j.glob("*.npz"))) if j.is_dir() else 0

@@ -1,0 +1,180 @@
+"""A training run's directory: what it holds, how each file is written, and how a run is loaded again.
+
+::
+
+    config.json        the training configuration and the identity of each cache read
+    metrics.jsonl      one line per epoch: loss, train acc, clip acc, video top-1/top-5, mean class acc, lr, s
+    last.pt, best.pt   model + optimiser + epoch + config (+ RNG state in last.pt, for --resume); best.pt is
+                       the epoch with the best video top-1 on the validation videos when there are some
+                       (--val-fraction), else on the test videos
+    scores_test.npz    the test videos' softmax scores (V, K) with keys and labels: what fusion reads
+    scores_val.npz     the same for the validation videos, with --val-fraction (fusion's weight search)
+    summary.json       written last; its presence marks the run complete
+
+Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded with
+``torch.load(weights_only=True)``: opening a run directory never runs code from it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline import __version__
+from pipeline.cache import read_identity
+from pipeline.config import TrainConfig
+from pipeline.errors import TrainError
+from pipeline.identity import CacheIdentity, IdentityError, flat_settings, word_differences
+from pipeline.models import build_model
+
+# Settings that may change when a run is resumed: they do not change what the run computes (the cache
+# is compared by its identity, so a moved cache file is still the same cache).
+RESUMABLE_FIELDS = ("out", "device", "epochs", "cache", "flow_cache")
+
+
+@dataclass
+class RunSummary:
+    out: str
+    epochs: int
+    final: dict  # the last epoch's metrics
+    parameters: int
+    seconds_per_epoch: float
+    resumed_from: int  # epochs already done when this call started
+    already_complete: bool = False
+
+
+def run_config(cfg: TrainConfig) -> dict:
+    """config.json: the training settings and the identity of each cache read (headers only)."""
+    config = {"train": cfg.to_json(), "cache": read_identity(Path(cfg.cache)).to_json(), "mrrn_version": __version__}
+    if cfg.flow_cache is not None:
+        config["flow_cache"] = read_identity(Path(cfg.flow_cache)).to_json()
+    return config
+
+
+def _comparable(config: dict) -> dict:
+    """The settings that decide what a run computes, flat, so a refusal can name each difference.
+    Fields added to the configuration after a run was made take their defaults."""
+    train = TrainConfig.from_json(config["train"]).to_json()
+    flat = flat_settings({k: v for k, v in train.items() if k not in RESUMABLE_FIELDS})
+    for name, prefix in (("cache", "cache "), ("flow_cache", "flow cache ")):
+        if name in config:
+            flat.update(flat_settings(CacheIdentity.from_json(config[name]).to_json(), prefix))
+    return flat
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """The files of one run directory (see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.json"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.summary_file = self.path / "summary.json"
+
+    def is_complete(self) -> bool:
+        return self.summary_file.is_file()
+
+    def read_config(self) -> dict | None:
+        if not self.config_file.is_file():
+            return None
+        try:
+            config = json.loads(self.config_file.read_text())
+            _comparable(config)  # every field it needs is there and readable
+            return config
+        except (ValueError, KeyError, TypeError, IdentityError) as err:
+            raise TrainError(f"{self.config_file}: damaged run configuration ({type(err).__name__}: {err}); "
+                             "use another --out") from None
+
+    def check(self, config: dict, epochs: int, resume: bool, log) -> RunSummary | None:
+        """Before training into this directory: the finished run's summary when it already holds this run
+        with these epochs; None when training may start (or resume); a refusal otherwise."""
+        old = self.read_config()
+        if old is None:
+            return None
+        if _comparable(old) != _comparable(config):
+            raise TrainError(f"{self.path}: holds a run of another configuration "
+                             f"({word_differences(_comparable(old), _comparable(config))}); use another --out")
+        if self.is_complete() and old["train"]["epochs"] == epochs:
+            log(f"{self.path}: already complete ({epochs} epochs); nothing to do")
+            return RunSummary(**{**self.read_summary(), "already_complete": True})
+        if not resume:
+            raise TrainError(f"{self.path}: holds an unfinished run of this configuration; pass --resume to continue "
+                             "it or use another --out")
+        return None
+
+    def start(self, config: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _write_json(self.config_file, config)
+
+    # -- metrics and summary
+
+    def append_metrics(self, metrics: dict) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def keep_metrics_until(self, epoch: int) -> None:
+        """Drop metrics lines of epochs after the checkpoint (a kill between the two writes)."""
+        if not self.metrics_file.exists():
+            return
+        lines = [line for line in self.metrics_file.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+        self.metrics_file.write_text("".join(line + "\n" for line in lines))
+
+    def last_metrics(self) -> dict:
+        return json.loads(self.metrics_file.read_text().splitlines()[-1])
+
+    def write_summary(self, summary: RunSummary) -> None:
+        _write_json(self.summary_file, {k: v for k, v in asdict(summary).items() if k != "already_complete"})
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary_file.read_text())
+
+    # -- checkpoints
+
+    def save_checkpoint(self, state: dict, name: str) -> None:
+        path = self.path / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, name: str) -> dict:
+        """A checkpoint of plain data (tensors, numbers, strings, lists, dicts), on the CPU; anything that
+        would need code to unpickle is refused."""
+        path = self.path / name
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a damaged or unsafe file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrainError(f"{path}: not a checkpoint mrrn can load safely ({reason})") from None
+
+
+@dataclass
+class TrainedRun:
+    run: Path
+    cfg: TrainConfig
+    model: torch.nn.Module  # in eval mode, on the requested device
+    classes: tuple[str, ...]
+    identities: tuple[CacheIdentity, ...]  # the caches it reads: one, or RGB and flow (twostream)
+
+
+def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt") -> TrainedRun:
+    """A finished run's model (the last epoch's, which produced its reported scores) ready for inference."""
+    rundir = RunDir(run)
+    if not (rundir.path / checkpoint).is_file() or rundir.read_config() is None:
+        raise TrainError(f"{rundir.path}: not a run directory with {checkpoint} and config.json")
+    config = rundir.read_config()
+    cfg = TrainConfig.from_json(config["train"])
+    identities = tuple(CacheIdentity.from_json(config[c]) for c in ("cache", "flow_cache") if c in config)
+    width = sum(identity.level_widths[cfg.level] for identity in identities)
+    classes = identities[0].classes
+    model = build_model(cfg, width, len(classes))
+    model.load_state_dict(rundir.load_checkpoint(checkpoint)["model"])
+    return TrainedRun(rundir.path, cfg, model.to(device).eval(), classes, identities)

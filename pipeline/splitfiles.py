@@ -1,0 +1,117 @@
+"""Split and class-index files: UCF-101's ``classInd.txt`` / ``trainlist0N.txt`` / ``testlist0N.txt`` and
+HMDB-51's per-class ``<class>_test_split<N>.txt``, read strictly.
+
+A bad line, an unknown class, a duplicate entry or a video in both train and test raises
+:class:`SplitFileError` naming the file and line. Keys are ``<Class>/<video>`` with ``/`` separators.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.errors import MrrnError
+
+HMDB_FLAGS = {"0": None, "1": "train", "2": "test"}  # 0 = not used in this split
+
+
+class SplitFileError(MrrnError, ValueError):
+    """A split or class-index file that cannot be trusted. The message is ``file:line: reason``."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, reason: str):
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file as ``(line_number, stripped_text)``; CRLF and BOM tolerated."""
+    if not path.is_file():
+        raise SplitFileError(path, None, "file not found")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SplitFileError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_class_index(path: Path) -> tuple[str, ...]:
+    """``classInd.txt``: lines ``<id> <ClassName>``, ids 1..N (1-based) -> class names in id order."""
+    by_id: dict[int, str] = {}
+    seen_names: dict[str, int] = {}
+    for n, line in read_lines(path):
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise SplitFileError(path, n, f"bad line {line!r}: expected '<id> <ClassName>'")
+        class_id, name = int(parts[0]), parts[1]
+        if class_id in by_id:
+            raise SplitFileError(path, n, f"duplicate class id {class_id}")
+        if name in seen_names:
+            raise SplitFileError(path, n, f"duplicate class name {name!r} (also line {seen_names[name]})")
+        by_id[class_id] = name
+        seen_names[name] = n
+    if not by_id:
+        raise SplitFileError(path, None, "no classes")
+    if sorted(by_id) != list(range(1, len(by_id) + 1)):
+        raise SplitFileError(path, None, f"class ids must be 1..{len(by_id)} without gaps")
+    return tuple(by_id[i] for i in range(1, len(by_id) + 1))
+
+
+def read_ucf_list(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """A UCF-101-format list: ``<Class>/<video> [<1-based id>]`` -> {key: (label, line)}.
+
+    The label is the class folder's id in ``classes``; an explicit id must agree with it.
+    """
+    class_ids = {name: i for i, name in enumerate(classes)}
+    entries: dict[str, tuple[int, int]] = {}
+    for n, line in read_lines(path):
+        parts = line.split()
+        if len(parts) not in (1, 2):
+            raise SplitFileError(path, n, f"bad line {line!r}: expected '<Class>/<video> [<class id>]'")
+        key = parts[0].replace("\\", "/")
+        folder, sep, name = key.partition("/")
+        if not sep or not name:
+            raise SplitFileError(path, n, f"bad line {line!r}: the video must be given as <Class>/<video>")
+        if folder not in class_ids:
+            raise SplitFileError(path, n, f"unknown class {folder!r} (not in the class index)")
+        label = class_ids[folder]
+        if len(parts) == 2:
+            if not parts[1].isdigit():
+                raise SplitFileError(path, n, f"bad class id {parts[1]!r}: expected an integer")
+            if int(parts[1]) - 1 != label:
+                raise SplitFileError(
+                    path, n, f"class id {parts[1]} contradicts the folder {folder!r} (id {label + 1})"
+                )
+        if key in entries:
+            raise SplitFileError(path, n, f"duplicate entry {key!r} (first on line {entries[key][1]})")
+        entries[key] = (label, n)
+    return entries
+
+
+def check_disjoint(train_file: Path, train: dict, test_file: Path, test: dict) -> None:
+    for key, (_, n) in test.items():
+        if key in train:
+            raise SplitFileError(
+                test_file, n, f"{key!r} is also in the training list ({train_file.name}:{train[key][1]})"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding files on disk without opening them
+
+
+def read_hmdb_lists(files: list[Path], classes: tuple[str, ...]) -> dict[str, dict[str, tuple[int, int]]]:
+    """HMDB-51's files of one split, one per class in ``classes`` order, lines ``<name>.avi <0|1|2>``
+    -> {"train": {key: (label, line)}, "test": {...}} (flag 0: not used in this split)."""
+    parts: dict[str, dict[str, tuple[int, int]]] = {"train": {}, "test": {}}
+    for label, path in enumerate(files):
+        seen: dict[str, int] = {}
+        for n, line in read_lines(path):
+            tokens = line.split()
+            if len(tokens) != 2 or tokens[1] not in HMDB_FLAGS or "/" in tokens[0]:
+                raise SplitFileError(path, n, f"bad line {line!r}: expected '<name>.avi <0|1|2>'")
+            name, flag = tokens
+            if name in seen:
+                raise SplitFileError(path, n, f"duplicate entry {name!r} (first on line {seen[name]})")
+            seen[name] = n
+            if HMDB_FLAGS[flag] is not None:
+                parts[HMDB_FLAGS[flag]][f"{classes[label]}/{name}"] = (label, n)
+    return parts
