@@ -101,6 +101,7 @@ sweep: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
 	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/bench_journal.py
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_train.py
 

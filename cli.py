@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,21 @@ from pipeline.config import (
     default_workers,
 )
 from pipeline.errors import MrrnError
+
+
+class _Number(click.FloatRange):
+    """A finite number within a range (click's FloatRange lets nan and inf through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = _Number(min=0, min_open=True)
+FRACTION = _Number(min=0, max=1, max_open=True)  # [0, 1)
+COUNT = click.IntRange(min=1)
 
 
 @contextlib.contextmanager
@@ -95,8 +111,8 @@ def main():
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True, help="Index format.")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
 @click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
-@click.option("--split", type=int, default=1, show_default=True, help="Split number.")
-@click.option("--test-fraction", type=float, default=default(ExtractConfig, "test_fraction"), show_default=True,
+@click.option("--split", type=COUNT, default=1, show_default=True, help="Split number.")
+@click.option("--test-fraction", type=FRACTION, default=default(ExtractConfig, "test_fraction"), show_default=True,
               help="folder without --splits: share of each class held out for test (stable hash of the key).")
 @click.option("--strict", is_flag=True, help="Fail if a split file names a video that is not on disk.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object {classes, train, test, missing}.")
@@ -133,28 +149,33 @@ def _choice(values):
 @click.option("--seed", type=int, default=default(ExtractConfig, "seed"), show_default=True,
               help="Seed for --backbone-weights random.")
 @click.option("--device", default=default(ExtractConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=default(ExtractConfig, "batch_size"), show_default=True,
+@click.option("--batch-size", type=COUNT, default=default(ExtractConfig, "batch_size"), show_default=True,
               help="Frames per backbone batch.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default: CPU cores - 1, at most 8).")
-@click.option("--short-side", type=int, default=default(Preprocess, "short_side"), show_default=True,
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: CPU cores - 1, at most 8).")
+@click.option("--short-side", type=click.IntRange(min=32), default=default(Preprocess, "short_side"), show_default=True,
               help="Resize shorter side to this.")
-@click.option("--crop", type=int, default=default(Preprocess, "crop"), show_default=True, help="Centre crop size.")
+@click.option("--crop", type=click.IntRange(min=32), default=default(Preprocess, "crop"), show_default=True,
+              help="Centre crop size.")
 @click.option("--dtype", type=_choice(FEATURE_DTYPES), default=default(ExtractConfig, "dtype"), show_default=True,
               help="Storage type of the features.")
 @click.option("--precision", type=_choice(PRECISIONS), default=default(ExtractConfig, "precision"), show_default=True,
               help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
-@click.option("--test-fraction", type=float, default=default(ExtractConfig, "test_fraction"), show_default=True,
+@click.option("--test-fraction", type=FRACTION, default=default(ExtractConfig, "test_fraction"), show_default=True,
               help="folder without --splits: share of each class recorded as split 1's test set.")
 @click.option("--modality", type=_choice(MODALITIES), default=default(ExtractConfig, "modality"), show_default=True,
               help="rgb frames, or flow: optical flow between consecutive frames rendered as images.")
 @click.option("--flow-method", type=_choice(FLOW_METHODS), default=default(FlowSpec, "method"), show_default=True,
               help="tvl1 needs opencv-contrib-python-headless.")
-@click.option("--flow-bound", type=float, default=default(FlowSpec, "bound"), show_default=True,
+@click.option("--flow-bound", type=POSITIVE, default=default(FlowSpec, "bound"), show_default=True,
               help="Flow clipped to +-this many pixels.")
-@click.option("--flow-size", type=int, default=default(FlowSpec, "size"), show_default=True,
+@click.option("--flow-size", type=click.IntRange(min=16), default=default(FlowSpec, "size"), show_default=True,
               help="Shorter side of the frames flow is computed on.")
 @click.option("--strict", is_flag=True, default=default(ExtractConfig, "strict"),
               help="Stop at the first video that fails, or a split file naming a missing video.")
+@click.option("--redo", multiple=True, default=default(ExtractConfig, "redo"), metavar="KEY",
+              help="Extract this video again although the cache holds it (repeat for several; keys are Class/video).")
+@click.option("--redo-damaged", is_flag=True, default=default(ExtractConfig, "redo_damaged"),
+              help="Extract again every video whose features `inspect --verify` finds damaged or not finite.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_nproc_option
 def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_method, flow_bound, flow_size, quiet,
@@ -166,6 +187,7 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
 
     rank = distributed.current()
     with user_errors():
+        settings["redo"] = tuple(settings["redo"])
         cfg = ExtractConfig(
             **settings, backbone_weights=backbone_weights or legacy_weights or default(ExtractConfig, "backbone_weights"),
             workers=max(1, default_workers() // rank.world) if workers is None else workers,
@@ -206,34 +228,34 @@ def _train_options(f):
     """Options shared by `train` and `sweep`; their names are TrainConfig's (or ClipSpec's) fields."""
     options = [
         click.option("--cache", type=click.Path(path_type=Path), required=True, help="Feature cache (mrrn extract)."),
-        click.option("--split", type=int, default=default(TrainConfig, "split"), show_default=True,
+        click.option("--split", type=COUNT, default=default(TrainConfig, "split"), show_default=True,
                      help="Split recorded in the cache."),
         click.option("--modality", type=_choice(MODALITIES), default=default(TrainConfig, "modality"), show_default=True,
                      help="The cache's modality (mrrn extract --modality); a mismatch is refused."),
         click.option("--flow-cache", type=click.Path(path_type=Path), default=None,
                      help="A flow cache (extract --modality flow) beside the RGB --cache: for --model twostream, "
                           "for flow runs of a sweep over --modalities rgb,flow, and for --modality flow."),
-        click.option("--epochs", type=int, default=default(TrainConfig, "epochs"), show_default=True),
-        click.option("--batch-size", type=int, default=default(TrainConfig, "batch_size"), show_default=True),
-        click.option("--lr", type=float, default=None,
+        click.option("--epochs", type=COUNT, default=default(TrainConfig, "epochs"), show_default=True),
+        click.option("--batch-size", type=COUNT, default=default(TrainConfig, "batch_size"), show_default=True),
+        click.option("--lr", type=POSITIVE, default=None,
                      help="Initial learning rate [default: the paper's, 1e-5 high, 1e-4 low/mid]."),
-        click.option("--lr-step", "lr_step_epochs", type=int, default=default(TrainConfig, "lr_step_epochs"),
+        click.option("--lr-step", "lr_step_epochs", type=COUNT, default=default(TrainConfig, "lr_step_epochs"),
                      show_default=True, help="Epochs before the learning rate drops 10x."),
-        click.option("--dropout", type=float, default=default(TrainConfig, "dropout"), show_default=True,
+        click.option("--dropout", type=FRACTION, default=default(TrainConfig, "dropout"), show_default=True,
                      help="Before the per-step linear layer."),
-        click.option("--window", type=int, default=default(TrainConfig, "window"), show_default=True,
+        click.option("--window", type=COUNT, default=default(TrainConfig, "window"), show_default=True,
                      help="tresnet: frames each temporal residual block sees."),
         click.option("--normalize/--no-normalize", default=default(TrainConfig, "normalize"), show_default=True,
                      help="Standardise each feature dimension with training-set statistics (not in the paper; "
                           "needed for untrained-backbone features, whose scale is far from ImageNet's)."),
-        click.option("--clip-length", "length", type=int, default=default(ClipSpec, "length"), show_default=True),
-        click.option("--clip-stride", "stride", type=int, default=default(ClipSpec, "stride"), show_default=True),
-        click.option("--max-clips", type=int, default=default(ClipSpec, "max_clips"), show_default=True),
+        click.option("--clip-length", "length", type=COUNT, default=default(ClipSpec, "length"), show_default=True),
+        click.option("--clip-stride", "stride", type=COUNT, default=default(ClipSpec, "stride"), show_default=True),
+        click.option("--max-clips", type=COUNT, default=default(ClipSpec, "max_clips"), show_default=True),
         click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True),
         click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
                      help="Train even if some split videos are not in the cache."),
-        click.option("--val-fraction", type=float, default=default(TrainConfig, "val_fraction"), show_default=True,
+        click.option("--val-fraction", type=FRACTION, default=default(TrainConfig, "val_fraction"), show_default=True,
                      help="Hold out this share of each class's training videos for validation (fusion --search)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -263,8 +285,8 @@ def _train_config(settings: dict) -> TrainConfig:
                    "blocks), meanpool (the order-blind control) or twostream (RGB and flow, needs --flow-cache).")
 @click.option("--stream-fusion", type=_choice(STREAM_FUSIONS), default=default(TrainConfig, "stream_fusion"),
               show_default=True, help="twostream: fuse the top appearance and motion states by sum or element-wise product.")
-@click.option("--hidden", type=int, default=default(TrainConfig, "hidden"), show_default=True, help="SRU hidden units.")
-@click.option("--layers", type=int, default=default(TrainConfig, "layers"), show_default=True, help="Stacked SRU layers.")
+@click.option("--hidden", type=COUNT, default=default(TrainConfig, "hidden"), show_default=True, help="SRU hidden units.")
+@click.option("--layers", type=COUNT, default=default(TrainConfig, "layers"), show_default=True, help="Stacked SRU layers.")
 @click.option("--pool", type=_choice(POOLS), default=default(TrainConfig, "pool"), show_default=True,
               help="Temporal pooling of the per-step scores: mean (eq. 8) or max (eq. 9).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
@@ -383,7 +405,7 @@ def report(directory):
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--runs", "run_dirs", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Trained run directory; repeat for each level to fuse (e.g. --runs runs/low --runs runs/high).")
-@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--top", type=COUNT, default=5, show_default=True, help="How many classes to list per video.")
 @click.option("--method", type=_choice(FUSION_METHODS), default=None,
               help="Fusion [default: weighted by level when the runs are one per level of one stream, else sum].")
 @click.option("--backbone-weights", type=click.Path(path_type=Path), default=None,
@@ -418,7 +440,8 @@ def sample_data(out, seed):
     """Write the small synthetic sample dataset (real .avi files, UCF-101 layout)."""
     from pipeline.sample_data import write_sample_dataset
 
-    s = write_sample_dataset(out, seed=seed)
+    with user_errors():
+        s = write_sample_dataset(out, seed=seed)
     click.echo(
         f"wrote {s.videos} videos ({s.classes} classes, {s.train} train / {s.test} test, "
         f"{s.frames} frames) to {out}"

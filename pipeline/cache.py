@@ -160,7 +160,11 @@ class FeatureCache:
 
     def load_level(self, level: str) -> np.ndarray:
         """All frames of one level, ``(total_frames, C)``, in one read; rows of video i start at its offset."""
-        return self._features(level)[...]
+        try:
+            return self._features(level)[...]
+        except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short
+            raise CacheError(f"{self.path}: level {level} cannot be read ({str(err).splitlines()[0]}); run "
+                             f"`mrrn inspect {self.path} --verify`, then `mrrn extract ... --redo-damaged`") from None
 
     def rows(self, level: str, start: int, count: int) -> np.ndarray:
         """``count`` rows of one level from row ``start``, ``(count, C)``."""
@@ -172,25 +176,45 @@ class FeatureCache:
         return self.rows(level, rec.offset, rec.frames)
 
     def verify(self) -> list[str]:
-        """Check every entry: table consistency, offsets, frame counts, shapes and finite values."""
-        problems, rows = self._verify_table()
-        bad_rows: dict[str, np.ndarray] = {}
-        for level, dim in self.levels.items():
-            ds = self._features(level)
-            if ds.shape != (rows, dim):
-                problems.append(f"features/{level}: shape {ds.shape}, expected ({rows}, {dim})")
-                continue
-            bad = np.zeros(ds.shape[0], dtype=bool)
-            for start in range(0, ds.shape[0], COPY_ROWS):
-                block = ds[start : start + COPY_ROWS]
-                bad[start : start + len(block)] = ~np.isfinite(block).all(axis=1)
-            bad_rows[level] = bad
-        for level, bad in bad_rows.items():
-            if bad.any():
+        """Check every entry: table consistency, offsets, frame counts, shapes, stored checksums (caches
+        written with them) and finite values."""
+        problems = self.table_problems()
+        problems += [f"features/{level}: missing" for level in self.levels if level not in self._file["features"]]
+        for level, mask in self._row_problems().items():
+            for what, bad in mask.items():
                 for rec in self.videos:
                     n = int(bad[rec.offset : rec.offset + rec.frames].sum())
                     if n:
-                        problems.append(f"video {rec.key!r}: {n} frame(s) of level {level} are not finite")
+                        problems.append(f"video {rec.key!r}: {n} frame(s) of level {level} {what}")
+        return problems
+
+    def damaged_keys(self) -> list[str]:
+        """The videos with rows that fail their checksum or are not finite, in any level."""
+        bad = np.zeros(self.total_frames, dtype=bool)
+        for mask in self._row_problems().values():
+            for rows in mask.values():
+                bad[: len(rows)] |= rows
+        return [rec.key for rec in self.videos if bad[rec.offset : rec.offset + rec.frames].any()]
+
+    def _row_problems(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per level of the right shape: boolean masks of the rows that 'are not finite' and that 'are damaged
+        (checksum mismatch)'."""
+        masks = {}
+        for level, dim in self.levels.items():
+            if level not in self._file["features"]:
+                continue
+            ds = self._features(level)
+            if ds.shape == (self.total_frames, dim):
+                masks[level] = dict(zip(("are not finite", "are damaged (checksum mismatch)"), _scan(ds)))
+        return masks
+
+    def table_problems(self) -> list[str]:
+        """The cheap part of :meth:`verify`: the video table against itself, the class list and the shapes
+        of the levels (no feature is read)."""
+        problems, rows = self._verify_table()
+        for level, dim in self.levels.items():
+            if level in self._file["features"] and self._features(level).shape != (rows, dim):
+                problems.append(f"features/{level}: shape {self._features(level).shape}, expected ({rows}, {dim})")
         return problems
 
     def _verify_table(self) -> tuple[list[str], int]:
@@ -211,6 +235,28 @@ class FeatureCache:
         for key in sorted({f.key for f in self.failed} & seen):
             problems.append(f"video {key!r}: listed both as extracted and as failed")
         return problems, expected_offset
+
+
+def _scan(ds: h5py.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(rows that are not finite, rows in a chunk whose checksum fails) of a ``(N, C)`` dataset, read in
+    blocks; a block that fails is read again chunk by chunk to find the damaged ones."""
+    n = ds.shape[0]
+    not_finite, damaged = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    step = ds.chunks[0] if ds.chunks else COPY_ROWS
+    block = max(step, COPY_ROWS // step * step)
+    for start in range(0, n, block):
+        parts = [(start, min(start + block, n))]
+        try:
+            not_finite[start : start + block] = ~np.isfinite(ds[start : start + block]).all(axis=1)
+            continue
+        except OSError:
+            parts = [(s, min(s + step, n)) for s in range(start, min(start + block, n), step)]
+        for a, b in parts:
+            try:
+                not_finite[a:b] = ~np.isfinite(ds[a:b]).all(axis=1)
+            except OSError:
+                damaged[a:b] = True
+    return not_finite, damaged
 
 
 def _read_videos(v: h5py.Group) -> tuple[VideoRecord, ...]:

@@ -33,10 +33,13 @@ def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
         for n, (train, test) in sorted(c.splits.items()):
             report.lines.append(f"split       {n}: {len(train)} train, {len(test)} test")
         report.lines += [f"failed      {f.key}: {f.reason}" for f in c.failed]
-        pending = pending_entries(path)
+        pending, damaged = pending_entries(path)
         if pending:
             report.lines.append(f"pending     {pending} finished video(s) in {journal_dir(path)} not yet merged; "
                                 "rerun the same `mrrn extract` to merge them")
+        if damaged:
+            report.lines.append(f"damaged     {damaged} journal entr{'y' if damaged == 1 else 'ies'} in {journal_dir(path)} "
+                                "cannot be read; the next `mrrn extract` sets them aside and extracts their videos again")
         if shards:
             report.lines.append(f"pending     {unjoined}")
         if verify:

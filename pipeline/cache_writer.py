@@ -21,9 +21,11 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
+from pipeline.atomic import ensure_room, publish, tmp_path
 from pipeline.cache import (
     SCHEMA_VERSION,
     STR,
+    CacheError,
     CacheLockedError,
     ConfigMismatchError,
     FailedRecord,
@@ -33,8 +35,11 @@ from pipeline.cache import (
     lock_path,
     require_identity,
 )
+from pipeline.errors import writing
 from pipeline.identity import CacheIdentity
 from pipeline.journal import Journal
+
+CHUNK_BYTES = 1 << 20  # a level's storage unit: one checksum per MiB of features
 
 # POSIX locks never conflict within one process, so this process's own writers are tracked here.
 _HELD_BY_THIS_PROCESS: set[str] = set()
@@ -61,7 +66,8 @@ class CacheLock:
         )
         if self._held in _HELD_BY_THIS_PROCESS:
             raise busy
-        fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with writing(lock_path(self.path)):
+            fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -126,14 +132,15 @@ class Layer:
 
 
 def merge(layers: list[Layer]) -> tuple[list[tuple[VideoRecord, Rows]], list[FailedRecord]]:
-    """The one merge, used by commit and by the join of shards: a video extracted in any layer is in
-    (the first layer that has it wins); a failure counts only for a video no layer extracted (the
-    last layer's reason wins: it is the newest try). Both lists come out in key order."""
+    """The one merge, used by commit and by the join of shards, over layers oldest first: a video extracted
+    in any layer is in, from the newest layer that has it (a video extracted again with --redo replaces
+    the old rows); a failure counts only for a video no layer extracted (the newest reason wins). Both
+    lists come out in key order."""
     videos: dict[str, tuple[VideoRecord, Rows]] = {}
     failed: dict[str, FailedRecord] = {}
     for layer in layers:
         for rec, rows in layer.videos:
-            videos.setdefault(rec.key, (rec, rows))
+            videos[rec.key] = (rec, rows)
         for rec in layer.failed:
             failed[rec.key] = rec
     return [videos[k] for k in sorted(videos)], [failed[k] for k in sorted(failed) if k not in videos]
@@ -142,17 +149,23 @@ def merge(layers: list[Layer]) -> tuple[list[tuple[VideoRecord, Rows]], list[Fai
 def write_cache_file(path: Path, identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]],
                      failed: list[FailedRecord], splits: Splits, created: str) -> None:
     """Write a complete cache to ``path.tmp``, flush it to disk and rename it over ``path`` (atomic)."""
-    tmp = Path(f"{path}.tmp")
+    tmp = tmp_path(path)
+    ensure_room(path, _expected_size(identity, videos, failed))
     try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+        with writing(path), h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
             _write_header(f, identity, created)
             offsets = _write_tables(f, [rec for rec, _ in videos], failed, splits)
             _write_features(f, identity, videos, offsets)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _expected_size(identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]], failed: list[FailedRecord]) -> int:
+    """About how many bytes the file will take: the features, the tables, and HDF5's own overhead."""
+    row = sum(spec.width for spec in identity.levels) * np.dtype(identity.dtype).itemsize
+    tables = sum(len(rec.key) + len(rec.class_name) + 60 for rec, _ in videos) + sum(len(f.reason) + 200 for f in failed)
+    return int(sum(rec.frames for rec, _ in videos) * row * 1.01) + 2 * tables + (64 << 10)
 
 
 def _write_header(f: h5py.File, identity: CacheIdentity, created: str) -> None:
@@ -197,12 +210,21 @@ def _write_tables(f: h5py.File, recs: list[VideoRecord], failed: list[FailedReco
     return offsets
 
 
+def _checksummed_chunks(rows: int, width: int, itemsize: int) -> dict:
+    """Storage of a level: chunks of about CHUNK_BYTES, each with a Fletcher-32 checksum that HDF5 checks on
+    every read, so damaged feature data is an error and never silently wrong numbers."""
+    if rows == 0:
+        return {}
+    return {"chunks": (min(rows, max(1, CHUNK_BYTES // (width * itemsize))), width), "fletcher32": True}
+
+
 def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]],
                     offsets: np.ndarray) -> None:
     """Every video's rows of every level, video by video (each origin is opened once, in order)."""
     total = sum(rec.frames for rec, _ in videos)
     group = f.create_group("features")
-    out = {spec.name: group.create_dataset(spec.name, shape=(total, spec.width), dtype=identity.dtype)
+    out = {spec.name: group.create_dataset(spec.name, shape=(total, spec.width), dtype=identity.dtype,
+                                           **_checksummed_chunks(total, spec.width, np.dtype(identity.dtype).itemsize))
            for spec in identity.levels}
     for spec in identity.levels:
         out[spec.name].attrs["layer"] = spec.layer
@@ -223,8 +245,9 @@ class CacheWriter:
     creates an empty valid file if there is none, and loads the journal left by a killed run.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: CacheIdentity, splits: Splits | None = None):
+    def __init__(self, path: str | os.PathLike, identity: CacheIdentity, splits: Splits | None = None, log=print):
         self.path = Path(path)
+        self.log = log
         self.identity = identity
         self.splits = splits  # None keeps the file's own
         self.journal = Journal(self.path, identity)
@@ -232,7 +255,10 @@ class CacheWriter:
         self.complete: set[str] = set()  # keys extracted, in the file or the journal
 
     def __enter__(self) -> CacheWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise CacheError(f"{self.path}: is a directory; --out names the cache file (for example data/ucf101.h5)")
+        with writing(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock.__enter__()
         try:
             self._open_state()
@@ -254,7 +280,7 @@ class CacheWriter:
         else:
             self.splits = self.splits or {}
             write_cache_file(self.path, self.identity, [], [], self.splits, created=_now())
-        self.complete |= {entry.key for entry in self.journal.open() if entry.ok}
+        self.complete |= {entry.key for entry in self.journal.open(self.log) if entry.ok}
 
     def add_video(self, rec: VideoRecord, features: dict[str, np.ndarray]) -> None:
         """features: {level: (rec.frames, C)}; written to the journal at once."""

@@ -118,6 +118,8 @@ class ExtractConfig:
     test_fraction: float = DEFAULT_TEST_FRACTION
     modality: str = "rgb"  # "flow": the backbone sees rendered optical flow between consecutive frames
     flow: FlowSpec = field(default_factory=FlowSpec)
+    redo: tuple[str, ...] = ()  # keys to extract again although the cache holds them
+    redo_damaged: bool = False  # extract again every video that `inspect --verify` flags
 
     def __post_init__(self):
         _require_choice("dtype", self.dtype, FEATURE_DTYPES)
@@ -203,6 +205,14 @@ class TrainConfig:
                self.eval_batch_size) < 1:
             raise ConfigError("hidden, layers, epochs, batch sizes, lr step and window must be >= 1")
         _require_fraction("validation fraction", self.val_fraction)
+        _require_fraction("dropout", self.dropout)
+        _require_fraction("SRU dropout", self.sru_dropout)
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"the learning rate must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.lr_gamma) and self.lr_gamma > 0):
+            raise ConfigError(f"the learning-rate factor must be a finite number > 0, got {self.lr_gamma}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
 
     @property
     def learning_rate(self) -> float:

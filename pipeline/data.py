@@ -64,6 +64,11 @@ def read_level_table(path: str, modality: str, cfg: TrainConfig) -> LevelTable:
         if have != modality:
             wanted = "--flow-cache" if cfg.model == "twostream" and modality == "flow" else f"--modality {modality}"
             raise TrainError(f"{path}: a {have} cache, but this run asks for {wanted}")
+        problems = cache.table_problems()
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise TrainError(f"{path}: damaged cache ({problems[0]}{more}); run `mrrn inspect {path} --verify`, "
+                             "then extract the videos it names again (`mrrn extract ... --redo KEY`)")
         if cfg.split not in cache.splits:
             known = ", ".join(str(n) for n in sorted(cache.splits)) or "none"
             raise TrainError(f"{path}: no split {cfg.split} in this cache (it has: {known})")
@@ -181,7 +186,7 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
     bad = [k for k, (at, n) in spans.items() if not np.isfinite(features[at : at + n]).all()]
     if bad:
         raise TrainError(f"{table.name}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
-                         f"{', '.join(bad[:3])}; run `mrrn inspect --verify` and re-extract them")
+                         f"{', '.join(bad[:3])}; extract them again with `mrrn extract ... --redo-damaged`")
     mean = std = None
     if cfg.normalize:  # a pass over every training frame: only when the statistics are used
         train_rows = np.concatenate([np.arange(at, at + n) for at, n in (spans[k] for k in parts["train"])])

@@ -71,6 +71,15 @@ def describe_missing(missing: tuple[str, ...] | list[str], root: Path, limit: in
 # Finding files on disk without opening them
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """A directory entry that is (or links to) a regular file; a symlink loop or an entry that cannot be
+    examined counts as absent, like a dangling link."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 class _FileLister:
     """Answers 'is this key a file under root?' from one directory listing per folder."""
 
@@ -83,8 +92,8 @@ class _FileLister:
         if folder not in self._dirs:
             try:
                 with os.scandir(self.root / folder) as it:
-                    self._dirs[folder] = frozenset(e.name for e in it if e.is_file())
-            except (FileNotFoundError, NotADirectoryError):
+                    self._dirs[folder] = frozenset(e.name for e in it if _is_file(e))
+            except OSError:  # absent, not a folder, a loop or unreadable: its videos are missing
                 self._dirs[folder] = frozenset()
         return name in self._dirs[folder]
 
@@ -97,6 +106,20 @@ def _split_present(root: Path, entries: dict[str, tuple[int, int]], lister: _Fil
         else:
             missing.append(key)
     return present, missing
+
+
+def _refuse_one_file_under_two_keys(root: Path, located: list[tuple[str, Path, int]]) -> None:
+    """``located``: (key, split file, line) of every video present. A file reached by two keys (through a
+    symbolic or hard link) would be one video counted twice, perhaps in train and test: refused."""
+    seen: dict[tuple[int, int], tuple[str, Path, int]] = {}
+    for key, file, line in located:
+        try:
+            st = os.stat(root / key)
+        except OSError:
+            continue
+        first = seen.setdefault((st.st_dev, st.st_ino), (key, file, line))
+        if first[0] != key:
+            raise SplitFileError(file, line, f"{key!r} is the same file as {first[0]!r} ({first[1].name}:{first[2]})")
 
 
 def _finish(dataset, split, root, classes, train, test, missing, strict) -> SplitIndex:
@@ -130,6 +153,8 @@ def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> Spli
     lister = _FileLister(root)
     train, missing_train = _split_present(root, train_entries, lister)
     test, missing_test = _split_present(root, test_entries, lister)
+    _refuse_one_file_under_two_keys(root, [(e.key, train_file, train_entries[e.key][1]) for e in train] +
+                                    [(e.key, test_file, test_entries[e.key][1]) for e in test])
     return _finish(dataset, split, root, classes, train, test, missing_train + missing_test, strict)
 
 
@@ -156,6 +181,8 @@ def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
     lister = _FileLister(root)
     train, missing_train = _split_present(root, parts["train"], lister)
     test, missing_test = _split_present(root, parts["test"], lister)
+    _refuse_one_file_under_two_keys(root, [(e.key, files[e.label], parts[part][e.key][1])
+                                           for part, present in (("train", train), ("test", test)) for e in present])
     return _finish("hmdb51", split, root, classes, train, test, missing_train + missing_test, strict)
 
 
@@ -206,7 +233,7 @@ def index_folder(
         if folder.resolve() == skip:
             continue
         with os.scandir(folder) as it:
-            names = [e.name for e in it if e.is_file() and Path(e.name).suffix.lower() in VIDEO_EXTENSIONS]
+            names = [e.name for e in it if Path(e.name).suffix.lower() in VIDEO_EXTENSIONS and _is_file(e)]
         if names:
             videos[folder.name] = names
     if splits is not None:

@@ -76,6 +76,17 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_min(value: float) -> float:
+    """The smallest of every rank's ``value`` (the value itself when there is one rank)."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return float(tensor.item())
+
+
 def balanced_shards(sizes: list[int], world: int) -> list[list[int]]:
     """Indices of ``sizes`` split into ``world`` shards of about equal total size: largest first, each to
     the shard with the least so far (ties: the lower rank). Deterministic, so every rank computes the

@@ -20,7 +20,7 @@ from pipeline.cache_writer import CacheWriter
 from pipeline.config import BACKBONE, LEVELS, ExtractConfig
 from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
 from pipeline.errors import MrrnError
-from pipeline.features import video_features
+from pipeline.features import DecodeWorkerDied, video_features
 from pipeline.identity import CacheIdentity, LevelSpec
 
 
@@ -80,6 +80,8 @@ def _extract_into(writer: CacheWriter, todo: list[VideoEntry], classes: tuple[st
             bar.update(1)
             fps = summary.frames / (time.perf_counter() - started)
             bar.set_postfix(done=summary.extracted, failed=len(summary.failed), fps=f"{fps:.1f}", refresh=False)
+    except DecodeWorkerDied as err:
+        raise ExtractError(f"{writer.path}: {err}") from None
     finally:
         bar.close()
 
@@ -114,8 +116,9 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     precision = resolve_precision(cfg.precision, device)
     identity = cache_identity(cfg, videos, precision)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)
-    with CacheWriter(target, identity, videos.splits) as writer:
-        todo = [v for v in mine if v.key not in writer.complete and v.key not in joined]
+    with CacheWriter(target, identity, videos.splits, log=log) as writer:
+        redo = _redo_keys(cfg, Path(cfg.out), {v.key for v in videos.videos}, log)
+        todo = [v for v in mine if v.key in redo or (v.key not in writer.complete and v.key not in joined)]
         summary = ExtractSummary(out=str(target), videos=len(mine), already_done=len(mine) - len(todo),
                                  missing=len(videos.missing), weights=identity.backbone_weights,
                                  device=f"{device} ({precision})")
@@ -141,6 +144,22 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     return summary
 
 
+def _redo_keys(cfg: ExtractConfig, out: Path, known: set[str], log) -> set[str]:
+    """The videos to extract again although the cache holds them: --redo KEY..., and with --redo-damaged
+    every video whose rows fail their checksum or are not finite."""
+    unknown = sorted(set(cfg.redo) - known)
+    if unknown:
+        raise ExtractError(f"--redo {unknown[0]}: not a video of this dataset (keys look like Class/video.avi)")
+    redo = set(cfg.redo)
+    if cfg.redo_damaged and out.is_file():
+        with FeatureCache(out) as cache:
+            damaged = cache.damaged_keys()
+        log(f"--redo-damaged: {len(damaged)} video(s) with damaged or non-finite features"
+            + (f": {', '.join(damaged[:5])}{', ...' if len(damaged) > 5 else ''}" if damaged else ""))
+        redo |= set(damaged)
+    return redo
+
+
 def _file_size(path: Path) -> int:
     try:
         return os.path.getsize(path)
@@ -153,9 +172,9 @@ def join_shards(out: Path, identity: CacheIdentity, splits: dict, log=print) -> 
     a killed run has its journal committed first, so nothing finished is lost. Returns the shard count."""
     shards = sorted(shard_dir(out).glob("*.h5"))
     for shard in shards:
-        with CacheWriter(shard, identity, splits) as writer:
+        with CacheWriter(shard, identity, splits, log=log) as writer:
             writer.finish()
-    with CacheWriter(out, identity, splits) as writer:
+    with CacheWriter(out, identity, splits, log=log) as writer:
         writer.absorb(shards)
         writer.finish()
     for shard in shards:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.backbone import FeatureExtractor
 from pipeline.config import FrameSource
+from pipeline.errors import MrrnError
 from pipeline.flow import flow_chunks
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
 
@@ -179,6 +180,27 @@ class _Assembly:
         self.finished.append(VideoFeatures(index, features, parts.info))
 
 
+class DecodeWorkerDied(MrrnError):
+    """A decoding worker process ended without finishing (killed by the OS, typically out of memory)."""
+
+
+def _guarded(loader, workers: int):
+    """The loader's items; a worker that dies becomes one line instead of a chain of tracebacks."""
+    try:
+        yield from loader
+    except (ConnectionError, EOFError) as err:
+        raise DecodeWorkerDied(_worker_died(f"{type(err).__name__}: {err}")) from None
+    except RuntimeError as err:
+        if not workers or "worker" not in str(err).lower():
+            raise
+        raise DecodeWorkerDied(_worker_died(str(err).strip().splitlines()[0])) from None
+
+
+def _worker_died(detail: str) -> str:
+    return (f"a decoding worker died ({detail}), most likely killed by the system for lack of memory; "
+            "finished videos are kept: run the same command again, with fewer --workers if it recurs")
+
+
 def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExtractor, *, batch_size: int,
                    workers: int = 0, chunk_frames: int = 64) -> Iterator[VideoFeatures]:
     """Each video's features (or failure) as soon as it is complete, in the order they complete.
@@ -191,7 +213,7 @@ def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExt
     )
     assembly = _Assembly()
     batcher = Batcher(extractor, batch_size, assembly.add_features)
-    for item in loader:
+    for item in _guarded(loader, workers):
         index = item["index"]
         if item["error"] is not None:
             assembly.fail(index, item["error"])

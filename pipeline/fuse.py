@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_file, write_text
 from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
-from pipeline.errors import MrrnError
+from pipeline.errors import MrrnError, writing
 from pipeline.identity import IdentityError
 from pipeline.metrics import video_metrics
 from pipeline.scores import RunScores, read_scores, scores_path
@@ -32,15 +35,24 @@ class FuseError(MrrnError):
 
 
 def load_scores(run: str | Path, part: str = "test") -> RunScores:
-    """A run's ``scores_<part>.npz`` (part: test or val), refused in one line when absent or unreadable."""
-    path = scores_path(Path(run), part)
+    """A finished run's ``scores_<part>.npz`` (part: test or val), refused in one line when the run is
+    unfinished, or the file absent, unreadable or not finite."""
+    run = Path(run)
+    path = scores_path(run, part)
+    if not (run / "summary.json").is_file():
+        raise FuseError(f"{run}: not a finished run (no summary.json); finish it with `mrrn train ... --resume`")
     if not path.is_file():
-        hint = " (train it with --val-fraction for --search)" if part == "val" else " (is the run finished?)"
+        hint = " (train it with --val-fraction for --search)" if part == "val" else ""
         raise FuseError(f"{path}: no {part} scores{hint}")
     try:
-        return read_scores(run, part)
+        scores = read_scores(run, part)
     except IdentityError as err:
         raise FuseError(f"{path}: unreadable cache identity ({err})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise FuseError(f"{path}: damaged score file ({type(err).__name__}: {err})") from None
+    if not np.isfinite(scores.scores).all():
+        raise FuseError(f"{path}: the scores are not finite (NaN or infinity); retrain the run")
+    return scores
 
 
 def check_compatible(runs: list[RunScores]) -> None:
@@ -72,11 +84,16 @@ def parse_weights(text: str | None) -> dict[str, float] | None:
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
         if all("=" in t for t in items):
-            return {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
-        return dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
+            weights = {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
+        else:
+            weights = dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
     except ValueError:
         raise FuseError(f"--weights: expected 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5' or up to "
                         f"three numbers, got {text!r}") from None
+    bad = [f"{k}={v}" for k, v in weights.items() if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise FuseError(f"--weights: each weight must be a finite number >= 0, got {', '.join(bad)}")
+    return weights
 
 
 def default_method(streams: list[tuple[str, str]]) -> str:
@@ -101,7 +118,10 @@ def weights_for(streams: list[tuple[str, str]], weights: dict[str, float] | None
     if shared:
         raise FuseError(f"the weight of {', '.join(shared)} would serve more than one run; give each run its own, "
                         "e.g. --weights rgb:high=0.5,flow:high=0.5 (modality:level), or use --method sum or product")
-    return [float(weights[k]) for k in keys]
+    chosen = [float(weights[k]) for k in keys]
+    if not sum(chosen) > 0:
+        raise FuseError(f"the weights of these runs add up to {sum(chosen):g}; at least one must be above 0")
+    return chosen
 
 
 def fuse(scores: list[np.ndarray], method: str, weights: list[float] | None = None) -> np.ndarray:
@@ -162,6 +182,8 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
              weights: dict[str, float] | None = None, search: bool = False) -> FuseSummary:
     """Fuse the runs' test scores into ``out``: fused_scores.npz, summary.json, summary.md."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FuseError(f"{out}: exists and is not a directory; --out names the fuse directory")
     runs = [load_scores(r, "test") for r in run_dirs]
     check_compatible(runs)
     run_weights = None
@@ -181,9 +203,11 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
     rows.append({"name": "fused", "run": str(out), **video_metrics(fused, labels, num_classes)})
     summary = FuseSummary(out=str(out), method=method, searched=search, rows=rows,
                           weights={r.name: w for r, w in zip(runs, run_weights)} if run_weights else None)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "fused_scores.npz", scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
-             classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    (out / "summary.md").write_text(summary_markdown(summary))
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "fused_scores.npz") as f:
+        np.savez(f, scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
+                 classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
+    write_text(out / "summary.json", json.dumps(asdict(summary), indent=2, allow_nan=False) + "\n")
+    write_text(out / "summary.md", summary_markdown(summary))
     return summary

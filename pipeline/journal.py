@@ -11,15 +11,24 @@ import contextlib
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_file, write_text
 from pipeline.cache import ConfigMismatchError, FailedRecord, VideoRecord, journal_dir
+from pipeline.errors import writing
 from pipeline.identity import CacheIdentity, IdentityError
 
 IDENTITY_FILE = "config.json"
+DAMAGED = "damaged"  # entries that cannot be read are moved here, and their videos extracted again
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+class DamagedEntry(Exception):
+    """A journal entry that cannot be read back whole (zero bytes, cut short, bad checksum)."""
 
 
 class JournalEntry:
@@ -28,8 +37,24 @@ class JournalEntry:
     def __init__(self, path: Path):
         self.path = path
         self._open = None  # the entry's arrays while reading() is active
-        with np.load(path, allow_pickle=False) as z:
-            self.meta: dict = json.loads(str(z["meta"]))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self.meta: dict = json.loads(str(z["meta"]))
+            self.record()
+        except _UNREADABLE as err:
+            raise DamagedEntry(f"{type(err).__name__}: {err}") from None
+
+    def check(self, identity: CacheIdentity) -> None:
+        """Read every array back (the zip checks each one's CRC-32) and check its shape, or raise DamagedEntry."""
+        if not self.ok:
+            return
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                for spec in identity.levels:
+                    if z[spec.name].shape != (self.meta["frames"], spec.width):
+                        raise ValueError(f"level {spec.name} has shape {z[spec.name].shape}")
+        except _UNREADABLE as err:
+            raise DamagedEntry(f"{type(err).__name__}: {err}") from None
 
     @property
     def key(self) -> str:
@@ -69,15 +94,17 @@ class Journal:
         self.dir = journal_dir(cache_path)
         self.identity = identity
 
-    def open(self) -> list[JournalEntry]:
+    def open(self, log=print) -> list[JournalEntry]:
         """Check that a journal left behind was written by this configuration, make sure the folder
-        exists with our identity, and return the entries already in it."""
+        exists with our identity, and return the entries already in it, each read back whole. An entry
+        that cannot be read is moved to ``damaged/`` and named through ``log``: its video is not done."""
         entries = []
         if self.dir.exists():
             self._require_identity()
-            entries = self.entries()
-        self.dir.mkdir(exist_ok=True)
-        (self.dir / IDENTITY_FILE).write_text(self.identity.canonical())
+            entries = self._checked_entries(log)
+        with writing(self.dir):
+            self.dir.mkdir(exist_ok=True)
+        write_text(self.dir / IDENTITY_FILE, self.identity.canonical())
         return entries
 
     def _require_identity(self) -> None:
@@ -94,15 +121,29 @@ class Journal:
                 f"{self.dir}: left by a run with a different configuration{detail}; delete it to start over"
             )
 
+    def _checked_entries(self, log) -> list[JournalEntry]:
+        entries = []
+        for path in sorted(self.dir.glob("*.npz")):
+            try:
+                entry = JournalEntry(path)
+                entry.check(self.identity)
+                entries.append(entry)
+            except DamagedEntry as err:
+                aside = self.dir / DAMAGED / path.name
+                with writing(aside):
+                    aside.parent.mkdir(exist_ok=True)
+                    os.replace(path, aside)
+                log(f"warning: {path}: damaged journal entry ({err}); moved to {aside}, its video will be extracted again")
+        return entries
+
     def entries(self) -> list[JournalEntry]:
+        """The entries on disk: those this run wrote, and those :meth:`open` found whole."""
         return [JournalEntry(p) for p in sorted(self.dir.glob("*.npz"))]
 
     def _write(self, key: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
-        final = self.dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        """One entry, on the disk (flushed, renamed, the rename flushed) before this returns."""
+        with atomic_file(self.dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, final)
 
     def add_video(self, rec: VideoRecord, features: dict[str, np.ndarray]) -> None:
         """features: {level: (rec.frames, C)}, stored in the cache's dtype; on disk when this returns."""
@@ -128,7 +169,15 @@ class Journal:
             pass
 
 
-def pending_entries(cache_path: Path) -> int:
-    """How many finished videos wait in FILE.h5.journal/ to be merged (after a killed run)."""
-    j = journal_dir(Path(cache_path))
-    return len(list(j.glob("*.npz"))) if j.is_dir() else 0
+def pending_entries(cache_path: Path) -> tuple[int, int]:
+    """(entries in FILE.h5.journal/ waiting to be merged after a killed run, entries that cannot be read
+    and will be set aside), from the entries' headers."""
+    folder = journal_dir(Path(cache_path))
+    readable = damaged = 0
+    for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
+        try:
+            JournalEntry(path)
+            readable += 1
+        except DamagedEntry:
+            damaged += 1
+    return readable, damaged

@@ -6,11 +6,13 @@ run directory. Needs matplotlib (the ``report`` extra, installed by ``make insta
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import MrrnError
+from pipeline.atomic import write_text
+from pipeline.errors import MrrnError, writing
 from pipeline.fuse import FuseSummary, load_scores, summary_markdown
 from pipeline.metrics import video_metrics
 from pipeline.scores import RunScores
@@ -78,7 +80,8 @@ def plot_confusion(matrix: np.ndarray, classes: tuple[str, ...], path: Path, tit
                             color="black" if share[t, p] > 0.5 else "white")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's videos")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path):
+        fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -99,7 +102,8 @@ def plot_per_class(accuracies: dict[str, np.ndarray], classes: tuple[str, ...], 
     ax.set_title("Per-class accuracy")
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=n, fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path):
+        fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -127,7 +131,8 @@ def plot_curves(run: Path, path: Path) -> bool:
     right.legend(fontsize=8)
     fig.suptitle(run.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path):
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
@@ -138,14 +143,29 @@ def _single_run_summary(run: RunScores) -> FuseSummary:
                        rows=[{"name": run.name, "run": str(run.run), **m}])
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: no line breaks, no bare column separators."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _fused_inputs(directory: Path) -> tuple[FuseSummary, list[RunScores], np.ndarray, np.ndarray]:
+    try:
+        summary = FuseSummary(**json.loads((directory / "summary.json").read_text()))
+        with np.load(directory / "fused_scores.npz", allow_pickle=False) as z:
+            scores, labels = z["scores"], z["labels"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        raise ReportError(f"{directory}: damaged fuse directory ({type(err).__name__}: {err})") from None
+    if not np.isfinite(scores).all():
+        raise ReportError(f"{directory / 'fused_scores.npz'}: the fused scores are not finite; fuse again")
+    runs = [load_scores(row["run"]) for row in summary.rows if row["name"] != "fused"]
+    return summary, runs, scores, labels
+
+
 def write_report(directory: str | Path) -> Path:
     """Write the PNGs and report.md into ``directory`` (a fuse or a run directory); returns report.md."""
     directory = Path(directory)
     if (directory / "fused_scores.npz").is_file():
-        summary = FuseSummary(**json.loads((directory / "summary.json").read_text()))
-        runs = [load_scores(row["run"]) for row in summary.rows if row["name"] != "fused"]
-        with np.load(directory / "fused_scores.npz", allow_pickle=False) as z:
-            final_scores, labels = z["scores"], z["labels"]
+        summary, runs, final_scores, labels = _fused_inputs(directory)
         title = "fused"
     elif (directory / "scores_test.npz").is_file():
         runs = [load_scores(directory)]
@@ -169,11 +189,11 @@ def write_report(directory: str | Path) -> Path:
     pairs = most_confused(matrix, classes)
     if pairs:
         lines += ["| true class | predicted as | videos | share of the true class |", "|---|---|---|---|"]
-        lines += [f"| {t} | {p} | {n} | {100 * share:.1f}% |" for t, p, n, share in pairs]
+        lines += [f"| {_cell(t)} | {_cell(p)} | {n} | {100 * share:.1f}% |" for t, p, n, share in pairs]
     else:
         lines.append("No test video was confused.")
     lines += ["", "## Training curves", ""] + [f"![{name}]({name})" for name in curves]
     report = directory / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_text(report, "\n".join(lines) + "\n")
     return report
 

@@ -16,6 +16,7 @@ Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -24,9 +25,10 @@ from pathlib import Path
 import torch
 
 from pipeline import __version__
+from pipeline.atomic import atomic_file, write_text
 from pipeline.cache import read_identity
 from pipeline.config import TrainConfig
-from pipeline.errors import TrainError
+from pipeline.errors import TrainError, writing
 from pipeline.identity import CacheIdentity, IdentityError, flat_settings, word_differences
 from pipeline.models import build_model
 
@@ -66,9 +68,7 @@ def _comparable(config: dict) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")  # strict JSON: never NaN or Infinity
 
 
 class RunDir:
@@ -97,36 +97,58 @@ class RunDir:
     def check(self, config: dict, epochs: int, resume: bool, log) -> RunSummary | None:
         """Before training into this directory: the finished run's summary when it already holds this run
         with these epochs; None when training may start (or resume); a refusal otherwise."""
+        if self.path.exists() and not self.path.is_dir():
+            raise TrainError(f"{self.path}: exists and is not a directory; --out names a run directory")
         old = self.read_config()
         if old is None:
             return None
         if _comparable(old) != _comparable(config):
             raise TrainError(f"{self.path}: holds a run of another configuration "
                              f"({word_differences(_comparable(old), _comparable(config))}); use another --out")
-        if self.is_complete() and old["train"]["epochs"] == epochs:
-            log(f"{self.path}: already complete ({epochs} epochs); nothing to do")
-            return RunSummary(**{**self.read_summary(), "already_complete": True})
+        done = old["train"]["epochs"]
+        if self.is_complete():
+            if epochs == done:
+                log(f"{self.path}: already complete ({epochs} epochs); nothing to do")
+                return RunSummary(**{**self.read_summary(), "already_complete": True})
+            if epochs < done:
+                raise TrainError(f"{self.path}: holds a finished run of {done} epochs; a run is extended, never "
+                                 f"shortened: use another --out for {epochs} epochs")
+            if not resume:
+                raise TrainError(f"{self.path}: holds a finished run of {done} epochs; pass --resume to extend it "
+                                 f"to {epochs}, or use another --out")
+            return None
         if not resume:
             raise TrainError(f"{self.path}: holds an unfinished run of this configuration; pass --resume to continue "
                              "it or use another --out")
+        reached = self.load_checkpoint("last.pt")["epoch"] if (self.path / "last.pt").is_file() else 0
+        if reached > epochs:
+            raise TrainError(f"{self.path}: its last checkpoint is of epoch {reached}; a run is extended, never "
+                             f"shortened: use another --out for {epochs} epochs")
         return None
 
     def start(self, config: dict) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Training begins (or goes on): the configuration is written and the run is unfinished until
+        summary.json is written again."""
+        with writing(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.summary_file.unlink(missing_ok=True)
         _write_json(self.config_file, config)
 
     # -- metrics and summary
 
     def append_metrics(self, metrics: dict) -> None:
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        line = json.dumps(metrics, allow_nan=False) + "\n"  # strict JSON: never NaN or Infinity
+        with writing(self.metrics_file), open(self.metrics_file, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
 
     def keep_metrics_until(self, epoch: int) -> None:
         """Drop metrics lines of epochs after the checkpoint (a kill between the two writes)."""
         if not self.metrics_file.exists():
             return
         lines = [line for line in self.metrics_file.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
-        self.metrics_file.write_text("".join(line + "\n" for line in lines))
+        write_text(self.metrics_file, "".join(line + "\n" for line in lines))
 
     def last_metrics(self) -> dict:
         return json.loads(self.metrics_file.read_text().splitlines()[-1])
@@ -140,10 +162,10 @@ class RunDir:
     # -- checkpoints
 
     def save_checkpoint(self, state: dict, name: str) -> None:
-        path = self.path / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()  # serialised first, so a failed write is an OS error naming its cause
+        torch.save(state, buffer)
+        with atomic_file(self.path / name) as f:
+            f.write(buffer.getbuffer())
 
     def load_checkpoint(self, name: str) -> dict:
         """A checkpoint of plain data (tensors, numbers, strings, lists, dicts), on the CPU; anything that
@@ -168,13 +190,21 @@ class TrainedRun:
 def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt") -> TrainedRun:
     """A finished run's model (the last epoch's, which produced its reported scores) ready for inference."""
     rundir = RunDir(run)
-    if not (rundir.path / checkpoint).is_file() or rundir.read_config() is None:
-        raise TrainError(f"{rundir.path}: not a run directory with {checkpoint} and config.json")
     config = rundir.read_config()
+    if not (rundir.path / checkpoint).is_file() or config is None:
+        raise TrainError(f"{rundir.path}: not a run directory with {checkpoint} and config.json")
+    if not rundir.is_complete():
+        raise TrainError(f"{rundir.path}: not a finished run (no summary.json); finish it with `mrrn train ... --resume`")
     cfg = TrainConfig.from_json(config["train"])
     identities = tuple(CacheIdentity.from_json(config[c]) for c in ("cache", "flow_cache") if c in config)
     width = sum(identity.level_widths[cfg.level] for identity in identities)
     classes = identities[0].classes
     model = build_model(cfg, width, len(classes))
-    model.load_state_dict(rundir.load_checkpoint(checkpoint)["model"])
+    state = rundir.load_checkpoint(checkpoint)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise TrainError(f"{rundir.path / checkpoint}: does not fit the run's model ({str(err).splitlines()[0]})") from None
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
+        raise TrainError(f"{rundir.path / checkpoint}: the model's weights are not finite; retrain the run")
     return TrainedRun(rundir.path, cfg, model.to(device).eval(), classes, identities)

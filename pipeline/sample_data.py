@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.errors import WriteError, writing
+
 WIDTH, HEIGHT, FPS = 128, 96, 25.0
 GROUPS, CLIPS_PER_GROUP, TEST_GROUPS = 5, 2, (1, 2)
 LENGTHS = (30, 38, 46, 54, 62, 70)  # 30 + 8k: clip windows map onto themselves when reversed
@@ -105,10 +107,11 @@ def video_key(cls: SampleClass, group: int, clip: int) -> str:
 
 
 def _write_avi(path: Path, frames_rgb: list[np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (WIDTH, HEIGHT))
     if not writer.isOpened():
-        raise RuntimeError(f"{path}: OpenCV cannot open an MJPG .avi writer")
+        raise WriteError(f"{path}: cannot write (OpenCV cannot open an MJPG .avi writer there)")
     try:
         for frame in frames_rgb:
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -117,7 +120,8 @@ def _write_avi(path: Path, frames_rgb: list[np.ndarray]) -> None:
 
 
 def _write_crlf(path: Path, lines: list[str]) -> None:
-    path.write_bytes("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+    with writing(path):
+        path.write_bytes("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ def write_sample_dataset(out: Path, seed: int = 0) -> SampleSummary:
     """Write the sample dataset under ``out`` (see the module docstring). Deterministic in ``seed``."""
     out = Path(out)
     video_dir, split_dir = out / "videos", out / "ucfTrainTestlist"
-    split_dir.mkdir(parents=True, exist_ok=True)
+    with writing(split_dir):
+        split_dir.mkdir(parents=True, exist_ok=True)
     train_lines, test_lines, frames_total = [], [], 0
     for label, cls in enumerate(CLASSES, start=1):
         for group in range(1, GROUPS + 1):

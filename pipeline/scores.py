@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_file
 from pipeline.identity import CacheIdentity
 
 
@@ -47,8 +48,9 @@ def scores_path(run: Path, part: str) -> Path:
 
 def write_scores(path: Path, scores: np.ndarray, keys: list[str], labels: np.ndarray, classes: tuple[str, ...],
                  level: str, model: str, streams: str, split: int, identity: CacheIdentity) -> None:
-    np.savez(path, scores=scores, keys=np.array(keys), labels=labels, classes=np.array(classes), level=level,
-             model=model, streams=streams, split=split, cache_identity=identity.canonical())
+    with atomic_file(path) as f:
+        np.savez(f, scores=scores, keys=np.array(keys), labels=labels, classes=np.array(classes), level=level,
+                 model=model, streams=streams, split=split, cache_identity=identity.canonical())
 
 
 def read_scores(run: str | Path, part: str = "test") -> RunScores:

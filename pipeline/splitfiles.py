@@ -33,13 +33,33 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only ('²' and '١' are digits to str.isdigit, not to int's users)."""
+    return text.isascii() and text.isdigit()
+
+
+def normalise_key(key: str) -> str | None:
+    """A key as split files may write it (``\\`` separators tolerated) -> ``<Class>/<video>``; None when it
+    holds '.', '..' or empty components, which could name one file twice or leave its class folder."""
+    key = key.replace("\\", "/")
+    parts = key.split("/")
+    if len(parts) < 2 or any(part in ("", ".", "..") for part in parts):
+        return None
+    return key
+
+
+def _plain_name(name: str) -> bool:
+    """A file name inside its class folder: no separators, not '.' or '..'."""
+    return "/" not in name and "\\" not in name and name not in (".", "..")
+
+
 def read_class_index(path: Path) -> tuple[str, ...]:
     """``classInd.txt``: lines ``<id> <ClassName>``, ids 1..N (1-based) -> class names in id order."""
     by_id: dict[int, str] = {}
     seen_names: dict[str, int] = {}
     for n, line in read_lines(path):
         parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not _is_number(parts[0]):
             raise SplitFileError(path, n, f"bad line {line!r}: expected '<id> <ClassName>'")
         class_id, name = int(parts[0]), parts[1]
         if class_id in by_id:
@@ -66,15 +86,16 @@ def read_ucf_list(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, 
         parts = line.split()
         if len(parts) not in (1, 2):
             raise SplitFileError(path, n, f"bad line {line!r}: expected '<Class>/<video> [<class id>]'")
-        key = parts[0].replace("\\", "/")
-        folder, sep, name = key.partition("/")
-        if not sep or not name:
-            raise SplitFileError(path, n, f"bad line {line!r}: the video must be given as <Class>/<video>")
+        key = normalise_key(parts[0])
+        if key is None:
+            raise SplitFileError(path, n, f"bad line {line!r}: the video must be given as <Class>/<video>, "
+                                          "without '.', '..' or empty path components")
+        folder = key.partition("/")[0]
         if folder not in class_ids:
             raise SplitFileError(path, n, f"unknown class {folder!r} (not in the class index)")
         label = class_ids[folder]
         if len(parts) == 2:
-            if not parts[1].isdigit():
+            if not _is_number(parts[1]):
                 raise SplitFileError(path, n, f"bad class id {parts[1]!r}: expected an integer")
             if int(parts[1]) - 1 != label:
                 raise SplitFileError(
@@ -106,7 +127,7 @@ def read_hmdb_lists(files: list[Path], classes: tuple[str, ...]) -> dict[str, di
         seen: dict[str, int] = {}
         for n, line in read_lines(path):
             tokens = line.split()
-            if len(tokens) != 2 or tokens[1] not in HMDB_FLAGS or "/" in tokens[0]:
+            if len(tokens) != 2 or tokens[1] not in HMDB_FLAGS or not _plain_name(tokens[0]):
                 raise SplitFileError(path, n, f"bad line {line!r}: expected '<name>.avi <0|1|2>'")
             name, flag = tokens
             if name in seen:

@@ -6,12 +6,14 @@ Tables come out shaped like the paper's: hidden units x layers (table 1) and poo
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import itertools
 from pathlib import Path
 
+from pipeline.atomic import write_text
 from pipeline.config import LEVELS, TrainConfig, caches_for_run
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, writing
 from pipeline.rundir import RunSummary
 from pipeline.train import fit
 
@@ -117,16 +119,18 @@ def run_sweep(base: TrainConfig, out: Path, levels, models, hiddens, layers, poo
     write ``results.csv`` and ``results.md`` in ``out``. Returns the rows."""
     out = Path(out)
     configs = grid(base, out, levels, models, hiddens, layers, pools, modalities, flow_cache, stream_fusions)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, cfg in enumerate(configs, start=1):
         summary = fit(cfg, resume=True, progress=progress, log=log, epoch_lines=progress)
         rows.append(row(cfg, summary))
         log(f"run {i}/{len(configs)} {run_name(cfg)}: video top-1 {summary.final['video_top1']:.1%}"
             f"{' (already complete)' if summary.already_complete else ''}")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.md").write_text(markdown(rows))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "results.csv", table.getvalue())
+    write_text(out / "results.md", markdown(rows))
     return rows

@@ -7,6 +7,7 @@ scores, and rank 0 alone writes the run directory and logs.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -27,18 +28,30 @@ from pipeline.rundir import RunDir, RunSummary, run_config
 from pipeline.scores import write_scores
 
 
+class NonFiniteLoss(TrainError):
+    """The loss became NaN or infinite: the weights are ruined from that batch on."""
+
+    def __init__(self, batch: int, batches: int):
+        super().__init__(f"batch {batch} of {batches}")
+        self.batch, self.batches = batch, batches
+
+
 def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int, generator: torch.Generator,
                     device: torch.device, progress: bool = False, desc: str = "",
                     rank: distributed.Rank = distributed.Rank()) -> dict:
     """One epoch in batches of ``batch_size`` clips. With several ranks, every rank draws the same order
     and takes every world-th clip of each batch; the loss is scaled so that DDP's gradient average is
-    the mean over the whole batch: the same step as one process, up to floating-point order."""
+    the mean over the whole batch: the same step as one process, up to floating-point order.
+
+    A non-finite loss raises :class:`NonFiniteLoss` naming the first such batch: at once in one process;
+    with several ranks at the end of the epoch, so that every rank stops at the same point."""
     model.train()
+    first_bad = math.inf  # the first batch (1-based) whose loss was not finite
     order = torch.randperm(clips.num_clips, generator=generator).to(clips.clip_rows.device)
     totals = torch.zeros(2, dtype=torch.float64)  # loss sum, correct clips (this rank's)
     bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
-    for start in bar:
+    for number, start in enumerate(bar, start=1):
         batch = order[start : start + batch_size]  # the global batch, the same on every rank
         idx, weight = batch[rank.rank :: rank.world], 1.0
         if len(idx) == 0:  # fewer clips than ranks in the last batch: take part in the all-reduce with 0
@@ -51,10 +64,18 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
         else:  # the one-process loss exactly as before, so single-process runs reproduce bit for bit
             loss = F.cross_entropy(logits, y)
             summed = loss.detach() * len(idx)
+        value = float(summed.detach())
+        if not math.isfinite(value):
+            first_bad = min(first_bad, number)
+            if not rank.distributed:
+                break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        totals += torch.tensor([float(summed.detach()), int((logits.argmax(1) == y).sum())], dtype=torch.float64) * weight
+        totals += torch.tensor([value, int((logits.argmax(1) == y).sum())], dtype=torch.float64) * weight
+    first_bad = distributed.all_min(first_bad)
+    if math.isfinite(first_bad):
+        raise NonFiniteLoss(int(first_bad), len(bar))
     loss_sum, correct = distributed.all_sum(totals).tolist()
     return {"loss": loss_sum / clips.num_clips, "train_acc": correct / clips.num_clips}
 
@@ -138,6 +159,10 @@ def _save_epoch(rundir: RunDir, cfg: TrainConfig, config: dict, data: LevelData,
                 device: torch.device, metrics: dict, scores: dict, state: _Progress) -> None:
     """Rank 0 after each epoch: the metrics line, the scores after the last epoch, then the checkpoints
     (scores first: a resumed run never lacks its scores)."""
+    not_finite = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not_finite or not all(np.isfinite(s).all() for s in scores.values()):
+        raise TrainError(f"{rundir.path}: epoch {metrics['epoch']} gave non-finite results "
+                         f"({', '.join(not_finite) or 'video scores'}); nothing of this epoch was written")
     rundir.append_metrics(metrics)
     chosen_by = metrics.get("val_video_top1", metrics["video_top1"])  # best.pt: validation when there is one
     if metrics["epoch"] == cfg.epochs:
@@ -182,7 +207,10 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
 
     seconds, metrics = [], {}
     for epoch in range(state.start_epoch, cfg.epochs):
-        metrics, scores = _train_and_evaluate(epoch, cfg, data, trained, model, optimizer, device, rank, progress)
+        try:
+            metrics, scores = _train_and_evaluate(epoch, cfg, data, trained, model, optimizer, device, rank, progress)
+        except NonFiniteLoss as err:
+            raise _diverged(rundir, cfg, epoch, err) from None
         seconds.append(metrics["seconds"])
         if rank.is_main:
             _save_epoch(rundir, cfg, config, data, model, optimizer, device, metrics, scores, state)
@@ -194,6 +222,14 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     if rank.is_main:
         rundir.write_summary(summary)
     return summary
+
+
+def _diverged(rundir: RunDir, cfg: TrainConfig, epoch: int, err: NonFiniteLoss) -> TrainError:
+    """The one-line refusal for a run whose loss stopped being finite in 0-based ``epoch``."""
+    kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was written"
+    return TrainError(f"{rundir.path}: training stopped: the loss is not finite at epoch {epoch + 1}, batch {err.batch} "
+                      f"of {err.batches}; the learning rate ({cfg.lr_at(epoch):g}) is likely too high. {kept[0].upper()}"
+                      f"{kept[1:]} and no scores were written")
 
 
 def _silent(message: str) -> None:

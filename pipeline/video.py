@@ -24,6 +24,10 @@ from pipeline.errors import MrrnError  # noqa: E402
 
 # A file that decodes to less than this share of the frames its header promises is called truncated.
 MIN_DECODED_SHARE = 0.9
+# Still images that FFmpeg would open as a one-frame "video": refused by their first bytes.
+IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+                    b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+MAX_FRAME_COUNT = 10**9  # a header claiming more (or none, or a negative count) is read as "unknown" (-1)
 MAX_CHUNK_BYTES = 32 << 20  # raw RGB bytes per chunk: 1080p video -> 5 frames per chunk
 
 
@@ -58,6 +62,13 @@ class VideoReader:
             raise VideoDecodeError("file is not readable (permission denied)")
         if self.path.stat().st_size == 0:
             raise VideoDecodeError("empty file (0 bytes)")
+        with open(self.path, "rb") as f:
+            head = f.read(12)
+        image = next((kind for magic, kind in IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
+        if image is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            image = "WebP"
+        if image is not None:
+            raise VideoDecodeError(f"a {image} image, not a video")
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             cap.release()
@@ -68,7 +79,7 @@ class VideoReader:
         cap = self._open()
         try:
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or -1)
+            reported = _frame_count(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             decoded, size, chunk = 0, None, []
             limit = self.chunk_frames
             while True:
@@ -92,11 +103,19 @@ class VideoReader:
                 raise VideoDecodeError(f"truncated: decoded {decoded} of the {reported} frames its header lists")
             if chunk:
                 yield np.stack(chunk)
-            if not np.isfinite(fps) or fps < 0:
+            if not np.isfinite(fps) or fps < 0 or fps > 1000:  # unknown, or a damaged header
                 fps = 0.0
             self.info = VideoInfo(decoded, fps, size[1], size[0], reported)
         finally:
             cap.release()
+
+
+def _frame_count(value: float) -> int:
+    """The container's frame count, or -1 where it is unknown or absurd (FFmpeg reports INT64_MIN for
+    streams without one)."""
+    if not np.isfinite(value) or value <= 0 or value > MAX_FRAME_COUNT:
+        return -1
+    return int(value)
 
 
 def preprocess(frames: torch.Tensor, pre: Preprocess) -> torch.Tensor:

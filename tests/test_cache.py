@@ -53,13 +53,13 @@ def test_a_killed_writer_leaves_a_valid_file_and_its_journal_is_merged_next_time
     w.lock.release()  # what a kill -9 leaves: no commit, the OS drops the lock
     with FeatureCache(path) as c:  # readable and valid, just without the unmerged video
         assert c.videos == () and c.verify() == []
-    assert pending_entries(path) == 1
+    assert pending_entries(path) == (1, 0)
     with CacheWriter(path, IDENTITY) as w2:
         assert w2.complete == {"a/1.avi"}
         w2.finish()
     with FeatureCache(path) as c:
         assert [v.key for v in c.videos] == ["a/1.avi"]
-    assert pending_entries(path) == 0
+    assert pending_entries(path) == (0, 0)
 
 
 def test_a_later_success_replaces_an_earlier_failure(tmp_path):

@@ -260,3 +260,50 @@ def test_folder_root_must_exist_and_hold_videos(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no class folders with videos"):
         index_folder(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile file trees and split lines
+
+
+def test_a_symlink_loop_is_absent_like_a_dangling_link(ucf, tmp_path):
+    root, splits = ucf
+    loop = root / "Archery" / "loop.avi"
+    loop.symlink_to(loop.name)  # loop.avi -> loop.avi: ELOOP when followed
+    assert index_ucf101(root, splits, 1).summary()["missing"] == 0  # not named by a split file: unseen
+    write_lines(splits / "testlist01.txt", UCF_TEST + ["Archery/loop.avi"])
+    assert index_ucf101(root, splits, 1).missing == ("Archery/loop.avi",)  # named: reported missing
+    folder = tmp_path / "folder"
+    touch(folder, "walk/a.avi", "walk/b.avi", "run/c.avi", "run/d.avi")
+    (folder / "walk" / "loop.avi").symlink_to("loop.avi")
+    idx = index_folder(folder)
+    assert sorted(e.key for e in idx.train + idx.test) == ["run/c.avi", "run/d.avi", "walk/a.avi", "walk/b.avi"]
+
+
+@pytest.mark.parametrize("line", ["Archery/./v_Archery_g08_c01.avi", "ApplyEyeMakeup/../Archery/v_Archery_g08_c01.avi",
+                                  "Archery//v_Archery_g08_c01.avi", "Archery/.."])
+def test_keys_with_dot_or_empty_components_are_refused_with_file_and_line(ucf, line):
+    root, splits = ucf
+    write_lines(splits / "testlist01.txt", UCF_TEST + [line])
+    with pytest.raises(SplitFileError, match=r"testlist01.txt:3: bad line .*without '.', '..' or empty path"):
+        index_ucf101(root, splits, 1)
+
+
+def test_one_file_under_two_keys_is_refused_with_file_and_line(ucf):
+    root, splits = ucf
+    (root / "Archery" / "v_Archery_g01_c01.avi").unlink()
+    (root / "Archery" / "v_Archery_g01_c01.avi").symlink_to("v_Archery_g08_c01.avi")  # a test key reaching a train video
+    with pytest.raises(SplitFileError, match=r"testlist01.txt:2: 'Archery/v_Archery_g01_c01.avi' is the same file as "
+                                             r"'Archery/v_Archery_g08_c01.avi' \(trainlist01.txt:2\)"):
+        index_ucf101(root, splits, 1)
+
+
+@pytest.mark.parametrize("bad", ["²", "١", "+2"])
+def test_a_class_id_that_is_not_plain_digits_names_the_line(ucf, bad):
+    root, splits = ucf
+    write_lines(splits / "trainlist01.txt", UCF_TRAIN[:1] + [f"Archery/v_Archery_g08_c01.avi {bad}"])
+    with pytest.raises(SplitFileError, match=r"trainlist01.txt:2: bad class id"):
+        index_ucf101(root, splits, 1)
+    write_lines(splits / "classInd.txt", ["1 ApplyEyeMakeup", f"{bad} Archery", "3 HandstandPushups"])
+    with pytest.raises(SplitFileError, match=r"classInd.txt:2: bad line"):
+        index_ucf101(root, splits, 1)

@@ -28,10 +28,11 @@ CACHE = make_identity(classes=tuple(CLASSES))
 
 def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache=CACHE,
               streams="rgb"):
-    """A run directory's score file, written as training writes it."""
+    """A finished run directory's score file, written as training writes it (summary.json marks it finished)."""
     path.mkdir(parents=True, exist_ok=True)
     write_scores(path / f"scores_{part}.npz", scores, list(keys), labels, tuple(classes), level, "rrn", streams, split,
                  cache)
+    (path / "summary.json").write_text("{}\n")
     return path
 
 
