@@ -28,6 +28,7 @@ from pipeline.config import (
     POOLS,
     PRECISIONS,
     STREAM_FUSIONS,
+    TRAIN_PRECISIONS,
     ClipSpec,
     ExtractConfig,
     FlowSpec,
@@ -253,6 +254,9 @@ def _train_options(f):
         click.option("--max-clips", type=COUNT, default=default(ClipSpec, "max_clips"), show_default=True),
         click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True),
         click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--precision", type=_choice(TRAIN_PRECISIONS), default=default(TrainConfig, "precision"),
+                     show_default=True, help="Arithmetic of the projections on CUDA: auto = tf32; bf16 autocasts them. "
+                                             "CPU runs stay in float32. The run's config.json records what was used."),
         click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
                      help="Train even if some split videos are not in the cache."),
         click.option("--val-fraction", type=FRACTION, default=default(TrainConfig, "val_fraction"), show_default=True,

@@ -1,11 +1,14 @@
-"""Stage 2 speed: SRU versus torch.nn.LSTM of the same size, and clips/s for a full training epoch.
+"""Stage 2 speed on the device at hand, for the paper's head (input 512, hidden 1024, 3 layers, 30 steps):
 
     python benchmarks/bench_train.py [--device auto] [--repeats 5]
 
-SRU and LSTM: input 512, hidden 1024, 3 layers, 30 steps, forward + backward of a summed output,
-batch 28 (the paper's) and 256; median of --repeats timed batches after one warm-up batch.
-The epoch: a synthetic cache (random features, 300 videos of 60-200 frames, 20 classes) trained
-one epoch with the paper's head (hidden 1024, 3 layers, batch 28) through pipeline.train.
+- kernel-launching ops in one training step (forward, loss, backward, Adam) at batch 28, counted with
+  torch.profiler: CUDA kernels on a GPU, leaf ATen ops on the CPU;
+- SRU forward + backward against torch.nn.LSTM of the same size, and against the SRU's matrix
+  products alone (the same F.linear calls, forward and backward), at batch 28 (the paper's) and 256;
+  median of --repeats timed batches after one warm-up batch;
+- clips/s for a full epoch on a synthetic cache (random features, 300 videos of 60-200 frames, 20
+  classes) through pipeline.train, and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take.
 """
 from __future__ import annotations
 
@@ -49,14 +52,59 @@ def time_step(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def rnn_times(batch: int, device, repeats: int) -> tuple[float, float]:
+def rnn_times(batch: int, device, repeats: int) -> tuple[float, float, float]:
+    """Seconds for SRU, LSTM and the SRU's matrix products alone, forward + backward."""
     torch.manual_seed(0)
     x = torch.randn(batch, 30, 512, device=device)
     sru = SRU(512, 1024, 3).to(device)
     lstm = torch.nn.LSTM(512, 1024, 3, batch_first=True).to(device)
+    weights = [layer.weight.detach().clone().requires_grad_() for layer in sru.layers]
+
+    def matmuls():  # the SRU's F.linear calls, on time-major input, each feeding the next layer
+        h = x.transpose(0, 1).requires_grad_()
+        for w in weights:
+            h = torch.nn.functional.linear(h, w)[..., : sru.hidden_size]  # (T, B, H): the next layer's input
+        h.sum().backward()
+
     t_sru = time_step(lambda: sru(x).sum().backward(), device, repeats)
     t_lstm = time_step(lambda: lstm(x)[0].sum().backward(), device, repeats)
-    return t_sru, t_lstm
+    t_mm = time_step(matmuls, device, repeats)
+    return t_sru, t_lstm, t_mm
+
+
+# ATen ops that only make views, allocate or read a scalar: no kernel is launched for them.
+NO_KERNEL = {"as_strided", "empty", "empty_strided", "empty_like", "view", "_unsafe_view", "_reshape_alias", "reshape",
+             "resolve_conj", "resolve_neg", "detach", "alias", "_local_scalar_dense", "item", "expand", "t",
+             "transpose", "select", "slice", "unsqueeze", "squeeze", "permute", "split", "chunk", "unbind",
+             "lift_fresh", "resize_", "set_", "to", "_to_copy_meta"}
+
+
+def ops_per_step(device) -> int:
+    """Kernel-launching ops in one training step of the paper head at batch 28."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(cache="-", out="-")
+    model = build_model(cfg, 512, 101).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, fused=device.type == "cuda" or None)
+    x, y = torch.randn(28, 30, 512, device=device), torch.randint(0, 101, (28,), device=device)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: Adam's state, Triton compilation
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    if device.type == "cuda":
+        return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    aten = [e for e in prof.events() if e.name.startswith("aten::") and e.name[6:] not in NO_KERNEL]
+    return sum(1 for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children))
 
 
 def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
@@ -95,17 +143,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     device = resolve_device(args.device)
-    lines = ["| batch | SRU fwd+bwd | LSTM fwd+bwd | LSTM / SRU |", "|---|---|---|---|"]
+    ops = ops_per_step(device)
+    lines = ["| batch | SRU fwd+bwd | LSTM fwd+bwd | LSTM / SRU | SRU's matrix products alone | SRU / its products |",
+             "|---|---|---|---|---|---|"]
     for batch in (28, 256):
-        t_sru, t_lstm = rnn_times(batch, device, args.repeats)
-        lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** |")
+        t_sru, t_lstm, t_mm = rnn_times(batch, device, args.repeats)
+        lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** | "
+                     f"{1000 * t_mm:.1f} ms | **{t_sru / t_mm:.2f}x** |")
     clips_per_s, clips = epoch_clips_per_second(device)
+    ucf_hours = 12 * 180_000 / clips_per_s / 3600
+    what = "CUDA kernels" if device.type == "cuda" else "leaf ATen ops"
     append_results(
         f"bench_train on {device}",
-        ["Input 512, hidden 1024, 3 layers, 30 steps; median of "
-         f"{args.repeats} batches after a warm-up.", "", *lines, "",
+        [f"One training step of the paper head (batch 28, Adam): **{ops} {what}** (torch.profiler).", "",
+         f"Input 512, hidden 1024, 3 layers, 30 steps; median of {args.repeats} batches after a warm-up.", "",
+         *lines, "",
          f"Full training epoch, paper head (hidden 1024, 3 layers, batch 28) on a synthetic cache: "
-         f"{clips} clips at **{clips_per_s:.1f} clips/s**."],
+         f"{clips} clips at **{clips_per_s:.1f} clips/s**; 12 epochs of UCF-101 split 1 (180,000 clips) would take "
+         f"**{ucf_hours:.1f} h** on this device."],
     )
 
 

@@ -43,7 +43,9 @@ class MultiLevelResNet(nn.Module):
         l2 = self.layer2(self.layer1(self.stem(x)))
         l3 = self.layer3(l2)
         l4 = self.layer4(l3)
-        return {"low": l2.mean(dim=(2, 3)), "mid": l3.mean(dim=(2, 3)), "high": l4.mean(dim=(2, 3))}
+        # the spatial means in float32 even under bf16/fp16 autocast (mean is on no autocast list)
+        return {"low": l2.mean(dim=(2, 3), dtype=torch.float32), "mid": l3.mean(dim=(2, 3), dtype=torch.float32),
+                "high": l4.mean(dim=(2, 3), dtype=torch.float32)}
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":  # bf16 where the GPU computes it natively (Ampere and later), not emulated
+        with torch.cuda.device(device):
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "fp32"
 
 

@@ -39,9 +39,17 @@ class VideoScores:
         self.counts = torch.zeros(num_videos, device=device)  # (V,)
 
     def add(self, probs: torch.Tensor, video: torch.Tensor) -> None:
-        """probs: (B, K) clip softmax scores; video: (B,) int64 index of each clip's video."""
-        self.sums.index_add_(0, video, probs)
-        self.counts.index_add_(0, video, torch.ones_like(video, dtype=self.counts.dtype))
+        """probs: (B, K) clip softmax scores; video: (B,) int64 index of each clip's video, each video's
+        clips next to each other (as evaluation and prediction give them)."""
+        if not probs.is_cuda:  # index_add_ adds in order on the CPU: deterministic
+            self.sums.index_add_(0, video, probs)
+            self.counts.index_add_(0, video, torch.ones_like(video, dtype=self.counts.dtype))
+            return
+        # On CUDA index_add_ adds with atomics in any order; sum each video's run of clips first, so that
+        # every cell receives a single addition and the scores are the same from run to run.
+        videos, counts = torch.unique_consecutive(video, return_counts=True)  # (U,), (U,)
+        self.sums.index_add_(0, videos, torch.segment_reduce(probs, "sum", lengths=counts))
+        self.counts.index_add_(0, videos, counts.to(self.counts.dtype))
 
     def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The running sums and counts (what several ranks add up before reading the scores)."""

@@ -143,6 +143,7 @@ POOLS = ("mean", "max")  # eq. 8 and eq. 9
 PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
 PAPER_FUSION_WEIGHTS = {"high": 0.7, "mid": 0.2, "low": 0.1}  # eq. 10
 FUSION_METHODS = ("weighted", "sum", "product")
+TRAIN_PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # auto: TF32 matrix products on CUDA, float32 on CPU
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,11 @@ class TrainConfig:
     allow_missing: bool = False
     eval_batch_size: int = 256
     val_fraction: float = 0.0  # share of each class's training videos held out for validation (0: none)
+    precision: str = "auto"  # the projections' arithmetic on CUDA; CPU runs stay in float32
 
     def __post_init__(self):
         _require_choice("level", self.level, LEVELS)
+        _require_choice("precision", self.precision, TRAIN_PRECISIONS)
         _require_choice("modality", self.modality, MODALITIES)
         _require_choice("model", self.model, MODELS)
         _require_choice("stream fusion", self.stream_fusion, STREAM_FUSIONS)
@@ -222,6 +225,12 @@ class TrainConfig:
     def streams(self) -> str:
         """What the run sees: rgb, flow, or rgb+flow (twostream)."""
         return "rgb+flow" if self.model == "twostream" else self.modality
+
+    def precision_on(self, device_type: str) -> str:
+        """The arithmetic used on a device: CPU runs stay in float32; auto means TF32 on CUDA."""
+        if device_type != "cuda":
+            return "fp32"
+        return "tf32" if self.precision == "auto" else self.precision
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for 0-based ``epoch``: step decay (paper: 1e-5 for 8 epochs, then 1e-6)."""

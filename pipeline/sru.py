@@ -8,8 +8,10 @@
 
 W, W_f and W_r (and, when input and hidden sizes differ, the skip projection W_s replacing x_t in
 eq. 6) are one weight matrix: all time steps of all of them come from one matrix product. Only the
-element-wise part (3)-(6) runs step by step, in :class:`SRUElementwise`, whose backward pass is a
-second tight loop instead of an autograd graph of T nodes.
+element-wise part (3)-(6) is sequential: it is one op, ``torch.ops.mrrn.sru_recurrence``
+(``sru_ops.py``): two Triton kernels per layer on CUDA, and on CPU one fused multiply-add per time
+step with everything else computed for all steps at once; its backward pass is a second hand-written
+loop instead of an autograd graph of T nodes.
 """
 from __future__ import annotations
 
@@ -17,58 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class SRUElementwise(torch.autograd.Function):
-    """Eqs. 3-6 fused, one time step at a time on (B, H) slices that stay in cache.
-
-    u: (T, B, 3H) the projections [x~ | f_pre | r_pre]; bias: (2H,) [b_f | b_r]; skip: (T, B, H) the
-    term added in eq. 6 (x_t, or its projection); c0: (B, H). Returns h (T, B, H) and c_T (B, H).
-    The backward pass is the mirror loop (gates recomputed from u), so no (T, B, H) temporaries are
-    allocated beyond the outputs: that is what makes the SRU faster than an LSTM of the same size.
-    """
-
-    @staticmethod
-    def forward(ctx, u, bias, skip, c0):
-        T, H = u.shape[0], c0.shape[-1]
-        b_f, b_r = bias[:H], bias[H:]
-        h = torch.empty_like(skip)
-        c = torch.empty_like(skip)
-        prev = c0
-        for t in range(T):
-            x_tilde, f_pre, r_pre = u[t].split(H, dim=-1)
-            f = torch.sigmoid(f_pre + b_f)  # (3)
-            r = torch.sigmoid(r_pre + b_r)  # (4)
-            torch.addcmul(x_tilde, f, prev - x_tilde, out=c[t])  # (5): f*c_prev + (1-f)*x~
-            prev = c[t]
-            s = skip[t]
-            torch.addcmul(s, r, torch.tanh(prev) - s, out=h[t])  # (6): r*tanh(c) + (1-r)*s
-        ctx.save_for_backward(u, bias, skip, c0, c)
-        return h, c[T - 1].clone()
-
-    @staticmethod
-    def backward(ctx, grad_h, grad_c_last):
-        u, bias, skip, c0, c = ctx.saved_tensors
-        T, H = u.shape[0], c0.shape[-1]
-        b_f, b_r = bias[:H], bias[H:]
-        grad_u = torch.empty_like(u)
-        grad_skip = torch.empty_like(skip)
-        carry = grad_c_last.clone() if grad_c_last is not None else torch.zeros_like(c0)  # dL/dc_t via c_{t+1}
-        for t in range(T - 1, -1, -1):
-            x_tilde, f_pre, r_pre = u[t].split(H, dim=-1)
-            d_x_tilde, d_f_pre, d_r_pre = grad_u[t].split(H, dim=-1)
-            f = torch.sigmoid(f_pre + b_f)
-            r = torch.sigmoid(r_pre + b_r)
-            prev = c[t - 1] if t > 0 else c0
-            tanh_c = torch.tanh(c[t])
-            s, dh = skip[t], grad_h[t]
-            torch.mul(dh * (tanh_c - s), r * (1 - r), out=d_r_pre)  # through r
-            torch.mul(dh, 1 - r, out=grad_skip[t])  # through the skip term
-            dc = torch.addcmul(carry, dh * r, 1 - tanh_c * tanh_c)  # dL/dc_t
-            torch.mul(dc * (prev - x_tilde), f * (1 - f), out=d_f_pre)  # through f
-            torch.mul(dc, 1 - f, out=d_x_tilde)
-            carry = dc * f
-        grad_bias = grad_u[..., H:].sum(dim=(0, 1))
-        return grad_u, grad_bias, grad_skip, carry
+from pipeline import sru_ops  # noqa: F401  (registers torch.ops.mrrn.sru_recurrence)
 
 
 class SRULayer(nn.Module):
@@ -103,7 +54,8 @@ class SRULayer(nn.Module):
             skip = F.linear(skip_input, self.weight[3 * H :]) if self.project_skip else skip_input
         if c0 is None:
             c0 = x.new_zeros(x.shape[1], H)
-        return SRUElementwise.apply(gates.contiguous(), self.bias, skip.contiguous(), c0)  # (3)-(6)
+        h, c = torch.ops.mrrn.sru_recurrence(gates.contiguous(), self.bias, skip.contiguous(), c0)  # (3)-(6)
+        return h, c[-1]  # (T, B, H), (B, H)
 
 
 class SRU(nn.Module):

@@ -7,6 +7,7 @@ scores, and rank 0 alone writes the run directory and logs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -38,17 +39,20 @@ class NonFiniteLoss(TrainError):
 
 def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int, generator: torch.Generator,
                     device: torch.device, progress: bool = False, desc: str = "",
-                    rank: distributed.Rank = distributed.Rank()) -> dict:
+                    rank: distributed.Rank = distributed.Rank(), precision: str = "fp32") -> dict:
     """One epoch in batches of ``batch_size`` clips. With several ranks, every rank draws the same order
     and takes every world-th clip of each batch; the loss is scaled so that DDP's gradient average is
     the mean over the whole batch: the same step as one process, up to floating-point order.
 
-    A non-finite loss raises :class:`NonFiniteLoss` naming the first such batch: at once in one process;
-    with several ranks at the end of the epoch, so that every rank stops at the same point."""
+    Loss and accuracy add up on the device and are read once, at the end: no host synchronisation per
+    step on a GPU. A non-finite loss raises :class:`NonFiniteLoss` naming the first such batch: at once
+    in one CPU process (where looking costs nothing); otherwise at the end of the epoch, so that no step
+    waits for the host and every rank stops at the same point."""
     model.train()
-    first_bad = math.inf  # the first batch (1-based) whose loss was not finite
+    stop_at_once = device.type == "cpu" and not rank.distributed
     order = torch.randperm(clips.num_clips, generator=generator).to(clips.clip_rows.device)
-    totals = torch.zeros(2, dtype=torch.float64)  # loss sum, correct clips (this rank's)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct clips, first bad batch
+    totals[2] = math.inf
     bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
     for number, start in enumerate(bar, start=1):
@@ -57,32 +61,41 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
         if len(idx) == 0:  # fewer clips than ranks in the last batch: take part in the all-reduce with 0
             idx, weight = batch[:1], 0.0
         x, y = make_batch(features, clips, idx, device)
-        logits = model(x)  # (B, K)
+        with autocast(precision, device):
+            logits = model(x)  # (B, K)
         if rank.distributed:
             summed = F.cross_entropy(logits, y, reduction="sum")
             loss = summed * (weight * rank.world / len(batch))  # DDP then divides the summed gradient by world
         else:  # the one-process loss exactly as before, so single-process runs reproduce bit for bit
             loss = F.cross_entropy(logits, y)
             summed = loss.detach() * len(idx)
-        value = float(summed.detach())
-        if not math.isfinite(value):
-            first_bad = min(first_bad, number)
-            if not rank.distributed:
-                break
+        finite = torch.isfinite(summed.detach())
+        if stop_at_once and not finite:
+            raise NonFiniteLoss(number, len(bar))
+        totals[2] = torch.where(finite, totals[2], torch.clamp(totals[2], max=number))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        totals += torch.tensor([value, int((logits.argmax(1) == y).sum())], dtype=torch.float64) * weight
-    first_bad = distributed.all_min(first_bad)
+        totals[0] += summed.detach().double() * weight
+        totals[1] += (logits.argmax(1) == y).sum().double() * weight
+    first_bad = distributed.all_min(float(totals[2]))
     if math.isfinite(first_bad):
         raise NonFiniteLoss(int(first_bad), len(bar))
-    loss_sum, correct = distributed.all_sum(totals).tolist()
+    loss_sum, correct = distributed.all_sum(totals[:2].clone()).tolist()
     return {"loss": loss_sum / clips.num_clips, "train_acc": correct / clips.num_clips}
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast of the projections on CUDA (``--precision bf16``); otherwise nothing (fp32, or TF32
+    matrix products switched on once for the run)."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int, device: torch.device,
-             rank: distributed.Rank = distributed.Rank()) -> dict:
+             rank: distributed.Rank = distributed.Rank(), precision: str = "fp32") -> dict:
     """One pass: clip accuracy, and video scores = mean of each video's clip softmax -> top-1/5, class acc.
     With several ranks each scores a contiguous share of the clips and the sums are added up, so every
     clip, and so every video, is counted exactly once."""
@@ -93,7 +106,9 @@ def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int,
     for start in range(first, last, batch_size):
         idx = torch.arange(start, min(start + batch_size, last), device=clips.clip_rows.device)
         x, y = make_batch(features, clips, idx, device)
-        probs = F.softmax(model(x), dim=1)  # (B, K)
+        with autocast(precision, device):
+            logits = model(x)
+        probs = F.softmax(logits.float(), dim=1)  # (B, K)
         clip_correct += (probs.argmax(1) == y).sum()
         videos.add(probs, clips.clip_video[idx].to(device))
     for total in (*videos.parts(), clip_correct):
@@ -127,6 +142,7 @@ def _resume(rundir: RunDir, model, optimizer, device: torch.device, log) -> _Pro
 
 def _train_and_evaluate(epoch: int, cfg: TrainConfig, data: LevelData, trained, model, optimizer,
                         device: torch.device, rank: distributed.Rank, progress: bool) -> tuple[dict, dict]:
+    precision = cfg.precision_on(device.type)
     """One epoch: set the rate, train, evaluate on test (and validation) videos. Returns the metrics line
     and the video scores by part."""
     started = time.perf_counter()
@@ -137,12 +153,13 @@ def _train_and_evaluate(epoch: int, cfg: TrainConfig, data: LevelData, trained, 
     if rank.distributed:  # dropout: each rank its own stream, reproducible on resume without saved state
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + rank.rank)
     train_stats = train_one_epoch(trained, optimizer, data.features, data.train, cfg.batch_size, generator,
-                                  device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", rank=rank)
+                                  device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", rank=rank,
+                                  precision=precision)
     num_classes = len(data.classes)
-    result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device, rank)
+    result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device, rank, precision)
     scores, val = {"test": result.pop("scores")}, {}
     if data.val is not None:
-        val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device, rank)
+        val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device, rank, precision)
         scores["val"] = val.pop("scores")
     metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
@@ -189,6 +206,9 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     if not rank.is_main:
         log, progress = _silent, False
     rundir, config = RunDir(cfg.out), run_config(cfg)  # the caches' headers only
+    config["precision"] = cfg.precision_on(device.type)  # what this device computes in, for the record
+    if config["precision"] == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     finished = rundir.check(config, cfg.epochs, resume, log)
     if finished is not None:
         return finished
@@ -200,7 +220,8 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.features.shape[1], len(data.classes), data.mean, data.std).to(device)
     trained = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 fused=device.type == "cuda" or None)  # one kernel for every parameter on CUDA
     state = _resume(rundir, model, optimizer, device, log) if resume else _Progress()
     if rank.is_main:
         rundir.keep_metrics_until(state.start_epoch)

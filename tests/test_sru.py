@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.sru import SRU, SRUElementwise, SRULayer
+from pipeline.sru import SRU, SRULayer
 
 
 def reference_layer(layer: SRULayer, x: torch.Tensor) -> torch.Tensor:
@@ -49,14 +49,34 @@ def test_matches_step_by_step_equations_values_and_gradients(input_size, hidden,
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
-def test_fused_elementwise_step_passes_gradcheck():
+def test_the_recurrence_op_passes_gradcheck():
     torch.manual_seed(1)
     T, B, H = 5, 2, 3
     u = torch.randn(T, B, 3 * H, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(2 * H, dtype=torch.float64, requires_grad=True)
     skip = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
     c0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(SRUElementwise.apply, (u, bias, skip, c0))
+    def op(u, bias, skip, c0):
+        h, c = torch.ops.mrrn.sru_recurrence(u, bias, skip, c0)
+        return h, c  # every state: their gradients flow back too
+
+    assert torch.autograd.gradcheck(op, (u, bias, skip, c0))
+    torch.library.opcheck(torch.ops.mrrn.sru_recurrence.default, (u, bias, skip, c0))
+
+
+def test_the_cpu_path_takes_one_op_per_time_step_forward_and_backward():
+    """Everything that does not depend on the cell state runs for all steps at once: the op count grows
+    by about 2 per time step (one forward, one backward), not by the 33 of a step-by-step loop."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def ops(T):
+        layer = SRULayer(16, 16)
+        x = torch.randn(T, 4, 16)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            layer(x)[0].sum().backward()
+        return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::") and "addcmul_" in e.key)
+
+    assert ops(30) - ops(10) == 2 * 20
 
 
 def test_causal_later_inputs_do_not_change_earlier_outputs():

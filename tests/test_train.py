@@ -192,3 +192,39 @@ def test_refuses_split_videos_missing_from_the_cache_unless_allowed(tmp_path):
 def test_refuses_an_unknown_split(sample_cache, tmp_path):
     with pytest.raises(TrainError, match=r"no split 2 in this cache \(it has: 1\)"):
         fit(small(sample_cache, tmp_path / "r", split=2), **QUIET)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_resumes_records_its_precision_and_evaluates_deterministically(sample_cache, tmp_path):
+    """The CUDA paths: TF32 recorded, fused Adam, resume from a checkpoint loaded on the CPU (RNG states
+    and Adam's steps where torch wants them), and evaluation that gives the same scores every time."""
+    from pipeline.data import load_level_data
+    from pipeline.train import evaluate
+
+    cfg = small(sample_cache, tmp_path / "r", epochs=2, device="cuda")
+    fit(cfg, **QUIET)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "tf32"
+    extended = fit(small(sample_cache, tmp_path / "r", epochs=3, device="cuda"), resume=True, **QUIET)
+    assert extended.resumed_from == 2 and extended.final["epoch"] == 3
+    whole = fit(small(sample_cache, tmp_path / "whole", epochs=3, device="cuda"), **QUIET)
+    assert whole.final["video_top1"] == pytest.approx(extended.final["video_top1"], abs=1 / 32)
+    device = torch.device("cuda")
+    data = load_level_data(cfg, device, log=lambda m: None)
+    from pipeline.rundir import load_run
+
+    model = load_run(tmp_path / "r", device).model
+    a = evaluate(model, data.features, data.test, len(data.classes), 7, device)["scores"]
+    b = evaluate(model, data.features, data.test, len(data.classes), 7, device)["scores"]
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_projections_learn_like_fp32(sample_cache, tmp_path):
+    fit(small(sample_cache, tmp_path / "bf16", device="cuda", precision="bf16"), **QUIET)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    assert accuracy(tmp_path / "bf16", order_only=False) >= 0.7
+
+
+def test_cpu_runs_stay_in_float32_whatever_the_precision_asked(sample_cache, tmp_path):
+    fit(small(sample_cache, tmp_path / "r", epochs=1, precision="bf16", device="cpu"), **QUIET)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "fp32"

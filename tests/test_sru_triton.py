@@ -1,0 +1,96 @@
+"""The Triton kernels of the SRU recurrence against the float64 step-by-step reference, on the CPU through
+Triton's interpreter (TRITON_INTERPRET=1, set before Triton is imported, so each check runs in a fresh
+process); and at most two kernel launches per SRU layer in a training step through them. On a CUDA
+machine the same checks also run compiled, on the GPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+CHECK = textwrap.dedent('''
+    import sys, torch
+    from pipeline import sru_ops, sru_triton
+    from pipeline.sru import SRULayer
+    device = sys.argv[1]
+    if device == "cpu":  # route the op's CPU kernel through the Triton launchers (interpreted)
+        torch.library.register_kernel("mrrn::sru_recurrence", "cpu", sru_triton.forward)
+        torch.library.register_kernel("mrrn::sru_recurrence_backward", "cpu", sru_triton.backward)
+
+    def reference(u, bias, skip, c0):
+        """Eqs. 3-6 one time step at a time, float64 autograd."""
+        H = c0.shape[-1]
+        c, hs = c0, []
+        for t in range(u.shape[0]):
+            x_tilde, f_pre, r_pre = u[t].split(H, dim=-1)
+            f, r = torch.sigmoid(f_pre + bias[:H]), torch.sigmoid(r_pre + bias[H:])
+            c = f * c + (1 - f) * x_tilde
+            hs.append(r * torch.tanh(c) + (1 - r) * skip[t])
+        return torch.stack(hs), c
+
+    def check(T, B, H, seed):
+        g = torch.Generator().manual_seed(seed)
+        make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+        u, bias, skip, c0 = make(T, B, 3 * H), make(2 * H), make(T, B, H), make(B, H)
+        leaves = [x.clone().requires_grad_() for x in (u, bias, skip, c0)]
+        ref_h, ref_c = reference(*leaves)
+        wh, wc = make(T, B, H), make(B, H)
+        ref_grads = torch.autograd.grad((ref_h * wh).sum() + (ref_c * wc).sum(), leaves)
+        ins = [x.float().to(device).requires_grad_() for x in (u, bias, skip, c0)]
+        h, c = torch.ops.mrrn.sru_recurrence(*ins)
+        loss = (h * wh.float().to(device)).sum() + (c[-1] * wc.float().to(device)).sum()
+        grads = torch.autograd.grad(loss, ins)
+        torch.testing.assert_close(h.double().cpu(), ref_h, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(c[-1].double().cpu(), ref_c, rtol=1e-4, atol=1e-5)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-4)
+
+    # H not a multiple of the block, T = 1, batch 1, a block boundary inside a batch row, non-zero c0
+    for T, B, H in [(5, 3, 4), (1, 2, 3), (4, 1, 7), (3, 2, 130)]:
+        check(T, B, H, seed=T * 100 + H)
+
+    # whole layers: without and with the skip projection, and with a separate skip input (two-stream)
+    sru_triton.LAUNCHES.update(forward=0, backward=0)
+    torch.manual_seed(0)
+    for n_in, n_hidden, separate in [(6, 6, False), (5, 7, False), (6, 6, True), (4, 9, True)]:
+        layer = SRULayer(n_in, n_hidden).to(device)
+        x = torch.randn(4, 3, n_in, device=device)
+        extra = {"skip_input": torch.randn(4, 3, n_in, device=device)} if separate else {}
+        h, _ = layer(x, **extra)
+        h.sum().backward()
+    assert sru_triton.LAUNCHES == {"forward": 4, "backward": 4}, sru_triton.LAUNCHES
+
+    # one training step of a 2-layer RRN head: two launches per SRU layer, no more
+    from pipeline.models import RRNHead
+    head = RRNHead(8, 5, hidden=6, layers=2).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+    sru_triton.LAUNCHES.update(forward=0, backward=0)
+    loss = torch.nn.functional.cross_entropy(head(torch.randn(3, 10, 8, device=device)),
+                                             torch.tensor([0, 1, 2], device=device))
+    loss.backward()
+    optimizer.step()
+    assert sru_triton.LAUNCHES == {"forward": 2, "backward": 2}, sru_triton.LAUNCHES
+    print("ok")
+''')
+
+
+def run_check(device: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHECK, device], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_triton_kernels_match_the_float64_reference_interpreted_on_the_cpu():
+    result = run_check("cpu", {"TRITON_INTERPRET": "1"})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_kernels_match_the_float64_reference_compiled_on_the_gpu():
+    result = run_check("cuda", {})
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
