@@ -42,8 +42,9 @@ def default(cls, name: str):
 
 
 def default_workers() -> int:
-    """Decoding processes: leave one core to inference, at least one worker, at most eight."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoding processes: every core but one, which feeds the backbone (at least one worker). They run
+    at a lower priority, so on a machine short of cores the backbone keeps its CPU."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def _require_choice(what: str, value, choices) -> None:
@@ -56,6 +57,14 @@ def _require_fraction(what: str, value: float) -> None:
         raise ConfigError(f"{what} must be in [0, 1), got {value}")
 
 
+# The two resizing implementations a cache may record: torchvision's native uint8 kernel (what runs on
+# the CPU), and resizing in float32 rounded back to whole grey levels (what runs on a GPU). They differ
+# by a grey level on about a fifth of the pixels, so a cache records which one made it.
+RESIZE_UINT8 = "bilinear-antialias-uint8"
+RESIZE_FLOAT = "bilinear-antialias-float-rounded"
+RESIZES = (RESIZE_UINT8, RESIZE_FLOAT)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How frames become backbone inputs: resize shorter side, centre crop, [0,1], normalise."""
@@ -64,9 +73,10 @@ class Preprocess:
     crop: int = PAPER_CROP
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "bilinear-antialias-uint8"  # torchvision.transforms.v2.functional.resize on uint8 RGB
+    resize: str = "bilinear-antialias-uint8"  # how frames are resized: one of RESIZES
 
     def __post_init__(self):
+        _require_choice("resize", self.resize, RESIZES)
         if self.crop < 32 or self.short_side < self.crop:
             raise ConfigError(
                 f"need 32 <= crop <= short side, got crop {self.crop} and short side {self.short_side}"

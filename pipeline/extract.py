@@ -7,8 +7,10 @@ once, and reports. A video that fails to decode is recorded with its reason and 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,22 +19,25 @@ from pipeline import distributed
 from pipeline.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision, weights_identity
 from pipeline.cache import FailedRecord, FeatureCache, VideoRecord, remove_cache_files, require_identity, shard_dir, shard_path
 from pipeline.cache_writer import CacheWriter
-from pipeline.config import BACKBONE, LEVELS, ExtractConfig
+from pipeline.config import BACKBONE, LEVELS, RESIZE_FLOAT, ExtractConfig
 from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
 from pipeline.errors import MrrnError
 from pipeline.features import DecodeWorkerDied, video_features
 from pipeline.identity import CacheIdentity, LevelSpec
+from pipeline.workers import start_early
 
 
 class ExtractError(MrrnError):
     """The run as a whole failed (every video failed, or one failed under --strict)."""
 
 
-def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str) -> CacheIdentity:
-    """What a cache made by ``cfg`` must agree on to be resumed or extended."""
+def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str, device_type: str = "cpu") -> CacheIdentity:
+    """What a cache made by ``cfg`` on ``device_type`` must agree on to be resumed or extended. Frames
+    preprocessed on a GPU are resized in float32 (rounded back), on the CPU by the uint8 kernel."""
+    resize = RESIZE_FLOAT if device_type == "cuda" else cfg.preprocess.resize
     return CacheIdentity(
         backbone=BACKBONE, backbone_weights=weights_identity(cfg.backbone_weights, cfg.seed),
-        preprocess=cfg.preprocess, levels=tuple(LevelSpec(lvl, layer, dim) for lvl, (layer, dim) in LEVELS.items()),
+        preprocess=replace(cfg.preprocess, resize=resize), levels=tuple(LevelSpec(lvl, layer, dim) for lvl, (layer, dim) in LEVELS.items()),
         dtype=cfg.dtype, precision=precision, dataset=videos.dataset, classes=tuple(videos.classes),
         modality=cfg.modality, flow=cfg.frame_source.flow,
     )
@@ -56,34 +61,76 @@ class ExtractSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+class _WriterThread:
+    """Journal writes (a few ms each, with their fsync) on a thread of their own, behind a bounded queue,
+    so the backbone never waits for the disk. Leaving the block drains the queue: every video handed
+    over is on disk before the cache is committed. The first write error is raised in the caller."""
+
+    def __init__(self, depth: int = 16):
+        self.jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="mrrn-journal", daemon=True)
+
+    def __enter__(self) -> _WriterThread:
+        self.thread.start()
+        return self
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            if self.error is None:
+                try:
+                    job()
+                except BaseException as err:  # handed to the caller by submit() or __exit__
+                    self.error = err
+
+    def submit(self, job) -> None:
+        if self.error is not None:
+            raise self.error
+        self.jobs.put(job)
+
+    def __exit__(self, *exc) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
 def _extract_into(writer: CacheWriter, todo: list[VideoEntry], classes: tuple[str, ...], cfg: ExtractConfig,
                   extractor: FeatureExtractor, summary: ExtractSummary, progress: bool, log) -> None:
     """Extract ``todo`` into ``writer``'s journal, one finished video at a time, counting in ``summary``."""
-    started = time.perf_counter()
+    source = writer.identity.frame_source()  # as the cache records it (the resize of this device)
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, mininterval=0.5)
-    stream = video_features([v.path for v in todo], cfg.frame_source, extractor, batch_size=cfg.batch_size,
+    stream = video_features([v.path for v in todo], source, extractor, batch_size=cfg.batch_size,
                             workers=cfg.workers, chunk_frames=cfg.chunk_frames)
     try:
-        for result in stream:
-            entry = todo[result.index]
-            if result.error is not None:
-                writer.add_failure(FailedRecord(entry.key, entry.label, classes[entry.label], result.error))
-                summary.failed.append((entry.key, result.error))
-                (tqdm.write if progress else log)(f"skipped {entry.path}: {result.error}")
-                if cfg.strict:
-                    raise ExtractError(f"{entry.path}: {result.error} (--strict)")
-            else:
-                rec = VideoRecord(key=entry.key, label=entry.label, class_name=classes[entry.label], **result.info)
-                writer.add_video(rec, result.features)
-                summary.extracted += 1
-                summary.frames += rec.frames
-            bar.update(1)
-            fps = summary.frames / (time.perf_counter() - started)
-            bar.set_postfix(done=summary.extracted, failed=len(summary.failed), fps=f"{fps:.1f}", refresh=False)
+        with _WriterThread() as background:
+            _consume(stream, todo, classes, cfg, writer, background, summary, bar, progress, log)
     except DecodeWorkerDied as err:
         raise ExtractError(f"{writer.path}: {err}") from None
     finally:
         bar.close()
+
+
+def _consume(stream, todo, classes, cfg, writer, background, summary, bar, progress, log) -> None:
+    """Hand each finished video (or failure) of ``stream`` to the journal thread, counting and reporting."""
+    started = time.perf_counter()
+    for result in stream:
+        entry = todo[result.index]
+        if result.error is not None:
+            failure = FailedRecord(entry.key, entry.label, classes[entry.label], result.error)
+            background.submit(lambda failure=failure: writer.add_failure(failure))
+            summary.failed.append((entry.key, result.error))
+            (tqdm.write if progress else log)(f"skipped {entry.path}: {result.error}")
+            if cfg.strict:
+                raise ExtractError(f"{entry.path}: {result.error} (--strict)")
+        else:
+            rec = VideoRecord(key=entry.key, label=entry.label, class_name=classes[entry.label], **result.info)
+            background.submit(lambda rec=rec, features=result.features: writer.add_video(rec, features))
+            summary.extracted += 1
+            summary.frames += rec.frames
+        bar.update(1)
+        fps = summary.frames / (time.perf_counter() - started)
+        bar.set_postfix(done=summary.extracted, failed=len(summary.failed), fps=f"{fps:.1f}", refresh=False)
 
 
 def _my_share(videos: VideoSet, out: Path, identity: CacheIdentity, rank: distributed.Rank):
@@ -107,6 +154,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     videos (balanced by file size) into its own shard, resumable on its own, and rank 0 joins the
     shards into ``cfg.out`` once every rank is done."""
     started = time.perf_counter()
+    if cfg.workers:
+        start_early()  # the command line usually did already
     videos = list_videos(cfg.dataset, cfg.root, cfg.splits, test_fraction=cfg.test_fraction, strict=cfg.strict)
     rank = distributed.current()
     if videos.missing and rank.is_main:
@@ -114,7 +163,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
     precision = resolve_precision(cfg.precision, device)
-    identity = cache_identity(cfg, videos, precision)
+    identity = cache_identity(cfg, videos, precision, device.type)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)
     with CacheWriter(target, identity, videos.splits, log=log) as writer:
         redo = _redo_keys(cfg, Path(cfg.out), {v.key for v in videos.videos}, log)

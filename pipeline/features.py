@@ -7,7 +7,6 @@ as all of its frames are back. A video that fails to decode is handed out with i
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.backbone import FeatureExtractor
-from pipeline.config import FrameSource
+from pipeline.config import RESIZE_UINT8, FrameSource
 from pipeline.errors import MrrnError
 from pipeline.flow import flow_chunks
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
+from pipeline.workers import worker_context
 
 WORKER_NICENESS = 10
 
@@ -90,25 +90,17 @@ class DecodeStream(IterableDataset):
         yield {"index": index, "frames": None, "info": info, "error": None}
 
 
-def worker_context():
-    """Decoding workers start from a forkserver that has imported this module and nothing more.
-
-    A plain fork would copy this process after torch's thread pools have run, and torch ops in the
-    child (preprocessing) can then deadlock; spawn would pay a fresh torch import per worker.
-    """
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    return ctx
-
-
 class Batcher:
     """Gathers frames from consecutive chunks (of any videos) into batches of exactly ``batch_size``,
-    runs the backbone on each, and passes every video's share of the output to ``on_features``."""
+    runs the backbone on each, and passes every video's share of the output to ``on_features``. A
+    batch's features are read one batch later, so that on a GPU the host never waits for a transfer
+    while there is work to queue."""
 
     def __init__(self, extractor: FeatureExtractor, batch_size: int, on_features):
         self.extractor, self.batch_size, self.on_features = extractor, batch_size, on_features
         self.pieces: deque[tuple[int, torch.Tensor]] = deque()  # (video index, frames (n, 3, h, w))
         self.count = 0
+        self.in_flight = None  # (PendingFeatures, [(video index, frames)]) of the previous batch
 
     def add(self, index: int, frames: torch.Tensor) -> None:
         self.pieces.append((index, frames))
@@ -119,6 +111,7 @@ class Batcher:
     def flush(self) -> None:
         if self.count:
             self._run(self.count)
+        self._deliver()
 
     def _run(self, n: int) -> None:
         take, owners, left = [], [], n
@@ -133,8 +126,16 @@ class Batcher:
                 self.pieces[0] = (index, frames[k:])
             left -= k
         self.count -= n
-        out = self.extractor(torch.cat(take))  # {level: (n, C)}
-        row = 0
+        pending = self.extractor.submit(torch.cat(take))
+        self._deliver()
+        self.in_flight = (pending, owners)
+
+    def _deliver(self) -> None:
+        if self.in_flight is None:
+            return
+        pending, owners = self.in_flight
+        self.in_flight = None
+        out, row = pending.result(), 0  # {level: (n, C)}
         for index, k in owners:
             self.on_features(index, {lvl: feats[row : row + k].numpy() for lvl, feats in out.items()})
             row += k
@@ -201,26 +202,47 @@ def _worker_died(detail: str) -> str:
             "finished videos are kept: run the same command again, with fewer --workers if it recurs")
 
 
+class _Uploader:
+    """uint8 frames to the GPU and through preprocessing on a side stream, so that copies and resizing
+    overlap the backbone's work on the main stream."""
+
+    def __init__(self, device: torch.device, source: FrameSource):
+        self.device, self.source = device, source
+        self.stream = torch.cuda.Stream(device)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        with torch.cuda.stream(self.stream):
+            x = preprocess(frames.to(self.device, non_blocking=True), self.source.preprocess)
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self.stream)  # the backbone uses x only once it is ready
+        x.record_stream(main)  # and its memory is not reused before the main stream is done with it
+        return x
+
+
 def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExtractor, *, batch_size: int,
                    workers: int = 0, chunk_frames: int = 64) -> Iterator[VideoFeatures]:
     """Each video's features (or failure) as soon as it is complete, in the order they complete.
     ``workers`` decoding processes (0: decode in this process)."""
     on_gpu = extractor.device.type == "cuda"
-    stream = DecodeStream(paths, source, chunk_frames, preprocess_here=not on_gpu)
+    # a GPU resizes in float32; frames whose cache was made with the CPU's uint8 kernel are preprocessed
+    # on the CPU, in the workers, even when the backbone runs on a GPU (prediction with such a cache)
+    preprocess_here = not on_gpu or source.preprocess.resize == RESIZE_UINT8
+    stream = DecodeStream(paths, source, chunk_frames, preprocess_here=preprocess_here)
     loader = DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=on_gpu,
         prefetch_factor=4 if workers else None, multiprocessing_context=worker_context() if workers else None,
     )
     assembly = _Assembly()
     batcher = Batcher(extractor, batch_size, assembly.add_features)
+    upload = _Uploader(extractor.device, source) if not preprocess_here else None
     for item in _guarded(loader, workers):
         index = item["index"]
         if item["error"] is not None:
             assembly.fail(index, item["error"])
         elif item["frames"] is not None:
             frames = item["frames"]
-            if on_gpu:
-                frames = preprocess(frames.to(extractor.device, non_blocking=True), source.preprocess)
+            if upload is not None:
+                frames = upload(frames)
             assembly.parts.setdefault(index, _Parts())
             batcher.add(index, frames)
         else:

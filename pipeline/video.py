@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
-from pipeline.config import Preprocess  # noqa: E402
+from pipeline.config import RESIZE_FLOAT, Preprocess  # noqa: E402
 from pipeline.errors import MrrnError  # noqa: E402
 
 # A file that decodes to less than this share of the frames its header promises is called truncated.
@@ -69,7 +69,11 @@ class VideoReader:
             image = "WebP"
         if image is not None:
             raise VideoDecodeError(f"a {image} image, not a video")
-        cap = cv2.VideoCapture(str(self.path))
+        # one FFmpeg thread: decoding runs in several worker processes already, beside the backbone
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+        if not cap.isOpened():  # not something FFmpeg reads: let OpenCV try its other backends
+            cap.release()
+            cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             cap.release()
             raise VideoDecodeError("OpenCV cannot open it as a video (not a video, damaged header or unknown codec)")
@@ -121,15 +125,19 @@ def _frame_count(value: float) -> int:
 def preprocess(frames: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """RGB uint8 frames ``(T, H, W, 3)`` on any device -> normalised float32 ``(T, 3, crop, crop)``.
 
-    Shorter side resized to ``pre.short_side`` (bilinear, antialiased, on uint8: the result is rounded
-    to whole grey levels), centre crop ``pre.crop``, scaled to [0, 1], normalised with ``pre.mean`` /
-    ``pre.std``. The same function runs in the decoding workers (CPU) or on the GPU, so a cache means
-    the same thing wherever it was made. Resizing uint8 before converting to float is 10-30x faster
-    on CPU than resizing float frames (``benchmarks/results.md``).
+    Shorter side resized to ``pre.short_side`` (bilinear, antialiased, rounded to whole grey levels),
+    centre crop ``pre.crop``, scaled to [0, 1], normalised with ``pre.mean`` / ``pre.std``. The resize
+    is ``pre.resize``: torchvision's native uint8 kernel (CPU only; 10-30x faster there than resizing
+    float frames) or float32 rounded back (what a GPU runs, and the CPU too when a cache says so).
+    The result is channels-last in memory, the layout the backbone runs fastest in.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
     x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory: torch's fast path
-    x = TF.resize(x, [pre.short_side], antialias=True)
+    if pre.resize == RESIZE_FLOAT or x.is_cuda:
+        x = TF.resize(x.float(), [pre.short_side], antialias=True).round_().clamp_(0, 255)
+    else:
+        x = TF.resize(x, [pre.short_side], antialias=True)
     x = TF.center_crop(x, [pre.crop, pre.crop]).float().div_(255.0)
-    return TF.normalize(x, list(pre.mean), list(pre.std)).contiguous()  # (T, 3, crop, crop)
+    x = TF.normalize(x, list(pre.mean), list(pre.std))
+    return x.contiguous(memory_format=torch.channels_last)  # (T, 3, crop, crop)

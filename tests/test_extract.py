@@ -67,14 +67,17 @@ def test_cached_features_equal_a_direct_torchvision_forward(sample_cache, sample
 MODALITY_ARGS = {"rgb": [], "flow": ["--modality", "flow", "--flow-size", "64"]}
 
 
-@pytest.mark.parametrize("modality", ["rgb", "flow"])
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality):
+@pytest.mark.parametrize("modality, workers", [("rgb", "1"), ("rgb", "0"), ("flow", "1")])
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality, workers):
+    """kill -9 while the loop runs (decoding workers or decoding in the process; journal writes on their
+    own thread), then the same command again: the cache an uninterrupted run makes."""
     root = folder_dataset(tmp_path / "data", per_class=8, frames=30)
     whole = tmp_path / "whole.h5"
     assert CliRunner().invoke(main, extract_args(root, whole, *MODALITY_ARGS[modality])).exit_code == 0
 
     out = tmp_path / "killed.h5"
-    cmd = [sys.executable, "cli.py", *extract_args(root, out, "--batch-size", "4", *MODALITY_ARGS[modality])]
+    cmd = [sys.executable, "cli.py", *extract_args(root, out, "--batch-size", "4", "--workers", workers,
+                                                    *MODALITY_ARGS[modality])]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = Path(f"{out}.journal")
     deadline = time.time() + 120
@@ -235,3 +238,23 @@ def test_the_old_weights_option_still_works_with_a_deprecation_note(tmp_path):
     assert "--weights is now --backbone-weights" in result.stderr
     with FeatureCache(tmp_path / "c.h5") as c:
         assert c.identity.backbone_weights == "random:seed=0"
+
+
+def test_a_cache_records_which_resize_made_it_and_refuses_the_other():
+    """Frames resized on a GPU (float32, rounded) differ by a grey level here and there from the CPU's
+    uint8 kernel: caches made each way record it, and are not resumed by the other."""
+    from pipeline.config import RESIZE_FLOAT, ExtractConfig
+    from pipeline.datasets import VideoSet
+    from pipeline.extract import cache_identity
+
+    cfg = ExtractConfig(dataset="folder", root=Path("r"), out=Path("c.h5"), backbone_weights="random")
+    videos = VideoSet("folder", Path("r"), ("a",), (), (), {})
+    cpu, gpu = cache_identity(cfg, videos, "fp32", "cpu"), cache_identity(cfg, videos, "bf16", "cuda")
+    assert cpu.preprocess.resize == "bilinear-antialias-uint8" and gpu.preprocess.resize == RESIZE_FLOAT
+    assert "preprocess.resize: cache bilinear-antialias-uint8, this run bilinear-antialias-float-rounded" in \
+        cpu.diff(gpu)
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8))
+    native = preprocess(frames, Preprocess(short_side=73, crop=64))
+    rounded = preprocess(frames, Preprocess(short_side=73, crop=64, resize=RESIZE_FLOAT))
+    grey_level = 1 / 255 / 0.224  # one grey level after normalisation (the largest std is 0.229)
+    assert (native - rounded).abs().max() <= 1.01 * grey_level and not torch.equal(native, rounded)
