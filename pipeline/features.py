@@ -155,6 +155,10 @@ class _Assembly:
         self.parts: dict[int, _Parts] = {}
         self.finished: deque[VideoFeatures] = deque()
 
+    def expect(self, index: int) -> None:
+        """Frames of video ``index`` are on their way to the backbone."""
+        self.parts.setdefault(index, _Parts())
+
     def fail(self, index: int, reason: str) -> None:
         self.parts.pop(index, None)  # features of its frames still in the batcher are dropped
         self.finished.append(VideoFeatures(index, error=reason))
@@ -243,7 +247,7 @@ def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExt
             frames = item["frames"]
             if upload is not None:
                 frames = upload(frames)
-            assembly.parts.setdefault(index, _Parts())
+            assembly.expect(index)
             batcher.add(index, frames)
         else:
             assembly.set_info(index, item["info"])
