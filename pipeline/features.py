@@ -7,22 +7,25 @@ as all of its frames are back. A video that fails to decode is handed out with i
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.backbone import FeatureExtractor
 from pipeline.config import RESIZE_UINT8, FrameSource
 from pipeline.errors import MrrnError
 from pipeline.flow import flow_chunks
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
-from pipeline.workers import worker_context
+from pipeline.workers import exit_with, worker_context
+
+if TYPE_CHECKING:  # the decoding workers import this module: they need no backbone code
+    from pipeline.backbone import FeatureExtractor
 
 WORKER_NICENESS = 10
 
@@ -235,6 +238,7 @@ def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExt
     loader = DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=on_gpu,
         prefetch_factor=4 if workers else None, multiprocessing_context=worker_context() if workers else None,
+        worker_init_fn=functools.partial(exit_with, os.getpid()) if workers else None,
     )
     assembly = _Assembly()
     batcher = Batcher(extractor, batch_size, assembly.add_features)

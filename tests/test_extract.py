@@ -32,6 +32,27 @@ from tests.conftest import (
 )
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def extract_args(root: Path, out: Path, *extra) -> list[str]:
     return ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out), "--backbone-weights", "random",
             "--short-side", "64", "--crop", "64", "--batch-size", "16", "--workers", "1", "--quiet", *extra]
@@ -83,9 +104,15 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality, worke
     deadline = time.time() + 120
     while time.time() < deadline and len(list(journal.glob("*.npz"))) < 3 and proc.poll() is None:
         time.sleep(0.02)
+    helpers = descendants(proc.pid)  # the workers' server, the decoding workers, the resource tracker
+    assert len(helpers) >= (2 if workers == "1" else 0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(p) for p in helpers):
+        time.sleep(0.05)
+    assert not [p for p in helpers if alive(p)], "processes of the killed run live on (and keep its memory)"
     with FeatureCache(out) as c:  # still a valid, readable cache
         assert c.verify() == []
     done_before = len(list(journal.glob("*.npz")))
