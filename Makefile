@@ -11,7 +11,9 @@ DATASET ?= ucf101
 ROOT    ?= data/UCF-101
 SPLITS  ?= data/ucfTrainTestlist
 SPLIT   ?= 1
-CACHE   ?= data/$(DATASET)_resnet34.h5
+BACKBONE ?= resnet34
+VIEWS   ?= center
+CACHE   ?= data/$(DATASET)_$(BACKBONE)$(if $(filter-out center,$(VIEWS)),_$(subst $(comma),_,$(VIEWS))).h5
 BACKBONE_WEIGHTS ?= $(or $(WEIGHTS),imagenet)
 DEVICE  ?= auto
 NPROC   ?= 1
@@ -28,10 +30,12 @@ SWEEP_ARGS ?= --levels high --hidden 256,512,1024 --layers 3,4,5
 # because the demo backbone has random weights (its features are far from ImageNet's in scale).
 DEMO_TRAIN := --hidden 128 --layers 2 --epochs 30 --lr 1e-3 --lr-step 100 --normalize
 
+comma   := ,
 SAMPLE  := data/sample
 SAMPLE_STAMP := $(SAMPLE)/ucfTrainTestlist/classInd.txt
 DEMO_CACHE := data/sample.h5
 DEMO_FLOW_CACHE := data/sample_flow.h5
+DEMO_FLIP_CACHE := data/sample_flip.h5
 
 .PHONY: install lock test demo sample index extract inspect train sweep fuse bench clean help
 .DEFAULT_GOAL := help
@@ -43,7 +47,8 @@ help:
 	@echo "make demo      run the pipeline end to end on the bundled sample dataset"
 	@echo "make sample    generate the sample dataset into $(SAMPLE)"
 	@echo "make index     index a dataset: DATASET=ucf101|hmdb51|folder ROOT=dir SPLITS=dir SPLIT=n"
-	@echo "make extract   stage 1 into CACHE=$(CACHE) (BACKBONE_WEIGHTS=imagenet|random|path DEVICE=auto NPROC=1 EXTRACT_ARGS=...)"
+	@echo "make extract   stage 1 into CACHE=$(CACHE) (BACKBONE=resnet34 VIEWS=center|center,flip|five|ten"
+	@echo "               BACKBONE_WEIGHTS=imagenet|random|path DEVICE=auto NPROC=1 EXTRACT_ARGS=...)"
 	@echo "make inspect   describe and verify CACHE"
 	@echo "make train     stage 2 on CACHE: LEVEL=low|mid|high SPLIT=n RUN=dir NPROC=1 TRAIN_ARGS=..."
 	@echo "make sweep     a grid of runs on CACHE into SWEEP=dir (SWEEP_ARGS, default: paper table 1)"
@@ -74,7 +79,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 $(SAMPLE_STAMP): pipeline/sample_data.py | $(STAMP)
-	rm -rf $(DEMO_CACHE) $(DEMO_CACHE).journal $(DEMO_FLOW_CACHE) $(DEMO_FLOW_CACHE).journal runs/demo runs/demo-models
+	rm -rf $(DEMO_CACHE) $(DEMO_CACHE).journal $(DEMO_FLOW_CACHE) $(DEMO_FLOW_CACHE).journal $(DEMO_FLIP_CACHE) $(DEMO_FLIP_CACHE).journal runs/demo runs/demo-models runs/demo-views
 	$(MRRN) sample-data --out $(SAMPLE)
 
 sample: $(SAMPLE_STAMP)
@@ -84,7 +89,8 @@ index: $(STAMP)
 
 extract: $(STAMP)
 	$(MRRN) extract --dataset $(DATASET) --root $(ROOT) $(if $(SPLITS),--splits $(SPLITS)) --out $(CACHE) \
-		--backbone-weights $(BACKBONE_WEIGHTS) --device $(DEVICE) --nproc $(NPROC) $(EXTRACT_ARGS)
+		--backbone $(BACKBONE) --views $(VIEWS) --backbone-weights $(BACKBONE_WEIGHTS) --device $(DEVICE) \
+		--nproc $(NPROC) $(EXTRACT_ARGS)
 
 inspect: $(STAMP)
 	$(MRRN) inspect $(CACHE) --verify
@@ -104,6 +110,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_journal.py
 	$(PY) benchmarks/bench_shards.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_backbones.py
 
 demo: $(SAMPLE_STAMP)
 	@echo "== 1. index: the sample dataset as UCF-101 split 1"
@@ -127,10 +134,18 @@ demo: $(SAMPLE_STAMP)
 	@echo "== 7. late fusion of the RGB and flow RRNs (sum of softmax scores)"
 	$(MRRN) fuse runs/demo-models/high_rrn_h128_l2_mean runs/demo-models/flow_high_rrn_h128_l2_mean --method sum \
 		--out runs/demo-models/rgb_flow
+	@echo "== 8. cached views: each frame with its mirror image (--views center,flip); training draws one view per clip,"
+	@echo "   testing averages both. The high-level RRN on that cache beside the same RRN on the centre-only cache"
+	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_FLIP_CACHE) \
+		--backbone-weights random --seed 0 --short-side 96 --crop 96 --views center,flip --quiet
+	$(MRRN) sweep --caches $(DEMO_CACHE),$(DEMO_FLIP_CACHE) --split 1 --out runs/demo-views --levels high --models rrn \
+		$(DEMO_TRAIN) --quiet > /dev/null
+	head -6 runs/demo-views/results.md
 	@echo "== demo done. Three pairs of the eight sample classes differ only in frame order: on RGB features meanpool"
 	@echo "   can at best get half of each pair right (5/8 = 62.5%); the temporal heads tell them apart, and flow"
 	@echo "   carries the direction of motion itself."
-	@echo "   Reports: runs/demo/mrrn/report.md, runs/demo-models/rgb_flow/report.md; table: runs/demo-models/results.md"
+	@echo "   Reports: runs/demo/mrrn/report.md, runs/demo-models/rgb_flow/report.md; tables: runs/demo-models/results.md,"
+	@echo "   runs/demo-views/results.md"
 
 clean:
-	rm -rf $(SAMPLE) $(DEMO_CACHE) $(DEMO_CACHE).journal $(DEMO_FLOW_CACHE) $(DEMO_FLOW_CACHE).journal runs
+	rm -rf $(SAMPLE) $(DEMO_CACHE) $(DEMO_CACHE).journal $(DEMO_FLOW_CACHE) $(DEMO_FLOW_CACHE).journal $(DEMO_FLIP_CACHE) $(DEMO_FLIP_CACHE).journal runs

@@ -28,7 +28,10 @@ from pipeline.config import (
     POOLS,
     PRECISIONS,
     STREAM_FUSIONS,
+    TEST_VIEWS,
     TRAIN_PRECISIONS,
+    TRAIN_VIEWS,
+    VIEW_SETS,
     ClipSpec,
     ExtractConfig,
     FlowSpec,
@@ -137,14 +140,30 @@ def _choice(values):
     return click.Choice(list(values))
 
 
+def _list_backbones(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from pipeline.backbones import describe_all
+
+    click.echo("backbone               levels: low / mid / high width (tap); input size; pooling")
+    for line in describe_all():
+        click.echo(line)
+    ctx.exit(0)
+
+
 @main.command()
 @click.option("--dataset", type=_choice(DATASET_CHOICES), required=True, help="Index format.")
 @click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
 @click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The HDF5 cache to write or resume.")
+@click.option("--backbone", default=default(ExtractConfig, "backbone"), show_default=True,
+              help="Any torchvision classification model (--list-backbones shows them with their levels).")
+@click.option("--list-backbones", is_flag=True, is_eager=True, expose_value=False, callback=_list_backbones,
+              help="Print the supported backbones with their level widths and input size, and exit.")
 @click.option("--backbone-weights", default=None,
-              help="'imagenet' (torchvision download/cache), 'random' (seeded; tests and the demo) or a state_dict "
-                   f"path [default: {default(ExtractConfig, 'backbone_weights')}].")
+              help="'imagenet' (the backbone's default torchvision weights, download/cache), a torchvision weights "
+                   "name (e.g. ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1), 'random' (seeded; tests and the demo) or a "
+                   f"state_dict path [default: {default(ExtractConfig, 'backbone_weights')}].")
 @click.option("--weights", "legacy_weights", default=None, hidden=True,
               deprecated="--weights is now --backbone-weights (fusion weights keep --weights in `mrrn fuse`)")
 @click.option("--seed", type=int, default=default(ExtractConfig, "seed"), show_default=True,
@@ -152,11 +171,14 @@ def _choice(values):
 @click.option("--device", default=default(ExtractConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=COUNT, default=default(ExtractConfig, "batch_size"), show_default=True,
               help="Frames per backbone batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: CPU cores - 1, at most 8).")
-@click.option("--short-side", type=click.IntRange(min=32), default=default(Preprocess, "short_side"), show_default=True,
-              help="Resize shorter side to this.")
-@click.option("--crop", type=click.IntRange(min=32), default=default(Preprocess, "crop"), show_default=True,
-              help="Centre crop size.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: CPU cores - 1).")
+@click.option("--short-side", type=click.IntRange(min=32), default=None,
+              help="Resize shorter side to this [default: the weights' own; 256 for random or local weights].")
+@click.option("--crop", type=click.IntRange(min=32), default=None,
+              help="Centre crop size [default: the weights' own; 224 for random or local weights].")
+@click.option("--views", type=_choice(VIEW_SETS), default=default(ExtractConfig, "views"), show_default=True,
+              help="Crops cached of each frame: center; center,flip; five (corners and centre); ten (five and their "
+                   "flips). The cache grows with their number; training draws one per clip, testing averages them.")
 @click.option("--dtype", type=_choice(FEATURE_DTYPES), default=default(ExtractConfig, "dtype"), show_default=True,
               help="Storage type of the features.")
 @click.option("--precision", type=_choice(PRECISIONS), default=default(ExtractConfig, "precision"), show_default=True,
@@ -181,7 +203,7 @@ def _choice(values):
 @_nproc_option
 def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_method, flow_bound, flow_size, quiet,
             nproc, **settings):
-    """Stage 1: frozen ResNet-34 features of every video into an HDF5 cache (resumable)."""
+    """Stage 1: frozen backbone features (ResNet-34 by default) of every video into an HDF5 cache (resumable)."""
     _relaunch_under_torchrun(nproc)
     if workers != 0:
         from pipeline.workers import start_early
@@ -196,7 +218,8 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
         cfg = ExtractConfig(
             **settings, backbone_weights=backbone_weights or legacy_weights or default(ExtractConfig, "backbone_weights"),
             workers=max(1, default_workers() // rank.world) if workers is None else workers,
-            preprocess=Preprocess(short_side=short_side, crop=crop),
+            preprocess=None if short_side is None and crop is None else Preprocess(
+                short_side=short_side or default(Preprocess, "short_side"), crop=crop or default(Preprocess, "crop")),
             flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),
         )
         s = run_extract(cfg, progress=not quiet, log=_log)
@@ -232,7 +255,8 @@ def inspect(cache_file, verify):
 def _train_options(f):
     """Options shared by `train` and `sweep`; their names are TrainConfig's (or ClipSpec's) fields."""
     options = [
-        click.option("--cache", type=click.Path(path_type=Path), required=True, help="Feature cache (mrrn extract)."),
+        click.option("--cache", type=click.Path(path_type=Path), default=None,
+                     help="Feature cache (mrrn extract); required (`sweep` also takes several with --caches)."),
         click.option("--split", type=COUNT, default=default(TrainConfig, "split"), show_default=True,
                      help="Split recorded in the cache."),
         click.option("--modality", type=_choice(MODALITIES), default=default(TrainConfig, "modality"), show_default=True,
@@ -265,6 +289,12 @@ def _train_options(f):
                      help="Train even if some split videos are not in the cache."),
         click.option("--val-fraction", type=FRACTION, default=default(TrainConfig, "val_fraction"), show_default=True,
                      help="Hold out this share of each class's training videos for validation (fusion --search)."),
+        click.option("--train-views", type=_choice(TRAIN_VIEWS), default=default(TrainConfig, "train_views"),
+                     show_default=True, help="A cache with several views (extract --views): each training clip is read "
+                                             "through one drawn at random (seeded), or through the centre crop only."),
+        click.option("--test-views", type=_choice(TEST_VIEWS), default=default(TrainConfig, "test_views"),
+                     show_default=True, help="A cache with several views: video scores are averaged over all of them "
+                                             "(ten-crop testing with --views ten), or read from the centre crop only."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -275,6 +305,8 @@ def _train_options(f):
 def _train_config(settings: dict) -> TrainConfig:
     """A TrainConfig from train/sweep options named after its fields; the caches a run reads follow
     ``config.caches_for_run``."""
+    if settings["cache"] is None:
+        raise click.UsageError("Missing option '--cache'.")
     clip = ClipSpec(settings.pop("length"), settings.pop("stride"), settings.pop("max_clips"))
     model, modality = settings["model"], settings["modality"]
     flow_cache = None if settings["flow_cache"] is None else str(settings["flow_cache"])
@@ -353,16 +385,22 @@ def _csv(kind, choices=None):
 @click.option("--stream-fusion", default=default(TrainConfig, "stream_fusion"), show_default=True,
               callback=_csv(str, list(STREAM_FUSIONS)),
               help="twostream: comma-separated fusions of the top states (sum, product).")
-def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, **settings):
-    """Train a grid of runs on one cache, or RGB and flow caches (finished runs are skipped), and write
-    results.csv and results.md: one comparison table."""
+@click.option("--caches", default=None, callback=_csv(str),
+              help="Comma-separated caches of one dataset (backbones, views): the same grid on each, one table "
+                   "with a column for the cache. Instead of --cache.")
+def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, caches, **settings):
+    """Train a grid of runs on one cache, on RGB and flow caches, or on several caches (finished runs are
+    skipped), and write results.csv and results.md: one comparison table."""
     from pipeline.sweep import run_sweep
 
+    if caches and settings["cache"] is not None:
+        raise click.UsageError("give either --cache or --caches")
     with user_errors():
-        base = _train_config({**settings, "out": out / "_", "level": levels[0], "model": "rrn", "hidden": hidden[0],
-                              "layers": layers[0], "pool": pool[0], "flow_cache": None})
+        base = _train_config({**settings, "cache": caches[0] if caches else settings["cache"], "out": out / "_",
+                              "level": levels[0], "model": "rrn", "hidden": hidden[0], "layers": layers[0],
+                              "pool": pool[0], "flow_cache": None})
         run_sweep(base, out, levels, models, hidden, layers, pool, modalities=modalities or [base.modality],
-                  flow_cache=flow_cache, stream_fusions=stream_fusion, progress=not quiet, log=_log)
+                  flow_cache=flow_cache, stream_fusions=stream_fusion, progress=not quiet, log=_log, caches=caches)
     click.echo((out / "results.md").read_text(), nl=False)
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
 

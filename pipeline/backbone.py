@@ -1,7 +1,8 @@
-"""The frozen torchvision ResNet-34 that turns frames into the paper's three feature levels.
+"""The frozen backbone that turns frames into three feature levels: its weights, and the extractor.
 
-``MultiLevelResNet`` returns the spatial mean (eq. 7) of layer2, layer3 and layer4:
-low (N, 128), mid (N, 256), high (N, 512). The classifier (avgpool + fc) is never computed.
+By default the paper's: torchvision's ResNet-34, whose levels are the spatial means (eq. 7) of layer2,
+layer3 and layer4: low (N, 128), mid (N, 256), high (N, 512). Any torchvision classification model
+works (``--backbone``); ``backbones.py`` finds its levels. The classifier is never computed.
 """
 from __future__ import annotations
 
@@ -11,62 +12,34 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from pipeline.config import BACKBONE, IMAGENET_WEIGHTS, LEVELS
+from pipeline.backbones import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps
+from pipeline.config import BACKBONE, PAPER_CROP, Preprocess
 from pipeline.errors import ConfigError, MrrnError
+from pipeline.identity import LevelSpec
 
 
 class WeightsError(MrrnError, ValueError):
     """Backbone weights that cannot be loaded; the message says which and why."""
 
 
-def fold_batch_norm(resnet: torchvision.models.ResNet) -> torchvision.models.ResNet:
-    """The frozen trunk with every batch norm folded into the convolution before it (eval-mode statistics
-    never change, so conv + bn is one conv with a bias): the same function in fewer operations."""
-    resnet = resnet.eval()
-    resnet.conv1, resnet.bn1 = fuse_conv_bn_eval(resnet.conv1, resnet.bn1), nn.Identity()
-    for stage in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
-        for block in stage:
-            block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
-            block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
-            if block.downsample is not None:
-                block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
-    return resnet
+@dataclass(frozen=True)
+class BackboneChoice:
+    """What a backbone and its weights mean for a cache, known without loading any weights."""
 
-
-class MultiLevelResNet(nn.Module):
-    """Frozen ResNet trunk -> {level: (N, C)} pooled activations, levels as in ``config.LEVELS``."""
-
-    def __init__(self, resnet: torchvision.models.ResNet):
-        super().__init__()
-        resnet = fold_batch_norm(resnet)
-        self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True):  # frozen: batch-norm statistics never update
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (N, 3, H, W) normalised frames -> {"low": (N, 128), "mid": (N, 256), "high": (N, 512)}."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected frames (N, 3, H, W), got {tuple(x.shape)}")
-        l2 = self.layer2(self.layer1(self.stem(x)))
-        l3 = self.layer3(l2)
-        l4 = self.layer4(l3)
-        # the spatial means in float32 even under bf16/fp16 autocast (mean is on no autocast list)
-        return {"low": l2.mean(dim=(2, 3), dtype=torch.float32), "mid": l3.mean(dim=(2, 3), dtype=torch.float32),
-                "high": l4.mean(dim=(2, 3), dtype=torch.float32)}
+    name: str
+    weights_identity: str  # torchvision:<Weights.NAME>, random:seed=N or sha256:<hex>
+    weights: object  # the torchvision weights enum, "random", or a Path
+    taps: Taps
+    preprocess: Preprocess  # the weights' own preprocessing (the paper's for random or local weights)
+    fixed_size: int | None = None  # the one input size the model takes (ViT: set by its weights), else None
 
 
 @dataclass(frozen=True)
 class LoadedBackbone:
-    model: MultiLevelResNet
+    model: MultiLevelNet
     identity: str  # what the cache records: which weights, exactly
+    levels: tuple[LevelSpec, ...]
 
 
 def sha256_file(path: Path) -> str:
@@ -77,26 +50,58 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_identity(weights: str, seed: int) -> str:
-    """The identity string a cache records for ``--backbone-weights`` (cheap: hashes a local file, loads
-    nothing): ``torchvision:<name>``, ``random:seed=<seed>`` or ``sha256:<hex>``."""
-    if weights == "imagenet":
-        return f"torchvision:{IMAGENET_WEIGHTS}"
+def _torchvision_weights(name: str, spec: str):
+    """'imagenet' (the model's default weights) or a weights name such as ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1."""
+    available = torchvision.models.get_model_weights(name)
+    if spec == "imagenet":
+        return available.DEFAULT
+    try:
+        weights = torchvision.models.get_weight(spec)
+    except (ValueError, KeyError, AttributeError):
+        return None
+    if weights not in list(available):
+        raise WeightsError(f"--backbone-weights {spec}: weights of another model than {name} "
+                           f"(its own: {', '.join(str(w) for w in available)})")
+    return weights
+
+
+def preprocess_of(weights) -> Preprocess:
+    """The preprocessing torchvision's ``weights`` were trained with (sizes, interpolation, mean, std)."""
+    tf = weights.transforms()
+    interpolation = "bicubic" if "BICUBIC" in str(tf.interpolation) else "bilinear"
+    return Preprocess(short_side=int(tf.resize_size[0]), crop=int(tf.crop_size[0]), mean=tuple(tf.mean),
+                      std=tuple(tf.std), resize=f"{interpolation}-antialias-uint8")
+
+
+def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int = 0) -> BackboneChoice:
+    """Backbone ``name`` with ``weights``: 'imagenet' (the model's default torchvision weights), a
+    torchvision weights name, 'random' (seeded), or a path to a state_dict. Cheap: loads no weights,
+    hashes a local file, finds the taps on the meta device."""
+    vit_size = PAPER_CROP if family(name) == "vit" else None  # torchvision's ViTs without weights take 224 px
     if weights == "random":
-        return f"random:seed={seed}"
+        return BackboneChoice(name, f"random:seed={seed}", "random", find_taps(name, PAPER_CROP), Preprocess(), vit_size)
     path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"{weights}: weights file not found (use 'imagenet', 'random' or a state_dict path)")
-    return f"sha256:{sha256_file(path)}"
+    if path.is_file():
+        return BackboneChoice(name, f"sha256:{sha256_file(path)}", path, find_taps(name, PAPER_CROP), Preprocess(),
+                              vit_size)
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ConfigError(f"--backbone {name}: not a torchvision classification model (see --list-backbones)")
+    enum = _torchvision_weights(name, weights)
+    if enum is None:
+        raise WeightsError(f"{weights}: weights file not found (use 'imagenet', 'random', a torchvision weights "
+                           "name or a state_dict path)")
+    pre = preprocess_of(enum)
+    fixed = int(enum.meta["min_size"][0]) if vit_size else None  # the image size torchvision builds it for
+    return BackboneChoice(name, f"torchvision:{enum}", enum, find_taps(name, pre.crop), pre, fixed)
 
 
 def weights_from_identity(identity: str, local: Path | None) -> tuple[str, int]:
-    """The inverse of :func:`weights_identity`: ``load_backbone`` arguments (weights, seed) that rebuild
-    the backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` identity.
+    """The inverse of a weights identity: ``load_backbone`` arguments (weights, seed) that rebuild the
+    backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` identity.
     Refused, naming what is missing, when those weights are not available."""
     kind, _, value = identity.partition(":")
     if kind == "torchvision":
-        return "imagenet", 0
+        return value, 0
     if kind == "random":
         return "random", int(value.removeprefix("seed="))
     if kind == "sha256":
@@ -122,34 +127,33 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_backbone(weights: str = "imagenet", seed: int = 0) -> LoadedBackbone:
-    """ResNet-34 with ``weights``: 'imagenet' (torchvision's download and cache), 'random' (seeded), or a
-    path to a state_dict in torchvision's key layout (the classifier keys ``fc.*`` may be absent)."""
-    identity = weights_identity(weights, seed)
-    if weights == "imagenet":
-        try:
-            resnet = torchvision.models.resnet34(weights=torchvision.models.ResNet34_Weights.IMAGENET1K_V1)
-        except Exception as err:  # network errors come in many types
-            raise WeightsError(
-                f"cannot load torchvision's {IMAGENET_WEIGHTS} ({type(err).__name__}: {err}); without internet, "
-                "put the file in $TORCH_HOME/hub/checkpoints/ or pass --weights PATH"
-            ) from None
-    elif weights == "random":
+def _model(choice: BackboneChoice, seed: int):
+    if choice.weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            resnet = torchvision.models.resnet34(weights=None)
-    else:
-        resnet = torchvision.models.resnet34(weights=None)
-        state = _state_dict_from_file(Path(weights))
-        missing, unexpected = resnet.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
+            return build(choice.name)
+    if isinstance(choice.weights, Path):
+        model = build(choice.name)
+        missing, unexpected = model.load_state_dict(_state_dict_from_file(choice.weights), strict=False)
+        missing = [k for k in missing if k.split(".")[0] not in HEAD_NAMES]  # the classifier may be absent
         if missing or unexpected:
             raise WeightsError(
-                f"{weights}: not a torchvision {BACKBONE} state_dict "
+                f"{choice.weights}: not a torchvision {choice.name} state_dict "
                 f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
-            )
-    return LoadedBackbone(MultiLevelResNet(resnet), identity)
+                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
+        return model
+    try:
+        return build(choice.name, weights=choice.weights)
+    except Exception as err:  # network errors come in many types
+        raise WeightsError(f"cannot load torchvision's {choice.weights} ({type(err).__name__}: {err}); without "
+                           "internet, put the file in $TORCH_HOME/hub/checkpoints/ or pass --backbone-weights PATH"
+                           ) from None
+
+
+def load_backbone(weights: str = "imagenet", seed: int = 0, backbone: str = BACKBONE) -> LoadedBackbone:
+    """The frozen multi-level ``backbone`` with ``weights`` (see :func:`choose_backbone`)."""
+    choice = choose_backbone(backbone, weights, seed)
+    return LoadedBackbone(MultiLevelNet(_model(choice, seed), choice.taps), choice.weights_identity, choice.taps.levels)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -183,6 +187,7 @@ class FeatureExtractor:
     def __init__(self, backbone: LoadedBackbone, device: torch.device, precision: str = "fp32"):
         self.device = device
         self.precision = precision
+        self.levels = {spec.name: spec.width for spec in backbone.levels}  # level -> width
         # weights cast once to the inference dtype (autocast would cast frozen weights at every call)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         # channels-last: the faster layout for these convolutions on CPU (oneDNN) and GPU (cuDNN) alike
@@ -205,22 +210,23 @@ class FeatureExtractor:
         out = self.model(x)
         if self.device.type != "cuda":
             return PendingFeatures(out)
-        joined = torch.cat([out[level] for level in LEVELS], dim=1)  # (N, 896) float32
+        joined = torch.cat([out[level] for level in self.levels], dim=1)  # (N, sum of widths) float32
         host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=True)
         host.copy_(joined, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return PendingFeatures(host, done)
+        return PendingFeatures(host, done, self.levels)
 
 
 class PendingFeatures:
     """Features on their way to host memory: ``result()`` -> {level: (N, C) float32 CPU tensors}."""
 
-    def __init__(self, features: dict[str, torch.Tensor] | torch.Tensor, done: torch.cuda.Event | None = None):
-        self.features, self.done = features, done
+    def __init__(self, features: dict[str, torch.Tensor] | torch.Tensor, done: torch.cuda.Event | None = None,
+                 levels: dict[str, int] | None = None):
+        self.features, self.done, self.levels = features, done, levels
 
     def result(self) -> dict[str, torch.Tensor]:
         if self.done is None:
             return self.features
         self.done.synchronize()
-        return dict(zip(LEVELS, self.features.split([dim for _, dim in LEVELS.values()], dim=1)))
+        return dict(zip(self.levels, self.features.split(list(self.levels.values()), dim=1)))

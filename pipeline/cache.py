@@ -113,7 +113,8 @@ class FeatureCache:
         if int(version) != SCHEMA_VERSION:
             raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads {SCHEMA_VERSION}")
         self.identity = CacheIdentity.from_json(str(self.attrs["config"]))
-        self.levels: dict[str, int] = self.identity.level_widths  # level -> width, narrowest first
+        # level -> columns per frame: its width times the views (view-major; docs/cache-format.md)
+        self.levels: dict[str, int] = self.identity.stored_widths
         self._datasets: dict[str, h5py.Dataset] = {}
         self.videos: tuple[VideoRecord, ...] = _read_videos(f["videos"])
         fl = f["failed"]
@@ -159,7 +160,8 @@ class FeatureCache:
         return self._datasets[level]
 
     def load_level(self, level: str) -> np.ndarray:
-        """All frames of one level, ``(total_frames, C)``, in one read; rows of video i start at its offset."""
+        """All frames of one level, ``(total_frames, V * C)``, in one read; rows of video i start at its
+        offset. ``V`` views side by side, view-major (``V = 1``, the centre crop, unless extracted with --views)."""
         try:
             return self._features(level)[...]
         except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short

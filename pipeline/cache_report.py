@@ -28,8 +28,13 @@ def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
                             f"mrrn {attrs['mrrn_version']}, updated {attrs['updated_utc']})")
         report.lines += c.identity.describe()
         report.lines.append(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
+        views = len(c.identity.views)
         for spec in c.identity.levels:
-            report.lines.append(f"level       {spec.name:<4} {spec.layer}: {c.level_shape(spec.name)} {c.identity.dtype}")
+            shape = c.level_shape(spec.name)
+            size = shape[0] * shape[1] * (2 if c.identity.dtype == "float16" else 4) / 2**20
+            per_view = f" = {views} views x {spec.width}" if views > 1 else ""
+            report.lines.append(f"level       {spec.name:<4} {spec.layer}: {shape}{per_view} {c.identity.dtype}, "
+                                f"{size:.1f} MiB in memory")
         for n, (train, test) in sorted(c.splits.items()):
             report.lines.append(f"split       {n}: {len(train)} train, {len(test)} test")
         report.lines += [f"failed      {f.key}: {f.reason}" for f in c.failed]

@@ -163,7 +163,7 @@ def write_cache_file(path: Path, identity: CacheIdentity, videos: list[tuple[Vid
 
 def _expected_size(identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]], failed: list[FailedRecord]) -> int:
     """About how many bytes the file will take: the features, the tables, and HDF5's own overhead."""
-    row = sum(spec.width for spec in identity.levels) * np.dtype(identity.dtype).itemsize
+    row = sum(identity.stored_widths.values()) * np.dtype(identity.dtype).itemsize
     tables = sum(len(rec.key) + len(rec.class_name) + 60 for rec, _ in videos) + sum(len(f.reason) + 200 for f in failed)
     return int(sum(rec.frames for rec, _ in videos) * row * 1.01) + 2 * tables + (64 << 10)
 
@@ -223,8 +223,9 @@ def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[Vi
     """Every video's rows of every level, video by video (each origin is opened once, in order)."""
     total = sum(rec.frames for rec, _ in videos)
     group = f.create_group("features")
-    out = {spec.name: group.create_dataset(spec.name, shape=(total, spec.width), dtype=identity.dtype,
-                                           **_checksummed_chunks(total, spec.width, np.dtype(identity.dtype).itemsize))
+    widths = identity.stored_widths  # level -> V * C
+    out = {spec.name: group.create_dataset(spec.name, shape=(total, widths[spec.name]), dtype=identity.dtype,
+                                           **_checksummed_chunks(total, widths[spec.name], np.dtype(identity.dtype).itemsize))
            for spec in identity.levels}
     for spec in identity.levels:
         out[spec.name].attrs["layer"] = spec.layer

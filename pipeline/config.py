@@ -60,9 +60,34 @@ def _require_fraction(what: str, value: float) -> None:
 # The two resizing implementations a cache may record: torchvision's native uint8 kernel (what runs on
 # the CPU), and resizing in float32 rounded back to whole grey levels (what runs on a GPU). They differ
 # by a grey level on about a fifth of the pixels, so a cache records which one made it.
+# Bicubic for backbones whose weights were trained with it.
 RESIZE_UINT8 = "bilinear-antialias-uint8"
 RESIZE_FLOAT = "bilinear-antialias-float-rounded"
-RESIZES = (RESIZE_UINT8, RESIZE_FLOAT)
+RESIZES = tuple(f"{interpolation}-antialias-{kind}" for interpolation in ("bilinear", "bicubic")
+                for kind in ("uint8", "float-rounded"))
+
+
+# Cached views of each frame (--views): the centre crop alone (the paper's test-time input), or fixed
+# crops and flips for augmentation that survives a frozen cache. The centre crop is always view 0.
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+VIEW_SETS = {
+    "center": ("center",),
+    "center,flip": ("center", "flip"),
+    "five": ("center", *CORNERS),
+    "ten": ("center", *CORNERS, "flip", *(f"{corner}-flip" for corner in CORNERS)),
+}
+TRAIN_VIEWS = ("random", "center")  # training: one view per clip drawn at random, or the centre crop only
+TEST_VIEWS = ("all", "center")  # evaluation and prediction: video scores averaged over every view, or centre only
+
+
+def views_option(views: tuple[str, ...]) -> str:
+    """The --views value that names ``views`` (e.g. 'five')."""
+    return next(name for name, names in VIEW_SETS.items() if names == views)
+
+
+def gpu_resize(resize: str) -> str:
+    """The resize a GPU runs for ``resize``: the same interpolation, in float32 rounded back."""
+    return resize.replace("-uint8", "-float-rounded")
 
 
 @dataclass(frozen=True)
@@ -74,9 +99,11 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "bilinear-antialias-uint8"  # how frames are resized: one of RESIZES
+    views: tuple[str, ...] = VIEW_SETS["center"]  # the crops kept of each frame: one of VIEW_SETS' values
 
     def __post_init__(self):
         _require_choice("resize", self.resize, RESIZES)
+        _require_choice("views", self.views, VIEW_SETS.values())
         if self.crop < 32 or self.short_side < self.crop:
             raise ConfigError(
                 f"need 32 <= crop <= short side, got crop {self.crop} and short side {self.short_side}"
@@ -115,9 +142,10 @@ class ExtractConfig:
     root: Path
     out: Path
     splits: Path | None = None
-    backbone_weights: str = "imagenet"  # "imagenet", "random" or a path to a torchvision-layout state_dict
+    backbone: str = BACKBONE  # any torchvision classification model (mrrn extract --list-backbones)
+    backbone_weights: str = "imagenet"  # "imagenet", a torchvision weights name, "random" or a state_dict path
     seed: int = 0  # seeds --backbone-weights random
-    preprocess: Preprocess = field(default_factory=Preprocess)
+    preprocess: Preprocess | None = None  # None: the weights' own (the paper's 256/224 for random or local weights)
     dtype: str = "float16"  # how features are stored
     precision: str = "auto"  # inference precision; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU
     device: str = "auto"
@@ -130,18 +158,18 @@ class ExtractConfig:
     flow: FlowSpec = field(default_factory=FlowSpec)
     redo: tuple[str, ...] = ()  # keys to extract again although the cache holds them
     redo_damaged: bool = False  # extract again every video that `inspect --verify` flags
+    views: str = "center"  # which crops of each frame to keep: a key of VIEW_SETS
 
     def __post_init__(self):
         _require_choice("dtype", self.dtype, FEATURE_DTYPES)
+        _require_choice("views", self.views, VIEW_SETS)
+        if self.modality == "flow" and self.views != "center":
+            raise ConfigError("--views applies to RGB caches (a flipped flow image would need its x motion negated)")
         _require_choice("precision", self.precision, PRECISIONS)
         _require_choice("modality", self.modality, MODALITIES)
         _require_fraction("test fraction", self.test_fraction)
         if self.batch_size < 1 or self.workers < 0 or self.chunk_frames < 1:
             raise ConfigError("batch size and chunk frames must be >= 1 and workers >= 0")
-
-    @property
-    def frame_source(self) -> FrameSource:
-        return FrameSource(self.preprocess, self.flow if self.modality == "flow" else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,9 +230,13 @@ class TrainConfig:
     eval_batch_size: int = 256
     val_fraction: float = 0.0  # share of each class's training videos held out for validation (0: none)
     precision: str = "auto"  # the projections' arithmetic on CUDA; CPU runs stay in float32
+    train_views: str = "random"  # a cache with several views: one drawn per clip, or the centre crop only
+    test_views: str = "all"  # a cache with several views: video scores averaged over all, or the centre only
 
     def __post_init__(self):
         _require_choice("level", self.level, LEVELS)
+        _require_choice("training views", self.train_views, TRAIN_VIEWS)
+        _require_choice("test views", self.test_views, TEST_VIEWS)
         _require_choice("precision", self.precision, TRAIN_PRECISIONS)
         _require_choice("modality", self.modality, MODALITIES)
         _require_choice("model", self.model, MODELS)

@@ -23,7 +23,7 @@ from pipeline.identity import STREAM_FIELDS, CacheIdentity
 class LevelTable:
     """One level in memory with its video table: a cache's, or RGB | flow side by side (twostream)."""
 
-    features: np.ndarray  # (frames, C)
+    features: np.ndarray  # (frames, V * C): the views side by side, view-major (V = 1 unless --views)
     videos: dict[str, tuple[int, int, int]]  # key -> (first row, frames, label)
     classes: tuple[str, ...]
     identity: CacheIdentity
@@ -47,7 +47,7 @@ class ClipSet:
 
 @dataclass
 class LevelData:
-    features: torch.Tensor  # (frames, C), float16 or float32, on the training device
+    features: torch.Tensor  # (frames, V, C), float16 or float32, on the training device; view 0 the centre crop
     train: ClipSet
     test: ClipSet
     val: ClipSet | None  # held out of the training videos (--val-fraction), else None
@@ -91,6 +91,9 @@ def stack_streams(rgb: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tenso
 
 def join_streams(rgb: LevelTable, flow: LevelTable) -> LevelTable:
     """RGB | flow features side by side (:func:`stack_streams`) for the videos in both caches."""
+    if len(rgb.identity.views) > 1:
+        raise TrainError(f"{rgb.name}: --model twostream reads centre-only caches; this one holds "
+                         f"{len(rgb.identity.views)} views of each frame (extract with --views center)")
     differing = rgb.identity.differing_fields(flow.identity, ignore=STREAM_FIELDS)
     if differing:
         raise TrainError(f"{rgb.name} and {flow.name} are not two streams of one dataset and backbone "
@@ -128,15 +131,17 @@ def _clip_set(table: LevelTable, keys: list[str], cfg: TrainConfig, device: torc
 
 
 def _statistics(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std of ``features[rows]``, accumulated in float64 block by block."""
-    total = np.zeros(features.shape[1])
-    squares = np.zeros(features.shape[1])
+    """Per-dimension mean and std of ``features[rows]`` (frames, V, C) over frames and views,
+    accumulated in float64 block by block."""
+    width = features.shape[-1]
+    total = np.zeros(width)
+    squares = np.zeros(width)
     for start in range(0, len(rows), block):
-        x = features[rows[start : start + block]].astype(np.float64)
+        x = features[rows[start : start + block]].reshape(-1, width).astype(np.float64)
         total += x.sum(0)
         squares += (x * x).sum(0)
-    mean = total / len(rows)
-    std = np.sqrt(np.maximum(squares / len(rows) - mean * mean, 0.0))
+    mean = total / (len(rows) * features.shape[1])
+    std = np.sqrt(np.maximum(squares / (len(rows) * features.shape[1]) - mean * mean, 0.0))
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
@@ -181,7 +186,7 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
     if cfg.model == "twostream":
         table = join_streams(table, read_level_table(cfg.flow_cache, "flow", cfg))
     parts = _split_parts(table, cfg, log)
-    features = table.features
+    features = table.features.reshape(len(table.features), len(table.identity.views), -1)  # (frames, V, C)
     spans = {k: table.videos[k][:2] for keys in parts.values() for k in keys}  # key -> (first row, frames)
     bad = [k for k, (at, n) in spans.items() if not np.isfinite(features[at : at + n]).all()]
     if bad:
@@ -190,7 +195,8 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
     mean = std = None
     if cfg.normalize:  # a pass over every training frame: only when the statistics are used
         train_rows = np.concatenate([np.arange(at, at + n) for at, n in (spans[k] for k in parts["train"])])
-        mean, std = _statistics(features, train_rows)
+        seen = features if cfg.train_views == "random" else features[:, :1]  # the views training reads
+        mean, std = _statistics(seen, train_rows)
     return LevelData(
         mean=mean, std=std,
         features=_place(features, device, log),
@@ -202,8 +208,16 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
     )
 
 
-def make_batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device: torch.device):
-    """Clips ``idx`` of ``clips`` as model input (B, L, C) float32 on ``device``, with their labels (B,)."""
-    x = features[clips.clip_rows[idx].to(features.device)].to(device, non_blocking=True).float()  # (B, L, C)
+def make_batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device: torch.device,
+               view: int | torch.Tensor = 0):
+    """Clips ``idx`` of ``clips`` as model input (B, L, C) float32 on ``device``, with their labels (B,).
+    ``features`` (frames, V, C); ``view``: one view for every clip (0, the centre crop, by default), or
+    each clip's own (B,), the same for all of a clip's frames."""
+    rows = clips.clip_rows[idx].to(features.device)  # (B, L)
+    if isinstance(view, int):
+        x = features[:, view][rows]  # (B, L, C)
+    else:
+        x = features[rows, view.to(features.device)[:, None]]  # (B, L, C)
+    x = x.to(device, non_blocking=True).float()
     y = clips.labels[clips.clip_video[idx]]  # (B,)
     return x, y

@@ -16,14 +16,22 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision, weights_identity
-from pipeline.cache import FailedRecord, FeatureCache, VideoRecord, remove_cache_files, require_identity, shard_dir, shard_path
+from pipeline.backbone import FeatureExtractor, choose_backbone, load_backbone, resolve_device, resolve_precision
+from pipeline.cache import (
+    FailedRecord,
+    FeatureCache,
+    VideoRecord,
+    remove_cache_files,
+    require_identity,
+    shard_dir,
+    shard_path,
+)
 from pipeline.cache_writer import CacheWriter
-from pipeline.config import BACKBONE, LEVELS, RESIZE_FLOAT, ExtractConfig
+from pipeline.config import VIEW_SETS, ExtractConfig, gpu_resize
 from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
-from pipeline.errors import MrrnError
+from pipeline.errors import ConfigError, MrrnError
 from pipeline.features import DecodeWorkerDied, video_features
-from pipeline.identity import CacheIdentity, LevelSpec
+from pipeline.identity import CacheIdentity
 from pipeline.workers import start_early
 
 
@@ -32,14 +40,19 @@ class ExtractError(MrrnError):
 
 
 def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str, device_type: str = "cpu") -> CacheIdentity:
-    """What a cache made by ``cfg`` on ``device_type`` must agree on to be resumed or extended. Frames
-    preprocessed on a GPU are resized in float32 (rounded back), on the CPU by the uint8 kernel."""
-    resize = RESIZE_FLOAT if device_type == "cuda" else cfg.preprocess.resize
+    """What a cache made by ``cfg`` on ``device_type`` must agree on to be resumed or extended: the
+    backbone, its exact weights and levels, and the preprocessing (``cfg``'s, else the weights' own).
+    Frames preprocessed on a GPU are resized in float32 (rounded back), on the CPU by the uint8 kernel."""
+    choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)
+    pre = replace(cfg.preprocess or choice.preprocess, views=VIEW_SETS[cfg.views])
+    if choice.fixed_size and pre.crop != choice.fixed_size:
+        raise ConfigError(f"--backbone {cfg.backbone} with these weights takes {choice.fixed_size} px frames only, "
+                          f"not --crop {pre.crop}")
     return CacheIdentity(
-        backbone=BACKBONE, backbone_weights=weights_identity(cfg.backbone_weights, cfg.seed),
-        preprocess=replace(cfg.preprocess, resize=resize), levels=tuple(LevelSpec(lvl, layer, dim) for lvl, (layer, dim) in LEVELS.items()),
-        dtype=cfg.dtype, precision=precision, dataset=videos.dataset, classes=tuple(videos.classes),
-        modality=cfg.modality, flow=cfg.frame_source.flow,
+        backbone=cfg.backbone, backbone_weights=choice.weights_identity,
+        preprocess=replace(pre, resize=gpu_resize(pre.resize) if device_type == "cuda" else pre.resize),
+        levels=choice.taps.levels, dtype=cfg.dtype, precision=precision, dataset=videos.dataset,
+        classes=tuple(videos.classes), modality=cfg.modality, flow=cfg.flow if cfg.modality == "flow" else None,
     )
 
 
@@ -176,8 +189,10 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
         try:
             if todo:
                 if cfg.backbone_weights == "random" and rank.is_main:
-                    log(f"note: --backbone-weights random (seed {cfg.seed}): features come from an untrained ResNet-34")
-                extractor = FeatureExtractor(load_backbone(cfg.backbone_weights, cfg.seed), device, precision)
+                    log(f"note: --backbone-weights random (seed {cfg.seed}): features come from an untrained "
+                        f"{'ResNet-34' if cfg.backbone == 'resnet34' else cfg.backbone}")
+                backbone = load_backbone(cfg.backbone_weights, cfg.seed, cfg.backbone)
+                extractor = FeatureExtractor(backbone, device, precision)
                 _extract_into(writer, todo, videos.classes, cfg, extractor, summary, progress, log)
         finally:
             writer.finish()

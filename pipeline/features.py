@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.config import RESIZE_UINT8, FrameSource
+from pipeline.config import FrameSource
 from pipeline.errors import MrrnError
 from pipeline.flow import flow_chunks
 from pipeline.video import VideoDecodeError, VideoReader, preprocess
@@ -35,7 +35,7 @@ class VideoFeatures:
     """One video's result: its features, or why it failed."""
 
     index: int  # position in the list of paths
-    features: dict[str, np.ndarray] | None = None  # {level: (T, C)} float32
+    features: dict[str, np.ndarray] | None = None  # {level: (T, V * C)} float32, the views view-major
     info: dict | None = None  # VideoInfo fields: frames (= T), fps, width, height, frames_reported
     error: str | None = None
 
@@ -152,9 +152,11 @@ class _Parts:
 
 
 class _Assembly:
-    """Puts each video's features back together and queues the videos that are complete or failed."""
+    """Puts each video's features back together and queues the videos that are complete or failed.
+    Each frame comes back as ``views`` rows (frame-major), which become one row of ``views * C``."""
 
-    def __init__(self):
+    def __init__(self, views: int = 1):
+        self.views = views
         self.parts: dict[int, _Parts] = {}
         self.finished: deque[VideoFeatures] = deque()
 
@@ -180,11 +182,13 @@ class _Assembly:
 
     def _finish_if_complete(self, index: int) -> None:
         parts = self.parts[index]
-        if parts.info is None or parts.done != parts.info["frames"]:
+        if parts.info is None or parts.done != parts.info["frames"] * self.views:
             return
         del self.parts[index]
         levels = parts.chunks[0].keys()
-        features = {lvl: np.concatenate([c[lvl] for c in parts.chunks]) for lvl in levels}
+        frames = parts.info["frames"]
+        # (T * V, C) frame-major -> (T, V * C) view-major
+        features = {lvl: np.concatenate([c[lvl] for c in parts.chunks]).reshape(frames, -1) for lvl in levels}
         self.finished.append(VideoFeatures(index, features, parts.info))
 
 
@@ -233,14 +237,14 @@ def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExt
     on_gpu = extractor.device.type == "cuda"
     # a GPU resizes in float32; frames whose cache was made with the CPU's uint8 kernel are preprocessed
     # on the CPU, in the workers, even when the backbone runs on a GPU (prediction with such a cache)
-    preprocess_here = not on_gpu or source.preprocess.resize == RESIZE_UINT8
+    preprocess_here = not on_gpu or source.preprocess.resize.endswith("-uint8")
     stream = DecodeStream(paths, source, chunk_frames, preprocess_here=preprocess_here)
     loader = DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=on_gpu,
         prefetch_factor=4 if workers else None, multiprocessing_context=worker_context() if workers else None,
         worker_init_fn=functools.partial(exit_with, os.getpid()) if workers else None,
     )
-    assembly = _Assembly()
+    assembly = _Assembly(len(source.preprocess.views))
     batcher = Batcher(extractor, batch_size, assembly.add_features)
     upload = _Uploader(extractor.device, source) if not preprocess_here else None
     for item in _guarded(loader, workers):

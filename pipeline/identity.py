@@ -13,12 +13,13 @@ import json
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from pipeline.config import FlowSpec, FrameSource, Preprocess
+from pipeline.config import FlowSpec, FrameSource, Preprocess, default
 from pipeline.errors import MrrnError
 
 # Files written before a field existed: what the field meant then.
 LEGACY_DEFAULTS = {"modality": "rgb"}  # caches from before the motion stream hold RGB features
-STREAM_FIELDS = ("modality", "flow")  # what RGB and flow caches of one dataset and backbone differ in
+STREAM_FIELDS = ("modality", "flow")
+LEVEL_ORDER = ("low", "mid", "high")  # what RGB and flow caches of one dataset and backbone differ in
 
 
 class IdentityError(MrrnError):
@@ -42,7 +43,7 @@ class CacheIdentity:
     backbone: str
     backbone_weights: str  # "torchvision:<weights name>", "random:seed=N" or "sha256:<hex>" (JSON key "weights")
     preprocess: Preprocess
-    levels: tuple[LevelSpec, ...]  # narrowest first: low, mid, high
+    levels: tuple[LevelSpec, ...]  # low, mid, high
     dtype: str  # storage type of the features
     precision: str  # arithmetic of the backbone forward
     dataset: str
@@ -59,7 +60,7 @@ class CacheIdentity:
             d = {**LEGACY_DEFAULTS, **(json.loads(data) if isinstance(data, str) else data)}
             pre = {k: tuple(v) if isinstance(v, list) else v for k, v in d["preprocess"].items()}
             levels = sorted((LevelSpec(name, layer, int(width)) for name, (layer, width) in d["levels"].items()),
-                            key=lambda spec: spec.width)
+                            key=lambda spec: LEVEL_ORDER.index(spec.name))
             return cls(
                 backbone=d["backbone"], backbone_weights=d["weights"], preprocess=Preprocess(**pre),
                 levels=tuple(levels), dtype=d["dtype"], precision=d["precision"], dataset=d["dataset"],
@@ -74,11 +75,13 @@ class CacheIdentity:
         d = {
             "backbone": self.backbone, "weights": self.backbone_weights,
             "preprocess": {"short_side": pre.short_side, "crop": pre.crop, "mean": list(pre.mean),
-                           "std": list(pre.std), "resize": pre.resize},
+                           "std": list(pre.std), "resize": pre.resize},  # + "views" when not the centre only
             "levels": {spec.name: [spec.layer, spec.width] for spec in self.levels},
             "dtype": self.dtype, "precision": self.precision, "dataset": self.dataset,
             "classes": list(self.classes), "modality": self.modality,
         }
+        if pre.views != default(Preprocess, "views"):  # absent: the centre crop only, as before views existed
+            d["preprocess"]["views"] = list(pre.views)
         if self.flow is not None:
             d["flow"] = {"method": self.flow.method, "bound": self.flow.bound, "size": self.flow.size}
         return d
@@ -91,7 +94,17 @@ class CacheIdentity:
 
     @property
     def level_widths(self) -> dict[str, int]:
+        """Level -> feature width of one view."""
         return {spec.name: spec.width for spec in self.levels}
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return self.preprocess.views
+
+    @property
+    def stored_widths(self) -> dict[str, int]:
+        """Level -> columns stored per frame: the views side by side, view-major ``(V * C)``."""
+        return {spec.name: spec.width * len(self.views) for spec in self.levels}
 
     def frame_source(self) -> FrameSource:
         """What the backbone saw: the preprocessing, and the flow rendering for a flow cache."""
@@ -121,6 +134,9 @@ class CacheIdentity:
             f"preprocess  short side {pre.short_side}, crop {pre.crop}, resize {pre.resize}, "
             f"mean {list(pre.mean)}, std {list(pre.std)}",
         ]
+        if len(self.views) > 1:
+            lines.append(f"views       {len(self.views)} per frame ({', '.join(self.views)}): the cache, and a level "
+                         f"in memory, are {len(self.views)}x the size of a centre-only cache")
         if self.flow is not None:
             lines.append(f"flow        {self.flow.method}, bound {self.flow.bound:g} px, "
                          f"computed at a shorter side of {self.flow.size} px")

@@ -50,9 +50,9 @@ class JournalEntry:
             return
         try:
             with np.load(self.path, allow_pickle=False) as z:
-                for spec in identity.levels:
-                    if z[spec.name].shape != (self.meta["frames"], spec.width):
-                        raise ValueError(f"level {spec.name} has shape {z[spec.name].shape}")
+                for level, width in identity.stored_widths.items():
+                    if z[level].shape != (self.meta["frames"], width):
+                        raise ValueError(f"level {level} has shape {z[level].shape}")
         except _UNREADABLE as err:
             raise DamagedEntry(f"{type(err).__name__}: {err}") from None
 
@@ -146,11 +146,11 @@ class Journal:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
     def add_video(self, rec: VideoRecord, features: dict[str, np.ndarray]) -> None:
-        """features: {level: (rec.frames, C)}, stored in the cache's dtype; on disk when this returns."""
-        for spec in self.identity.levels:
-            if features[spec.name].shape != (rec.frames, spec.width):
-                raise ValueError(f"{rec.key}: level {spec.name} has shape {features[spec.name].shape}, "
-                                 f"expected ({rec.frames}, {spec.width})")
+        """features: {level: (rec.frames, V * C)}, stored in the cache's dtype; on disk when this returns."""
+        for level, width in self.identity.stored_widths.items():
+            if features[level].shape != (rec.frames, width):
+                raise ValueError(f"{rec.key}: level {level} has shape {features[level].shape}, "
+                                 f"expected ({rec.frames}, {width})")
         meta = {"status": "ok", **{k: v for k, v in asdict(rec).items() if k != "offset"}}
         dtype = self.identity.dtype
         self._write(rec.key, meta, {s.name: np.asarray(features[s.name], dtype=dtype) for s in self.identity.levels})

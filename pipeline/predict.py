@@ -29,12 +29,15 @@ class Prediction:
 
 def video_score(run: TrainedRun, feats: torch.Tensor, device: torch.device) -> np.ndarray:
     """The run's score of one video, ``(K,)``: the mean clip softmax over the clips of its features
-    ``feats`` (T, C), exactly as evaluation scores test videos."""
+    ``feats`` (T, V * C), through every view or the centre one (the run's ``test_views``), exactly as
+    evaluation scores test videos."""
+    views = feats.reshape(len(feats), len(run.identities[0].views), -1)  # (T, V, C)
     clips = torch.from_numpy(clip_frames(len(feats), run.cfg.clip))  # (n, L)
     scores = VideoScores(1, len(run.classes), device)
-    with torch.no_grad():
-        probs = torch.softmax(run.model(feats[clips].to(device)), dim=1)  # (n, K)
-    scores.add(probs, torch.zeros(len(clips), dtype=torch.int64, device=device))
+    for view in range(views.shape[1]) if run.cfg.test_views == "all" else range(1):
+        with torch.no_grad():
+            probs = torch.softmax(run.model(views[:, view][clips].to(device)), dim=1)  # (n, K)
+        scores.add(probs, torch.zeros(len(clips), dtype=torch.int64, device=device))
     return scores.scores()[0].cpu().numpy().astype(np.float64)
 
 
@@ -68,7 +71,8 @@ def predict(videos: list[str | Path], run_dirs: list[str | Path], top: int = 5, 
     method = method or default_method(streams)
     weights = weights_for(streams, None) if method == "weighted" else None
     weights_arg, seed = weights_from_identity(first.backbone_weights, backbone_file)
-    extractor = FeatureExtractor(load_backbone(weights_arg, seed), dev, first.precision if dev.type == "cuda" else "fp32")
+    backbone = load_backbone(weights_arg, seed, first.backbone)
+    extractor = FeatureExtractor(backbone, dev, first.precision if dev.type == "cuda" else "fp32")
     identities = list(dict.fromkeys(i for run in runs for i in run.identities))  # each frame source once
     paths = [Path(v) for v in videos]
     out = []

@@ -1,23 +1,25 @@
-"""Grids of training runs on one cache: one run directory each, finished runs skipped, a results table.
+"""Grids of training runs on one cache, or the same grid on several caches of one dataset (backbones,
+views): one run directory each, finished runs skipped, a results table.
 
 Tables come out shaped like the paper's: hidden units x layers (table 1) and pooling x level
-(table 2), cells are video top-1 accuracy in percent.
+(table 2), cells are video top-1 accuracy in percent; with several caches, also cache x level per head.
 """
 from __future__ import annotations
 
 import csv
-import io
 import dataclasses
+import io
 import itertools
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.config import LEVELS, TrainConfig, caches_for_run
+from pipeline.cache import read_identity
+from pipeline.config import LEVELS, TrainConfig, caches_for_run, views_option
 from pipeline.errors import ConfigError, writing
 from pipeline.rundir import RunSummary
 from pipeline.train import fit
 
-COLUMNS = ("streams", "level", "model", "stream_fusion", "hidden", "layers", "pool", "video_top1", "video_top5",
+COLUMNS = ("cache", "backbone", "views", "streams", "level", "model", "stream_fusion", "hidden", "layers", "pool", "video_top1", "video_top5",
            "mean_class_acc", "clip_acc", "epochs", "parameters", "seconds_per_epoch", "run")
 
 
@@ -53,10 +55,31 @@ def grid(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, m
     return sorted(configs.values(), key=lambda c: c.model == "twostream")  # single streams first
 
 
-def row(cfg: TrainConfig, s: RunSummary) -> dict:
+def cache_labels(caches: list[str]) -> list[str]:
+    """What the tables and run folders call each cache: its file name without .h5, its path where two
+    names collide."""
+    stems = [Path(c).stem for c in caches]
+    return [stem if stems.count(stem) == 1 else str(Path(c).with_suffix("")).strip("/").replace("/", "_")
+            for stem, c in zip(stems, caches)]
+
+
+def check_caches(caches: list[str]) -> dict[str, dict]:
+    """The caches of a multi-cache sweep, checked to be of one dataset and class list: label -> {path,
+    backbone, views}."""
+    identities = [read_identity(Path(c)) for c in caches]
+    for cache, identity in zip(caches[1:], identities[1:]):
+        if (identity.dataset, identity.classes) != (identities[0].dataset, identities[0].classes):
+            raise ConfigError(f"{cache} and {caches[0]} are caches of different datasets or class lists; "
+                              "a sweep over --caches compares backbones and views of one dataset")
+    return {label: {"path": c, "backbone": i.backbone, "views": views_option(i.views)}
+            for label, c, i in zip(cache_labels(caches), caches, identities)}
+
+
+def row(cfg: TrainConfig, s: RunSummary, cache: dict) -> dict:
     f = s.final
     recurrent = cfg.model != "meanpool"
     return {
+        "cache": cache["label"], "backbone": cache["backbone"], "views": cache["views"],
         "streams": cfg.streams, "level": cfg.level, "model": cfg.model,
         "stream_fusion": cfg.stream_fusion if cfg.model == "twostream" else "",
         "hidden": cfg.hidden if recurrent else "",
@@ -78,8 +101,39 @@ def _pct(value) -> str:
     return f"{100 * value:.2f}" if value != "" else ""
 
 
+def _cache_name(r: dict) -> str:
+    return f"{r['cache']} ({r['backbone']}, {r['views']})" if r.get("backbone") else r.get("cache", "")
+
+
 def markdown(rows: list[dict]) -> str:
-    """All runs, then the paper-shaped grids wherever the sweep varies their axes."""
+    """All runs, then the paper-shaped grids wherever the sweep varies their axes; with several caches
+    a cache column, and cache x level per head."""
+    caches = list(dict.fromkeys(_cache_name(r) for r in rows))
+    if len(caches) > 1:
+        return _by_cache(rows, caches) + "\n" + "\n".join(
+            f"\n## {name}\n\n" + _one_cache([r for r in rows if _cache_name(r) == name]) for name in caches)
+    return _one_cache(rows)
+
+
+def _by_cache(rows: list[dict], caches: list[str]) -> str:
+    """Video top-1 (%) with a row per cache and head and a column per level (backbone x level x head)."""
+    levels = [lvl for lvl in LEVELS if any(r["level"] == lvl for r in rows)]
+    heads = list(dict.fromkeys((_model(r), r["hidden"], r["layers"], r["pool"]) for r in rows))
+    out = ["Video top-1 (%) per cache, head and level:", "",
+           "| cache | model | hidden | layers | pool | " + " | ".join(levels) + " |",
+           "|---|---|---|---|---|" + "---|" * len(levels)]
+    for name in caches:
+        for model, hidden, n_layers, pool in heads:
+            cells = {r["level"]: r["video_top1"] for r in rows
+                     if _cache_name(r) == name and (_model(r), r["hidden"], r["layers"], r["pool"]) == (model, hidden, n_layers, pool)}
+            if cells:
+                out.append(f"| {name} | {model} | {hidden} | {n_layers} | {pool or '-'} | "
+                           + " | ".join(_pct(cells.get(lvl, "")) for lvl in levels) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _one_cache(rows: list[dict]) -> str:
+    """The runs of one cache, then the paper-shaped grids wherever the sweep varies their axes."""
     out = ["| streams | level | model | hidden | layers | pool | video top-1 | top-5 | mean class | clip | params "
            "| s/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -114,18 +168,29 @@ def markdown(rows: list[dict]) -> str:
 
 
 def run_sweep(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, modalities=None, flow_cache=None,
-              stream_fusions=("sum",), progress=True, log=print):
+              stream_fusions=("sum",), progress=True, log=print, caches: list[str] | None = None):
     """Train every configuration of the grid (resuming unfinished runs, skipping finished ones), then
-    write ``results.csv`` and ``results.md`` in ``out``. Returns the rows."""
+    write ``results.csv`` and ``results.md`` in ``out``. With several ``caches`` (of one dataset) the grid
+    runs on each, in ``out/<cache name>/``. Returns the rows."""
     out = Path(out)
-    configs = grid(base, out, levels, models, hiddens, layers, pools, modalities, flow_cache, stream_fusions)
+    caches = caches or [base.cache]
+    if len(caches) > 1 and (flow_cache is not None or "twostream" in models):
+        raise ConfigError("--caches compares RGB caches; sweep flow and twostream runs with --cache and --flow-cache")
+    described = check_caches(caches)
+    configs = []
+    for label, cache in described.items():
+        where = out / label if len(caches) > 1 else out
+        configs += [(cache | {"label": label}, cfg) for cfg in grid(
+            dataclasses.replace(base, cache=cache["path"]), where, levels, models, hiddens, layers, pools, modalities,
+            flow_cache, stream_fusions)]
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i, cfg in enumerate(configs, start=1):
+    for i, (cache, cfg) in enumerate(configs, start=1):
         summary = fit(cfg, resume=True, progress=progress, log=log, epoch_lines=progress)
-        rows.append(row(cfg, summary))
-        log(f"run {i}/{len(configs)} {run_name(cfg)}: video top-1 {summary.final['video_top1']:.1%}"
+        rows.append(row(cfg, summary, cache))
+        name = f"{cache['label']}/{run_name(cfg)}" if len(caches) > 1 else run_name(cfg)
+        log(f"run {i}/{len(configs)} {name}: video top-1 {summary.final['video_top1']:.1%}"
             f"{' (already complete)' if summary.already_complete else ''}")
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=COLUMNS)

@@ -39,8 +39,10 @@ class NonFiniteLoss(TrainError):
 
 def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int, generator: torch.Generator,
                     device: torch.device, progress: bool = False, desc: str = "",
-                    rank: distributed.Rank = distributed.Rank(), precision: str = "fp32") -> dict:
-    """One epoch in batches of ``batch_size`` clips. With several ranks, every rank draws the same order
+                    rank: distributed.Rank = distributed.Rank(), precision: str = "fp32", views: str = "random") -> dict:
+    """One epoch in batches of ``batch_size`` clips of ``features`` (frames, V, C). With a cache of several
+    views and ``views='random'`` each clip is read through one view drawn from ``generator`` (the same
+    for all of its frames); otherwise through the centre crop. With several ranks, every rank draws the same order
     and takes every world-th clip of each batch; the loss is scaled so that DDP's gradient average is
     the mean over the whole batch: the same step as one process, up to floating-point order.
 
@@ -51,6 +53,9 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
     model.train()
     stop_at_once = device.type == "cpu" and not rank.distributed
     order = torch.randperm(clips.num_clips, generator=generator).to(clips.clip_rows.device)
+    view_of = None  # (N,) each clip's view this epoch
+    if views == "random" and features.shape[1] > 1:
+        view_of = torch.randint(features.shape[1], (clips.num_clips,), generator=generator).to(clips.clip_rows.device)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct clips, first bad batch
     totals[2] = math.inf
     bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
@@ -60,7 +65,7 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
         idx, weight = batch[rank.rank :: rank.world], 1.0
         if len(idx) == 0:  # fewer clips than ranks in the last batch: take part in the all-reduce with 0
             idx, weight = batch[:1], 0.0
-        x, y = make_batch(features, clips, idx, device)
+        x, y = make_batch(features, clips, idx, device, 0 if view_of is None else view_of[idx])
         with autocast(precision, device):
             logits = model(x)  # (B, K)
         if rank.distributed:
@@ -95,27 +100,32 @@ def autocast(precision: str, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int, device: torch.device,
-             rank: distributed.Rank = distributed.Rank(), precision: str = "fp32") -> dict:
+             rank: distributed.Rank = distributed.Rank(), precision: str = "fp32", views: str = "all") -> dict:
     """One pass: clip accuracy, and video scores = mean of each video's clip softmax -> top-1/5, class acc.
+    ``features`` (frames, V, C): with ``views='all'`` every clip is scored through each view and a video's
+    score is the mean over its clips and views (every view has the same clips, so this is the mean over
+    views of the per-view video scores: ten-crop testing); ``'center'`` reads the centre crop only.
     With several ranks each scores a contiguous share of the clips and the sums are added up, so every
     clip, and so every video, is counted exactly once."""
     model.eval()
     videos = VideoScores(len(clips.keys), num_classes, device)
     clip_correct = torch.zeros(1, device=device)
     first, last = (clips.num_clips * r // rank.world for r in (rank.rank, rank.rank + 1))
-    for start in range(first, last, batch_size):
-        idx = torch.arange(start, min(start + batch_size, last), device=clips.clip_rows.device)
-        x, y = make_batch(features, clips, idx, device)
-        with autocast(precision, device):
-            logits = model(x)
-        probs = F.softmax(logits.float(), dim=1)  # (B, K)
-        clip_correct += (probs.argmax(1) == y).sum()
-        videos.add(probs, clips.clip_video[idx].to(device))
+    scored_views = range(features.shape[1]) if views == "all" else range(1)
+    for view in scored_views:
+        for start in range(first, last, batch_size):
+            idx = torch.arange(start, min(start + batch_size, last), device=clips.clip_rows.device)
+            x, y = make_batch(features, clips, idx, device, view)
+            with autocast(precision, device):
+                logits = model(x)
+            probs = F.softmax(logits.float(), dim=1)  # (B, K)
+            clip_correct += (probs.argmax(1) == y).sum()
+            videos.add(probs, clips.clip_video[idx].to(device))
     for total in (*videos.parts(), clip_correct):
         distributed.all_sum(total)
     scores = videos.scores().cpu().numpy()  # (V, K)
     metrics = video_metrics(scores, clips.labels.cpu().numpy(), num_classes)
-    return {"clip_acc": float(clip_correct) / clips.num_clips, **metrics, "scores": scores}
+    return {"clip_acc": float(clip_correct) / (clips.num_clips * len(scored_views)), **metrics, "scores": scores}
 
 
 @dataclass
@@ -142,9 +152,9 @@ def _resume(rundir: RunDir, model, optimizer, device: torch.device, log) -> _Pro
 
 def _train_and_evaluate(epoch: int, cfg: TrainConfig, data: LevelData, trained, model, optimizer,
                         device: torch.device, rank: distributed.Rank, progress: bool) -> tuple[dict, dict]:
-    precision = cfg.precision_on(device.type)
     """One epoch: set the rate, train, evaluate on test (and validation) videos. Returns the metrics line
     and the video scores by part."""
+    precision = cfg.precision_on(device.type)
     started = time.perf_counter()
     lr = cfg.lr_at(epoch)
     for group in optimizer.param_groups:
@@ -154,12 +164,14 @@ def _train_and_evaluate(epoch: int, cfg: TrainConfig, data: LevelData, trained, 
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + rank.rank)
     train_stats = train_one_epoch(trained, optimizer, data.features, data.train, cfg.batch_size, generator,
                                   device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", rank=rank,
-                                  precision=precision)
+                                  precision=precision, views=cfg.train_views)
     num_classes = len(data.classes)
-    result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device, rank, precision)
+    result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device, rank, precision,
+                      cfg.test_views)
     scores, val = {"test": result.pop("scores")}, {}
     if data.val is not None:
-        val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device, rank, precision)
+        val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device, rank, precision,
+                       cfg.test_views)
         scores["val"] = val.pop("scores")
     metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
@@ -218,7 +230,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         rundir.start(config)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.features.shape[1], len(data.classes), data.mean, data.std).to(device)
+    model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
     trained = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  fused=device.type == "cuda" or None)  # one kernel for every parameter on CUDA

@@ -17,9 +17,10 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torchvision.transforms import InterpolationMode  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
-from pipeline.config import RESIZE_FLOAT, Preprocess  # noqa: E402
+from pipeline.config import Preprocess  # noqa: E402
 from pipeline.errors import MrrnError  # noqa: E402
 
 # A file that decodes to less than this share of the frames its header promises is called truncated.
@@ -122,11 +123,27 @@ def _frame_count(value: float) -> int:
     return int(value)
 
 
+def crop_view(x: torch.Tensor, crop: int, view: str) -> torch.Tensor:
+    """One view of frames ``(..., H, W)``: the centre crop, a corner crop ('top-left', ...) as in
+    torchvision's ``five_crop``, or either mirrored left-right ('flip' is the mirrored centre crop)."""
+    base = view.removesuffix("-flip").removesuffix("flip") or "center"
+    h, w = x.shape[-2:]
+    if base == "center":
+        out = TF.center_crop(x, [crop, crop])
+    else:
+        top = 0 if base.startswith("top") else h - crop
+        left = 0 if base.endswith("left") else w - crop
+        out = x[..., top : top + crop, left : left + crop]
+    return out.flip(-1) if view.endswith("flip") else out
+
+
 def preprocess(frames: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """RGB uint8 frames ``(T, H, W, 3)`` on any device -> normalised float32 ``(T, 3, crop, crop)``.
+    """RGB uint8 frames ``(T, H, W, 3)`` on any device -> normalised float32 ``(T * V, 3, crop, crop)``,
+    the ``V = len(pre.views)`` views of each frame next to each other (frame-major).
 
     Shorter side resized to ``pre.short_side`` (bilinear, antialiased, rounded to whole grey levels),
-    centre crop ``pre.crop``, scaled to [0, 1], normalised with ``pre.mean`` / ``pre.std``. The resize
+    the views cropped (the centre crop ``pre.crop`` by default), scaled to [0, 1], normalised with
+    ``pre.mean`` / ``pre.std``. The resize
     is ``pre.resize``: torchvision's native uint8 kernel (CPU only; 10-30x faster there than resizing
     float frames) or float32 rounded back (what a GPU runs, and the CPU too when a cache says so).
     The result is channels-last in memory, the layout the backbone runs fastest in.
@@ -134,10 +151,14 @@ def preprocess(frames: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
     x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory: torch's fast path
-    if pre.resize == RESIZE_FLOAT or x.is_cuda:
-        x = TF.resize(x.float(), [pre.short_side], antialias=True).round_().clamp_(0, 255)
+    mode = InterpolationMode.BICUBIC if pre.resize.startswith("bicubic") else InterpolationMode.BILINEAR
+    if pre.resize.endswith("float-rounded") or x.is_cuda:
+        x = TF.resize(x.float(), [pre.short_side], interpolation=mode, antialias=True).round_().clamp_(0, 255)
     else:
-        x = TF.resize(x, [pre.short_side], antialias=True)
-    x = TF.center_crop(x, [pre.crop, pre.crop]).float().div_(255.0)
-    x = TF.normalize(x, list(pre.mean), list(pre.std))
-    return x.contiguous(memory_format=torch.channels_last)  # (T, 3, crop, crop)
+        x = TF.resize(x, [pre.short_side], interpolation=mode, antialias=True)
+    if len(pre.views) == 1:
+        x = crop_view(x, pre.crop, pre.views[0])  # (T, 3, crop, crop)
+    else:
+        x = torch.stack([crop_view(x, pre.crop, view) for view in pre.views], dim=1).flatten(0, 1)  # (T * V, 3, crop, crop)
+    x = TF.normalize(x.float().div_(255.0), list(pre.mean), list(pre.std))
+    return x.contiguous(memory_format=torch.channels_last)  # (T * V, 3, crop, crop)
