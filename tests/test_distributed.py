@@ -159,3 +159,23 @@ def test_two_process_training_gives_the_one_process_results(sample_cache, tmp_pa
     a, b = np.load(tmp_path / "one" / "scores_test.npz"), np.load(tmp_path / "two" / "scores_test.npz")
     assert list(a["keys"]) == list(b["keys"])  # every test video once
     np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-4)
+
+
+def test_two_process_training_on_cached_views_gives_the_one_process_results(videos, tmp_path):
+    """Every rank draws the same view for each clip, and evaluation averages the views over the ranks'
+    shares of the clips exactly as one process does."""
+    cache = tmp_path / "flip.h5"
+    run_extract(small_extract_config(videos, cache, views="center,flip"), **QUIET)
+    fit(small(cache, tmp_path / "one", hidden=16, layers=1, epochs=2, dropout=0.0, batch_size=8, allow_missing=True),
+        **QUIET)
+    result = mrrn("train", "--cache", str(cache), "--level", "high", "--out", str(tmp_path / "two"), "--hidden", "16",
+                  "--layers", "1", "--epochs", "2", "--dropout", "0", "--lr", "1e-3", "--lr-step", "100", "--normalize",
+                  "--batch-size", "8", "--allow-missing", "--quiet", "--nproc", "2")
+    assert result.returncode == 0, result.stderr
+    lines, expected = ([json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                       for run in ("two", "one"))
+    for got, want in zip(lines, expected):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+        assert got["clip_acc"] == pytest.approx(want["clip_acc"], abs=1e-9)
+    a, b = np.load(tmp_path / "one" / "scores_test.npz"), np.load(tmp_path / "two" / "scores_test.npz")
+    np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-4)
