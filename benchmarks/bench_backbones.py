@@ -81,10 +81,11 @@ def main() -> None:
              "| backbone | levels (low / mid / high) | " + " | ".join(f"{c} px" for c in crops) + " |",
              "|---|---|" + "---|" * len(crops)]
     for name in args.backbones.split(","):
-        widths = " / ".join(str(s.width) for s in choose_backbone(name, "random").taps.levels)
+        choice = choose_backbone(name, "random")
+        widths = " / ".join(str(s.width) for s in choice.taps.levels)
         cells = []
         for crop in crops:
-            fixed = choose_backbone(name, "random").fixed_size
+            fixed = choice.fixed_size
             cells.append("-" if fixed and crop != fixed else f"{trunk_fps(name, crop, device, precision, batch):.1f}")
         lines.append(f"| {name} | {widths} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)

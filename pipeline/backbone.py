@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from pipeline.backbones import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps
+from pipeline.backbones import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps, require_model
 from pipeline.config import BACKBONE, PAPER_CROP, Preprocess
 from pipeline.errors import ConfigError, MrrnError
 from pipeline.identity import LevelSpec
@@ -77,6 +77,7 @@ def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int =
     """Backbone ``name`` with ``weights``: 'imagenet' (the model's default torchvision weights), a
     torchvision weights name, 'random' (seeded), or a path to a state_dict. Cheap: loads no weights,
     hashes a local file, finds the taps on the meta device."""
+    require_model(name)
     vit_size = PAPER_CROP if family(name) == "vit" else None  # torchvision's ViTs without weights take 224 px
     if weights == "random":
         return BackboneChoice(name, f"random:seed={seed}", "random", find_taps(name, PAPER_CROP), Preprocess(), vit_size)
@@ -84,8 +85,6 @@ def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int =
     if path.is_file():
         return BackboneChoice(name, f"sha256:{sha256_file(path)}", path, find_taps(name, PAPER_CROP), Preprocess(),
                               vit_size)
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ConfigError(f"--backbone {name}: not a torchvision classification model (see --list-backbones)")
     enum = _torchvision_weights(name, weights)
     if enum is None:
         raise WeightsError(f"{weights}: weights file not found (use 'imagenet', 'random', a torchvision weights "
@@ -152,7 +151,12 @@ def _model(choice: BackboneChoice, seed: int):
 
 def load_backbone(weights: str = "imagenet", seed: int = 0, backbone: str = BACKBONE) -> LoadedBackbone:
     """The frozen multi-level ``backbone`` with ``weights`` (see :func:`choose_backbone`)."""
-    choice = choose_backbone(backbone, weights, seed)
+    return load_chosen(choose_backbone(backbone, weights, seed), seed)
+
+
+def load_chosen(choice: BackboneChoice, seed: int = 0) -> LoadedBackbone:
+    """The frozen multi-level backbone of a :func:`choose_backbone` result (its file hashed and its taps
+    found already)."""
     return LoadedBackbone(MultiLevelNet(_model(choice, seed), choice.taps), choice.weights_identity, choice.taps.levels)
 
 

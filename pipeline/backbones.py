@@ -131,10 +131,15 @@ def find_taps(name: str, size: int) -> Taps:
     return Taps(dict(zip(nodes, LEVEL_ORDER)), pooling, levels)
 
 
-def build(name: str, weights=None, device: str | torch.device = "cpu") -> nn.Module:
-    """torchvision's model ``name`` with ``weights`` (a weights enum, or None), refused when unknown."""
+def require_model(name: str) -> None:
+    """Refuse a name that is not one of torchvision's classification models, in one line."""
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(f"--backbone {name}: not a torchvision classification model (see --list-backbones)")
+
+
+def build(name: str, weights=None, device: str | torch.device = "cpu") -> nn.Module:
+    """torchvision's model ``name`` with ``weights`` (a weights enum, or None), refused when unknown."""
+    require_model(name)
     with torch.device(device), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's notes on initialisation and tracing modes
         return torchvision.models.get_model(name, weights=weights).eval()

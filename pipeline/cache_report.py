@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.cache import CacheError, FeatureCache, journal_dir, shard_dir
 from pipeline.journal import pending_entries
 
@@ -31,7 +33,7 @@ def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
         views = len(c.identity.views)
         for spec in c.identity.levels:
             shape = c.level_shape(spec.name)
-            size = shape[0] * shape[1] * (2 if c.identity.dtype == "float16" else 4) / 2**20
+            size = shape[0] * shape[1] * np.dtype(c.identity.dtype).itemsize / 2**20
             per_view = f" = {views} views x {spec.width}" if views > 1 else ""
             report.lines.append(f"level       {spec.name:<4} {spec.layer}: {shape}{per_view} {c.identity.dtype}, "
                                 f"{size:.1f} MiB in memory")

@@ -20,7 +20,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The paper's three levels: the spatial mean of ResNet-34's last three stages (eq. 7).
 LEVELS = {"low": ("layer2", 128), "mid": ("layer3", 256), "high": ("layer4", 512)}
 BACKBONE = "resnet34"
-IMAGENET_WEIGHTS = "ResNet34_Weights.IMAGENET1K_V1"
 
 # Preprocessing (paper: shorter side -> 256, centre crop 224 at test time).
 PAPER_SHORT_SIDE = 256
@@ -30,7 +29,6 @@ DATASET_CHOICES = ("ucf101", "hmdb51", "folder")  # index formats (datasets.py)
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_TEST_FRACTION = 0.3  # folder datasets without split files: share of each class held out for test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BACKBONE_WEIGHTS = ("imagenet", "random")  # or a path to a torchvision-layout state_dict
 MODALITIES = ("rgb", "flow")
 FLOW_METHODS = ("farneback", "tvl1")
 
@@ -57,10 +55,10 @@ def _require_fraction(what: str, value: float) -> None:
         raise ConfigError(f"{what} must be in [0, 1), got {value}")
 
 
-# The two resizing implementations a cache may record: torchvision's native uint8 kernel (what runs on
-# the CPU), and resizing in float32 rounded back to whole grey levels (what runs on a GPU). They differ
-# by a grey level on about a fifth of the pixels, so a cache records which one made it.
-# Bicubic for backbones whose weights were trained with it.
+# The resizing implementations a cache may record: torchvision's native uint8 kernel (what runs on the
+# CPU), and resizing in float32 rounded back to whole grey levels (what runs on a GPU). They differ by a
+# grey level on about a fifth of the pixels, so a cache records which one made it; each bilinear, or
+# bicubic for backbones whose weights were trained with it.
 RESIZE_UINT8 = "bilinear-antialias-uint8"
 RESIZE_FLOAT = "bilinear-antialias-float-rounded"
 RESIZES = tuple(f"{interpolation}-antialias-{kind}" for interpolation in ("bilinear", "bicubic")
@@ -98,7 +96,7 @@ class Preprocess:
     crop: int = PAPER_CROP
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = "bilinear-antialias-uint8"  # how frames are resized: one of RESIZES
+    resize: str = RESIZE_UINT8  # how frames are resized: one of RESIZES
     views: tuple[str, ...] = VIEW_SETS["center"]  # the crops kept of each frame: one of VIEW_SETS' values
 
     def __post_init__(self):

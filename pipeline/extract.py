@@ -16,7 +16,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.backbone import FeatureExtractor, choose_backbone, load_backbone, resolve_device, resolve_precision
+from pipeline.backbone import (
+    BackboneChoice,
+    FeatureExtractor,
+    choose_backbone,
+    load_chosen,
+    resolve_device,
+    resolve_precision,
+)
 from pipeline.cache import (
     FailedRecord,
     FeatureCache,
@@ -39,11 +46,13 @@ class ExtractError(MrrnError):
     """The run as a whole failed (every video failed, or one failed under --strict)."""
 
 
-def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str, device_type: str = "cpu") -> CacheIdentity:
+def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str, device_type: str = "cpu",
+                   choice: BackboneChoice | None = None) -> CacheIdentity:
     """What a cache made by ``cfg`` on ``device_type`` must agree on to be resumed or extended: the
     backbone, its exact weights and levels, and the preprocessing (``cfg``'s, else the weights' own).
-    Frames preprocessed on a GPU are resized in float32 (rounded back), on the CPU by the uint8 kernel."""
-    choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)
+    Frames preprocessed on a GPU are resized in float32 (rounded back), on the CPU by the uint8 kernel.
+    ``choice``: ``cfg``'s backbone already chosen (else chosen here)."""
+    choice = choice or choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)
     pre = replace(cfg.preprocess or choice.preprocess, views=VIEW_SETS[cfg.views])
     if choice.fixed_size and pre.crop != choice.fixed_size:
         raise ConfigError(f"--backbone {cfg.backbone} with these weights takes {choice.fixed_size} px frames only, "
@@ -176,7 +185,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
     precision = resolve_precision(cfg.precision, device)
-    identity = cache_identity(cfg, videos, precision, device.type)
+    choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)  # a local weights file is hashed once
+    identity = cache_identity(cfg, videos, precision, device.type, choice)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)
     with CacheWriter(target, identity, videos.splits, log=log) as writer:
         redo = _redo_keys(cfg, Path(cfg.out), {v.key for v in videos.videos}, log)
@@ -191,8 +201,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
                 if cfg.backbone_weights == "random" and rank.is_main:
                     log(f"note: --backbone-weights random (seed {cfg.seed}): features come from an untrained "
                         f"{'ResNet-34' if cfg.backbone == 'resnet34' else cfg.backbone}")
-                backbone = load_backbone(cfg.backbone_weights, cfg.seed, cfg.backbone)
-                extractor = FeatureExtractor(backbone, device, precision)
+                extractor = FeatureExtractor(load_chosen(choice, cfg.seed), device, precision)
                 _extract_into(writer, todo, videos.classes, cfg, extractor, summary, progress, log)
         finally:
             writer.finish()
