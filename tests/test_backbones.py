@@ -129,3 +129,12 @@ def test_list_backbones_prints_names_widths_and_input_size():
     names = [line.split()[0] for line in result.output.splitlines()[1:]]
     assert {"resnet34", "convnext_tiny", "vit_b_16", "swin_t", "regnet_y_400mf"} <= set(names)
     assert "not supported" not in result.output
+
+
+def test_a_vit_refuses_another_crop_than_its_input_size_before_writing_anything(tmp_path):
+    from pipeline.errors import ConfigError
+
+    root = folder_dataset(tmp_path / "data")
+    with pytest.raises(ConfigError, match="vit_b_16 with these weights takes 224 px frames only, not --crop 64"):
+        run_extract(small_extract_config(root, tmp_path / "vit.h5", backbone="vit_b_16"), **QUIET)
+    assert not (tmp_path / "vit.h5").exists()

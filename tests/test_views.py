@@ -179,3 +179,14 @@ def test_a_sweep_over_several_caches_writes_one_table_with_a_cache_column(view_c
     run_extract(small_extract_config(other, tmp_path / "other.h5"), **QUIET)
     result = CliRunner().invoke(main, [*args[:2], f"{caches['center']},{tmp_path / 'other.h5'}", *args[3:]])
     assert result.exit_code != 0 and "different datasets" in result.output
+
+
+def test_twostream_refuses_a_cache_of_several_views(view_caches):
+    from pipeline.data import join_streams, read_level_table
+    from pipeline.errors import TrainError
+
+    _, caches = view_caches
+    cfg = small_train_config(caches["center,flip"], "unused")
+    table = read_level_table(str(caches["center,flip"]), "rgb", cfg)
+    with pytest.raises(TrainError, match="twostream reads centre-only caches; this one holds 2 views"):
+        join_streams(table, table)
