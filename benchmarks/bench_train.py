@@ -1,12 +1,12 @@
 """Stage 2 speed on the device at hand, for the paper's head (input 512, hidden 1024, 3 layers, 30 steps):
 
-    python benchmarks/bench_train.py [--device auto] [--repeats 5]
+    python benchmarks/bench_train.py [--device auto] [--repeats 7]
 
 - kernel-launching ops in one training step (forward, loss, backward, Adam) at batch 28, counted with
   torch.profiler: CUDA kernels on a GPU, leaf ATen ops on the CPU;
 - SRU forward + backward against torch.nn.LSTM of the same size, and against the SRU's matrix
   products alone (the same F.linear calls, forward and backward), at batch 28 (the paper's) and 256;
-  median of --repeats timed batches after one warm-up batch;
+  median of --repeats timed batches after one warm-up batch, the three run in turns;
 - clips/s for a full epoch on a synthetic cache (random features, 300 videos of 60-200 frames, 20
   classes) through pipeline.train, and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take.
 """
@@ -40,16 +40,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_step(fn, device, repeats: int) -> float:
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_paired(fns: dict, device, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in turns (one warm-up round, then ``repeats`` rounds), so that
+    a slow spell of the machine weighs on all of them alike."""
+    times = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def rnn_times(batch: int, device, repeats: int) -> tuple[float, float, float]:
@@ -61,15 +64,14 @@ def rnn_times(batch: int, device, repeats: int) -> tuple[float, float, float]:
     weights = [layer.weight.detach().clone().requires_grad_() for layer in sru.layers]
 
     def matmuls():  # the SRU's F.linear calls, on time-major input, each feeding the next layer
-        h = x.transpose(0, 1).requires_grad_()
+        h = x.transpose(0, 1)  # no gradient for the input, as in the SRU (cached features need none)
         for w in weights:
             h = torch.nn.functional.linear(h, w)[..., : sru.hidden_size]  # (T, B, H): the next layer's input
         h.sum().backward()
 
-    t_sru = time_step(lambda: sru(x).sum().backward(), device, repeats)
-    t_lstm = time_step(lambda: lstm(x)[0].sum().backward(), device, repeats)
-    t_mm = time_step(matmuls, device, repeats)
-    return t_sru, t_lstm, t_mm
+    t = time_paired({"sru": lambda: sru(x).sum().backward(), "lstm": lambda: lstm(x)[0].sum().backward(),
+                     "matmuls": matmuls}, device, repeats)
+    return t["sru"], t["lstm"], t["matmuls"]
 
 
 # ATen ops that only make views, allocate or read a scalar: no kernel is launched for them.
@@ -140,7 +142,7 @@ def epoch_clips_per_second(device) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     device = resolve_device(args.device)
     ops = ops_per_step(device)
@@ -156,7 +158,8 @@ def main() -> None:
     append_results(
         f"bench_train on {device}",
         [f"One training step of the paper head (batch 28, Adam): **{ops} {what}** (torch.profiler).", "",
-         f"Input 512, hidden 1024, 3 layers, 30 steps; median of {args.repeats} batches after a warm-up.", "",
+         f"Input 512, hidden 1024, 3 layers, 30 steps; median of {args.repeats} batches after a warm-up, "
+         "SRU, LSTM and matrix products in turns.", "",
          *lines, "",
          f"Full training epoch, paper head (hidden 1024, 3 layers, batch 28) on a synthetic cache: "
          f"{clips} clips at **{clips_per_s:.1f} clips/s**; 12 epochs of UCF-101 split 1 (180,000 clips) would take "

@@ -48,13 +48,14 @@ class SRULayer(nn.Module):
         H = self.hidden_size
         if skip_input is None:
             u = F.linear(x, self.weight)  # (T, B, blocks*H): eq. 2 and every projection of every step at once
-            gates, skip = (u[..., : 3 * H], u[..., 3 * H :]) if self.project_skip else (u, x)
+            # views, not copies: the op reads strided input, and split's backward is one concatenation
+            gates, skip = u.split(3 * H, dim=-1) if self.project_skip else (u, x)
         else:
             gates = F.linear(x, self.weight[: 3 * H])  # (T, B, 3H)
             skip = F.linear(skip_input, self.weight[3 * H :]) if self.project_skip else skip_input
         if c0 is None:
             c0 = x.new_zeros(x.shape[1], H)
-        h, c = torch.ops.mrrn.sru_recurrence(gates.contiguous(), self.bias, skip.contiguous(), c0)  # (3)-(6)
+        h, c = torch.ops.mrrn.sru_recurrence(gates, self.bias, skip, c0)  # (3)-(6)
         return h, c[-1]  # (T, B, H), (B, H)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+aten = torch.ops.aten
 _LIB = "mrrn"
 
 
@@ -29,7 +30,7 @@ def _check(u: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor, c0: torch.Te
 def _gates(u: torch.Tensor, bias: torch.Tensor, H: int):
     """x~ (T, B, H) and the gates f, r (T, B, H) of every time step at once."""
     x_tilde, f_pre, r_pre = u.split(H, dim=-1)
-    return x_tilde, torch.sigmoid(f_pre + bias[:H]), torch.sigmoid(r_pre + bias[H:])
+    return x_tilde, torch.add(f_pre, bias[:H]).sigmoid_(), torch.add(r_pre, bias[H:]).sigmoid_()
 
 
 @torch.library.custom_op(f"{_LIB}::sru_recurrence", mutates_args=())
@@ -38,12 +39,13 @@ def sru_recurrence(u: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor, c0: 
     device without a kernel of its own)."""
     H = _check(u, bias, skip, c0)
     x_tilde, f, r = _gates(u, bias, H)
-    c = torch.mul(1 - f, x_tilde)  # (T, B, H): (1 - f_t) x~_t, then f_t c_{t-1} added step by step
+    # few passes over (T, B, H) and few fresh buffers: on the CPU both cost as much as the arithmetic
+    c = torch.addcmul(x_tilde, f, x_tilde, value=-1)  # (T, B, H): (1 - f_t) x~_t, then f_t c_{t-1} added
     prev = c0
     for t in range(u.shape[0]):
         c[t].addcmul_(f[t], prev)  # (5)
         prev = c[t]
-    h = torch.addcmul(skip, r, torch.tanh(c) - skip)  # (6): r tanh(c) + (1 - r) skip
+    h = torch.addcmul(skip, r, torch.tanh(c).sub_(skip))  # (6): r tanh(c) + (1 - r) skip
     return h, c
 
 
@@ -55,23 +57,28 @@ def _(u, bias, skip, c0):
 
 
 @torch.library.custom_op(f"{_LIB}::sru_recurrence_backward", mutates_args=())
-def sru_recurrence_backward(grad_h: torch.Tensor, grad_c: torch.Tensor, u: torch.Tensor, bias: torch.Tensor,
+def sru_recurrence_backward(grad_h: torch.Tensor, grad_c: torch.Tensor | None, u: torch.Tensor, bias: torch.Tensor,
                             skip: torch.Tensor, c0: torch.Tensor, c: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of u, bias, skip and c0 given those of h and of every state c (T, B, H)."""
+    """Gradients of u, bias, skip and c0 given those of h and of every state c (T, B, H; None: zero)."""
     H = c0.shape[-1]
     x_tilde, f, r = _gates(u, bias, H)
-    tanh_c = torch.tanh(c)
     grad_u = torch.empty_like(u)
     d_x_tilde, d_f_pre, d_r_pre = grad_u.split(H, dim=-1)
-    torch.mul(grad_h * (tanh_c - skip), r * (1 - r), out=d_r_pre)  # through r
-    grad_skip = grad_h * (1 - r)  # through the skip term
-    dc = torch.addcmul(grad_c, grad_h * r, 1 - tanh_c * tanh_c)  # dL/dc_t from h_t (and c_t itself)
+    tanh_c = torch.tanh(c)
+    grad_skip = torch.addcmul(grad_h, grad_h, r, value=-1)  # through the skip term: dh (1 - r)
+    torch.sub(tanh_c, skip, out=d_r_pre).mul_(grad_h)
+    aten.sigmoid_backward.grad_input(d_r_pre, r, grad_input=d_r_pre)  # through r: ... r (1 - r)
+    dc = torch.mul(grad_h, r)
+    aten.tanh_backward.grad_input(dc, tanh_c, grad_input=dc)  # dL/dc_t from h_t: dh r (1 - tanh^2 c_t)
+    if grad_c is not None:
+        dc.add_(grad_c)  # ... and from c_t itself
     for t in range(u.shape[0] - 2, -1, -1):
         dc[t].addcmul_(f[t + 1], dc[t + 1])  # ... and from c_{t+1} = f_{t+1} c_t + ...
-    prev = torch.cat([c0[None], c[:-1]])  # (T, B, H): c_{t-1}
-    torch.mul(dc * (prev - x_tilde), f * (1 - f), out=d_f_pre)  # through f
-    torch.mul(dc, 1 - f, out=d_x_tilde)
+    torch.sub(c0, x_tilde[0], out=d_f_pre[0])  # c_{t-1} - x~_t
+    torch.sub(c[:-1], x_tilde[1:], out=d_f_pre[1:])
+    aten.sigmoid_backward.grad_input(d_f_pre.mul_(dc), f, grad_input=d_f_pre)  # through f
+    torch.addcmul(dc, dc, f, value=-1, out=d_x_tilde)  # dc (1 - f)
     return grad_u, grad_u[..., H:].sum(dim=(0, 1)), grad_skip, dc[0] * f[0]
 
 
@@ -88,7 +95,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_h, grad_c):
     u, bias, skip, c0, c = ctx.saved_tensors
     grad_h = torch.zeros_like(c) if grad_h is None else grad_h.contiguous()
-    grad_c = torch.zeros_like(c) if grad_c is None else grad_c.contiguous()
+    grad_c = None if grad_c is None else grad_c.contiguous()  # None: only h is used (the usual case)
     return torch.ops.mrrn.sru_recurrence_backward(grad_h, grad_c, u, bias, skip, c0, c)
 
 

@@ -92,13 +92,15 @@ def forward(u: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor, c0: torch.T
 
 
 def backward(grad_h, grad_c, u, bias, skip, c0, c):
-    """Gradients of u (its dtype), bias, skip and c0."""
+    """Gradients of u (its dtype), bias, skip and c0 given those of h and of every state c (or None)."""
     T, B, H = c.shape
+    u = u.contiguous()  # u may be a view of the layer's projections (the kernel indexes a dense (T, B, 3H))
+    grad_c = torch.zeros_like(c) if grad_c is None else grad_c  # None: only h was used
     grad_u = torch.empty_like(u)
     grad_skip = torch.empty(T, B, H, device=u.device, dtype=skip.dtype)
     grad_c0 = torch.empty(B, H, device=u.device, dtype=c0.dtype)
     LAUNCHES["backward"] += 1
-    _backward_kernel[_grid(B, H)](grad_h.contiguous(), grad_c.contiguous(), u.contiguous(), bias.contiguous(),
+    _backward_kernel[_grid(B, H)](grad_h.contiguous(), grad_c.contiguous(), u, bias.contiguous(),
                                   skip.contiguous(), c0.contiguous(), c.contiguous(), grad_u, grad_skip, grad_c0,
                                   T, B * H, H, BLOCK=BLOCK)
     grad_bias = grad_u[..., H:].float().sum(dim=(0, 1)).to(bias.dtype)

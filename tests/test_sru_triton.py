@@ -55,15 +55,32 @@ CHECK = textwrap.dedent('''
     for T, B, H in [(5, 3, 4), (1, 2, 3), (4, 1, 7), (3, 2, 130)]:
         check(T, B, H, seed=T * 100 + H)
 
-    # whole layers: without and with the skip projection, and with a separate skip input (two-stream)
+    def layer_reference(layer, x, skip_input):
+        """h of a whole layer in float64, and the gradients of its weight and bias for the loss sum(h * w)."""
+        H = layer.hidden_size
+        weight, bias = (p.detach().double().cpu().requires_grad_() for p in (layer.weight, layer.bias))
+        x = x.double().cpu()
+        skip = x if skip_input is None else skip_input.double().cpu()
+        skip = skip @ weight[3 * H :].T if layer.project_skip else skip
+        h, _ = reference(x @ weight[: 3 * H].T, bias, skip, x.new_zeros(x.shape[1], H))
+        return h, weight, bias
+
+    # whole layers: without and with the skip projection (the op then reads views of one projection), and
+    # with a separate skip input (two-stream)
     sru_triton.LAUNCHES.update(forward=0, backward=0)
     torch.manual_seed(0)
     for n_in, n_hidden, separate in [(6, 6, False), (5, 7, False), (6, 6, True), (4, 9, True)]:
         layer = SRULayer(n_in, n_hidden).to(device)
         x = torch.randn(4, 3, n_in, device=device)
-        extra = {"skip_input": torch.randn(4, 3, n_in, device=device)} if separate else {}
-        h, _ = layer(x, **extra)
-        h.sum().backward()
+        skip_input = torch.randn(4, 3, n_in, device=device) if separate else None
+        h, _ = layer(x, skip_input=skip_input)
+        w = torch.randn_like(h)
+        (h * w).sum().backward()
+        ref_h, weight, bias = layer_reference(layer, x, skip_input)
+        (ref_h * w.double().cpu()).sum().backward()
+        torch.testing.assert_close(h.double().cpu(), ref_h, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.weight.grad.double().cpu(), weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(layer.bias.grad.double().cpu(), bias.grad, rtol=1e-4, atol=1e-4)
     assert sru_triton.LAUNCHES == {"forward": 4, "backward": 4}, sru_triton.LAUNCHES
 
     # one training step of a 2-layer RRN head: two launches per SRU layer, no more
