@@ -1,12 +1,24 @@
-"""Stage 1 throughput: the whole `mrrn extract` command against a bare ResNet-34 forward over the same
-number of frames at the same size, with decoding alone beside them.
+"""Stage 1 throughput: the whole `mrrn extract` command against a bare ResNet-34 forward and against
+mrrn's own trunk over the same number of frames at the same size, with decoding alone beside them.
 
     python benchmarks/bench_extract.py [--crop 64] [--clips N] [--frames 200] [--videos DIR] [--device auto]
+                                       [--steady | --no-steady]
 
-The load is UCF-101-like: 320x240 MPEG-4 AVIs at 25 fps (generated here with OpenCV's writer), or
-every file in --videos. Preprocessing: shorter side = crop * 8/7 (256 for 224), centre crop. The bare
-forward is torchvision's resnet34 in inference mode on random tensors of the crop size, batch as the
-extraction's. By default 60 clips at crops up to 112 px (about 12,000 frames) and 12 at larger crops.
+The load is UCF-101-like: 320x240 MPEG-4 AVIs at 25 fps (up to 60 distinct clips generated here with
+OpenCV's writer, repeated through links up to --clips videos, each decoded in full), or every file in
+--videos. Preprocessing: shorter side = crop * 8/7 (256 for 224), centre crop.
+
+- bare forward: torchvision's resnet34 as built, inference mode, autocast at the extraction's precision,
+  on random tensors of the crop size, batch as the extraction's;
+- mrrn's trunk: what `extract` runs (batch norms folded, weights cast once, channels-last), on random
+  frames already on the device: the backbone-only rate the whole pipeline is measured against;
+- the whole command: a new process, imports, decoding workers, backbone, cache. With --steady (the
+  default on a GPU, where start-up is seconds against a fraction of a second of work), it runs again on
+  the load twice over: the difference is the steady rate, the rest the start-up, and UCF-101's 2.5
+  million frames are projected from both.
+
+By default 60 clips at crops up to 112 px (about 12,000 frames) and 12 at larger ones on a CPU; 1,000
+(200,000 frames) on a GPU.
 """
 from __future__ import annotations
 
@@ -24,32 +36,50 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results  # noqa: E402
-from pipeline.backbone import resolve_device, resolve_precision  # noqa: E402
-from pipeline.config import Preprocess, default_workers  # noqa: E402
+from pipeline.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision  # noqa: E402
+from pipeline.config import ExtractConfig, Preprocess, default, default_workers  # noqa: E402
 from pipeline.datasets import VIDEO_EXTENSIONS  # noqa: E402
 from pipeline.video import VideoReader, preprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+DISTINCT_CLIPS = 60
+UCF101_FRAMES = 2.5e6
+
+
 def write_clips(folder: Path, count: int = 6, frames: int = 200) -> list[Path]:
-    """UCF-101-like clips: 320x240 MPEG-4 (XviD fourcc) at 25 fps, a textured scene panning and brightening."""
+    """UCF-101-like clips: 320x240 MPEG-4 (XviD fourcc) at 25 fps, a textured scene panning and brightening.
+    At most DISTINCT_CLIPS are written; the rest are links to them (decoded in full all the same)."""
     import cv2
     import numpy as np
 
     folder.mkdir(parents=True)
     paths = []
     for i in range(count):
+        path = folder / f"clip{i}.avi"
+        paths.append(path)
+        if i >= DISTINCT_CLIPS:
+            path.symlink_to(paths[i % DISTINCT_CLIPS])
+            continue
         rng = np.random.default_rng(i)
         scene = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 2 + i)
-        path = folder / f"clip{i}.avi"
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"XVID"), 25.0, (320, 240))
         for t in range(frames):
             x, y = (3 * t) % 320, (2 * t) % 240
             writer.write(cv2.convertScaleAbs(scene[y : y + 240, x : x + 320], alpha=1.0, beta=t % 40))
         writer.release()
-        paths.append(path)
     return paths
+
+
+def doubled(root: Path, paths: list[Path]) -> Path:
+    """A dataset folder holding the load twice over (links), for the steady rate."""
+    folder = root.with_name(root.name + "_x2") / "clips"
+    folder.mkdir(parents=True)
+    for copy in range(2):
+        for p in paths:
+            (folder / f"{copy}_{p.name}").symlink_to(p.resolve())
+    return folder.parent
 
 
 def bare_forward(device, crop: int, batch: int, frames: int, precision: str) -> float:
@@ -69,6 +99,42 @@ def bare_forward(device, crop: int, batch: int, frames: int, precision: str) -> 
         if device.type == "cuda":
             torch.cuda.synchronize()
     return done / (time.perf_counter() - start)
+
+
+def trunk_forward(device, crop: int, batch: int, frames: int, precision: str) -> float:
+    """frames/s of mrrn's trunk (what extract runs) on random frames already on the device, each batch's
+    features read back one batch later as extract does."""
+    extractor = FeatureExtractor(load_backbone("random"), device, precision)
+    x = torch.randn(batch, 3, crop, crop, device=device)
+    extractor(x)  # warm-up (cuDNN picks its algorithms)
+    pending, done, start = None, 0, time.perf_counter()
+    while done < frames:
+        submitted = extractor.submit(x)
+        if pending is not None:
+            pending.result()
+        pending, done = submitted, done + batch
+    pending.result()
+    return done / (time.perf_counter() - start)
+
+
+def _decode_count(path: Path) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)
+    return sum(len(c) for c in VideoReader(path).chunks())
+
+
+def decode_pool(paths: list[Path], workers: int) -> tuple[int, float]:
+    """Frames of the load, and frames/s of ``workers`` processes decoding it as extraction's pool does."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.workers import worker_context  # not a plain fork of this process: its torch threads have run
+
+    with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
+        list(pool.map(_decode_count, paths[:workers]))  # start-up and imports outside the timing
+        start = time.perf_counter()
+        frames = sum(pool.map(_decode_count, paths))
+    return frames, frames / (time.perf_counter() - start)
 
 
 def decode_only(paths: list[Path], pre: Preprocess | None) -> float:
@@ -96,6 +162,25 @@ def whole_command(root: Path, out: Path, args, short_side: int) -> float:
     return time.perf_counter() - start
 
 
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 7200 else f"{seconds / 60:.1f} min"
+
+
+def load(tmp: Path, args, clips: int) -> tuple[Path, list[Path], str]:
+    """The dataset folder, its videos, and a description of them."""
+    root = tmp / "dataset"
+    if args.videos is None:
+        paths = write_clips(root / "clips", clips, args.frames)
+        distinct = min(clips, DISTINCT_CLIPS)
+        return root, paths, (f"{clips} UCF-101-like 320x240 MPEG-4 AVIs of {args.frames} frames ({distinct} distinct, "
+                             "generated)")
+    paths = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
+    (root / "clips").mkdir(parents=True)
+    for p in paths:
+        (root / "clips" / p.name).symlink_to(p.resolve())
+    return root, sorted((root / "clips").iterdir()), f"{len(paths)} videos of --videos"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=Path, default=None)
@@ -105,48 +190,53 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="[default: extract's own]")
     ap.add_argument("--workers", type=int, default=None, help="[default: extract's own]")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--steady", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time the load twice over, for the steady rate and the start-up [default: on a GPU]")
     args = ap.parse_args()
     short_side = round(args.crop * 256 / 224)
     pre = Preprocess(short_side=short_side, crop=args.crop)
     device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
     precision = resolve_precision("auto", device)
-    clips = args.clips or (60 if args.crop <= 112 else 12)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if args.videos is None:
-            paths = write_clips(tmp / "dataset" / "clips", clips, args.frames)
-            source = f"{len(paths)} generated 320x240 MPEG-4 AVIs of {args.frames} frames (UCF-101-like)"
-            root = tmp / "dataset"
-        else:
-            paths = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)
-            source, root = f"{len(paths)} videos of --videos", tmp / "dataset"
-            (root / "clips").mkdir(parents=True)
-            for p in paths:
-                (root / "clips" / p.name).symlink_to(p.resolve())
-        frames = sum(sum(len(c) for c in VideoReader(p).chunks()) for p in paths)
-        command_fps = frames / whole_command(root, tmp / "bench.h5", args, short_side)
-        batch = args.batch_size or 64
-        bare_fps = bare_forward(device, args.crop, batch, frames, precision)
-        decode_fps = decode_only(paths, None)
-        decode_pre_fps = decode_only(paths, pre if device.type == "cpu" else None)
+    steady = on_gpu if args.steady is None else args.steady
+    clips = args.clips or (1000 if on_gpu else 60 if args.crop <= 112 else 12)
+    batch = args.batch_size or default(ExtractConfig, "batch_size")
     workers = args.workers if args.workers is not None else default_workers()
+    with tempfile.TemporaryDirectory() as tmp:
+        root, paths, source = load(Path(tmp), args, clips)
+        frames, pool_fps = decode_pool(paths, max(1, workers))
+        seconds = whole_command(root, Path(tmp) / "bench.h5", args, short_side)
+        twice = whole_command(doubled(root, paths), Path(tmp) / "bench2.h5", args, short_side) if steady else None
+        bare_fps = bare_forward(device, args.crop, batch, frames, precision)
+        trunk_fps = trunk_forward(device, args.crop, batch, frames, precision)
+        decode_fps = decode_only(paths[:DISTINCT_CLIPS], None)
+        decode_pre_fps = decode_only(paths[:DISTINCT_CLIPS], pre if not on_gpu else None)
+    command_fps = frames / seconds
+    rows = [("bare ResNet-34 forward (torchvision as built, random tensors of the crop size)", bare_fps),
+            ("mrrn's trunk alone (what extract runs, frames already on the device)", trunk_fps),
+            ("the whole `mrrn extract` command (new process, decode, preprocess, backbone, cache)", command_fps),
+            *([(f"decode only, {workers} workers (the extraction's pool)", pool_fps)] if workers > 1 else []),
+            ("decode only, one worker", decode_fps),
+            (f"decode + preprocess, one worker{'' if not on_gpu else ' (preprocessing runs on the GPU)'}",
+             decode_pre_fps)]
+    summary = [f"Whole command / bare forward: **{command_fps / bare_fps:.2f}**; whole command / mrrn's trunk: "
+               f"**{command_fps / trunk_fps:.2f}**."]
+    if twice is not None and twice > seconds:
+        steady_fps = frames / (twice - seconds)
+        startup = max(0.0, seconds - frames / steady_fps)
+        rows.insert(3, ("the whole command's steady rate (the load twice over, minus once)", steady_fps))
+        summary.append(f"Steady rate / mrrn's trunk: **{steady_fps / trunk_fps:.2f}**; start-up {startup:.1f} s. "
+                       f"UCF-101's 2.5 million frames: {duration(startup + UCF101_FRAMES / steady_fps)} projected.")
+    else:
+        if twice is not None:
+            summary.append("(No steady rate: the load twice over took no longer than once; use more --clips.)")
+        summary.append(f"UCF-101's 2.5 million frames at the whole command's rate: "
+                       f"{duration(UCF101_FRAMES / command_fps)}.")
     append_results(
         f"bench_extract on {device} ({precision}), {args.crop} px",
-        [
-            f"Input: {source}, {frames} frames; short side {short_side}, crop {args.crop}, batch {batch}, "
-            f"{workers} decoding worker(s), random weights.",
-            "",
-            "| measure | frames/s |",
-            "|---|---|",
-            f"| bare ResNet-34 forward (torchvision, random tensors of the crop size) | {bare_fps:.1f} |",
-            f"| the whole `mrrn extract` command (new process, decode, preprocess, backbone, cache) | {command_fps:.1f} |",
-            f"| decode only, one worker | {decode_fps:.1f} |",
-            f"| decode + preprocess, one worker{'' if device.type == 'cpu' else ' (preprocessing runs on the GPU)'} "
-            f"| {decode_pre_fps:.1f} |",
-            "",
-            f"Whole command / bare forward: **{command_fps / bare_fps:.2f}**. UCF-101's 2.5 million frames at this "
-            f"rate: {2.5e6 / command_fps / 3600:.1f} h.",
-        ],
+        [f"Input: {source}, {frames} frames; short side {short_side}, crop {args.crop}, batch {batch}, "
+         f"{workers} decoding worker(s), random weights.", "", "| measure | frames/s |", "|---|---|",
+         *(f"| {what} | {fps:.1f} |" for what, fps in rows), "", *summary],
     )
 
 
