@@ -3,16 +3,19 @@
     python benchmarks/bench_train.py [--device auto] [--repeats 7]
 
 - kernel-launching ops in one training step (forward, loss, backward, Adam) at batch 28, counted with
-  torch.profiler: CUDA kernels on a GPU, leaf ATen ops on the CPU;
+  torch.profiler: CUDA kernels on a GPU, leaf ATen ops on the CPU; bare, and inside pipeline.train's
+  loop (batch gathering, on-device loss and accuracy);
 - SRU forward + backward against torch.nn.LSTM of the same size, and against the SRU's matrix
   products alone (the same F.linear calls, forward and backward), at batch 28 (the paper's) and 256;
   median of --repeats timed batches after one warm-up batch, the three run in turns;
 - clips/s for a full epoch on a synthetic cache (random features, 300 videos of 60-200 frames, 20
-  classes) through pipeline.train, and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take.
+  classes) through pipeline.train, set up as `mrrn train` does (TF32 and fused Adam on CUDA; there
+  after an untimed warm-up epoch), and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -32,7 +35,7 @@ from pipeline.config import LEVELS, TrainConfig  # noqa: E402
 from pipeline.data import load_level_data  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.sru import SRU  # noqa: E402
-from pipeline.train import train_one_epoch  # noqa: E402
+from pipeline.train import autocast, train_one_epoch  # noqa: E402
 
 
 def sync(device):
@@ -78,35 +81,62 @@ def rnn_times(batch: int, device, repeats: int) -> tuple[float, float, float]:
 NO_KERNEL = {"as_strided", "empty", "empty_strided", "empty_like", "view", "_unsafe_view", "_reshape_alias", "reshape",
              "resolve_conj", "resolve_neg", "detach", "alias", "_local_scalar_dense", "item", "expand", "t",
              "transpose", "select", "slice", "unsqueeze", "squeeze", "permute", "split", "chunk", "unbind",
-             "lift_fresh", "resize_", "set_", "to", "_to_copy_meta"}
+             "lift_fresh", "resize_", "set_", "to", "_to_copy_meta", "narrow", "new_empty", "new_empty_strided"}
+
+
+def fit_setup(cfg: TrainConfig, device, num_classes: int):
+    """The model, optimizer and arithmetic as `mrrn train` (pipeline.train.fit) sets them up on ``device``:
+    TF32 projections on CUDA by default, fused Adam on CUDA."""
+    precision = cfg.precision_on(device.type)
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, 512, num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 fused=device.type == "cuda" or None)
+    return model, optimizer, precision
+
+
+def count_ops(fn, device) -> int:
+    """Kernel-launching ops of ``fn()``: CUDA kernels on a GPU, leaf ATen ops that compute on the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    if device.type == "cuda":
+        return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    return sum(1 for e in prof.events() if computes(e) and not any(map(launches, e.cpu_children)))
+
+
+def computes(event) -> bool:
+    return event.name.startswith("aten::") and event.name[6:] not in NO_KERNEL
+
+
+def launches(event) -> bool:
+    """Whether ``event`` or an op below it computes (an op whose only children make views, such as a
+    matrix product calling resolve_conj, is itself the kernel)."""
+    return computes(event) or any(map(launches, event.cpu_children))
 
 
 def ops_per_step(device) -> int:
-    """Kernel-launching ops in one training step of the paper head at batch 28."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.manual_seed(0)
-    cfg = TrainConfig(cache="-", out="-")
-    model = build_model(cfg, 512, 101).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, fused=device.type == "cuda" or None)
+    """Kernel-launching ops in one bare training step of the paper head at batch 28 (forward, loss,
+    backward, Adam on random input)."""
+    model, optimizer, precision = fit_setup(TrainConfig(cache="-", out="-"), device, 101)
     x, y = torch.randn(28, 30, 512, device=device), torch.randint(0, 101, (28,), device=device)
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(precision, device):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     step()  # warm-up: Adam's state, Triton compilation
     sync(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        step()
-        sync(device)
-    if device.type == "cuda":
-        return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-    aten = [e for e in prof.events() if e.name.startswith("aten::") and e.name[6:] not in NO_KERNEL]
-    return sum(1 for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children))
+    return count_ops(step, device)
 
 
 def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
@@ -123,20 +153,32 @@ def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
         w.finish()
 
 
-def epoch_clips_per_second(device) -> tuple[float, int]:
+def epoch_figures(device) -> tuple[float, int, float, int]:
+    """clips/s of a full epoch of pipeline.train's loop on a synthetic cache, set up as `mrrn train` does
+    (on a GPU after one untimed warm-up epoch: Triton compilation, cuBLAS), the epoch's clips, and the
+    kernel-launching ops per step of that loop (its batch gathering and on-device bookkeeping included)
+    over a short epoch, with its steps."""
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "synthetic.h5"
         synthetic_cache(cache)
         cfg = TrainConfig(cache=str(cache), out=str(Path(tmp) / "run"), level="high")
         data = load_level_data(cfg, device, log=lambda m: None)
-        torch.manual_seed(0)
-        model = build_model(cfg, 512, len(data.classes)).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-        start = time.perf_counter()
-        train_one_epoch(model, optimizer, data.features, data.train, cfg.batch_size, torch.Generator().manual_seed(0),
-                        device)
+        model, optimizer, precision = fit_setup(cfg, device, len(data.classes))
+
+        def epoch(clips):
+            train_one_epoch(model, optimizer, data.features, clips, cfg.batch_size, torch.Generator().manual_seed(0),
+                            device, precision=precision)
+
+        if device.type == "cuda":
+            epoch(data.train)
         sync(device)
-        return data.train.num_clips / (time.perf_counter() - start), data.train.num_clips
+        start = time.perf_counter()
+        epoch(data.train)
+        sync(device)
+        clips_per_s = data.train.num_clips / (time.perf_counter() - start)
+        n = cfg.batch_size * 8  # 8 full steps
+        short = dataclasses.replace(data.train, clip_rows=data.train.clip_rows[:n], clip_video=data.train.clip_video[:n])
+        return clips_per_s, data.train.num_clips, count_ops(lambda: epoch(short), device) / 8, 8
 
 
 def main() -> None:
@@ -152,12 +194,14 @@ def main() -> None:
         t_sru, t_lstm, t_mm = rnn_times(batch, device, args.repeats)
         lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** | "
                      f"{1000 * t_mm:.1f} ms | **{t_sru / t_mm:.2f}x** |")
-    clips_per_s, clips = epoch_clips_per_second(device)
+    clips_per_s, clips, loop_ops, loop_steps = epoch_figures(device)
     ucf_hours = 12 * 180_000 / clips_per_s / 3600
     what = "CUDA kernels" if device.type == "cuda" else "leaf ATen ops"
     append_results(
         f"bench_train on {device}",
-        [f"One training step of the paper head (batch 28, Adam): **{ops} {what}** (torch.profiler).", "",
+        [f"One training step of the paper head (batch 28, Adam): **{ops} {what}** (torch.profiler); "
+         f"**{loop_ops:.0f}** per step in pipeline.train's loop (batch gathering and on-device bookkeeping "
+         f"included; one epoch of {loop_steps} steps, its own start and end spread over them).", "",
          f"Input 512, hidden 1024, 3 layers, 30 steps; median of {args.repeats} batches after a warm-up, "
          "SRU, LSTM and matrix products in turns.", "",
          *lines, "",

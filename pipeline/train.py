@@ -56,10 +56,11 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
     view_of = None  # (N,) each clip's view this epoch
     if views == "random" and features.shape[1] > 1:
         view_of = torch.randint(features.shape[1], (clips.num_clips,), generator=generator).to(clips.clip_rows.device)
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct clips, first bad batch
-    totals[2] = math.inf
     bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
                unit="batch", dynamic_ncols=True)
+    # each step's summed loss and correct clips, written on the device: one copy per step, read once
+    losses = torch.zeros(len(bar), dtype=torch.float64, device=device)
+    hits = torch.zeros(len(bar), dtype=torch.int64, device=device)
     for number, start in enumerate(bar, start=1):
         batch = order[start : start + batch_size]  # the global batch, the same on every rank
         idx, weight = batch[rank.rank :: rank.world], 1.0
@@ -74,19 +75,19 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
         else:  # the one-process loss exactly as before, so single-process runs reproduce bit for bit
             loss = F.cross_entropy(logits, y)
             summed = loss.detach() * len(idx)
-        finite = torch.isfinite(summed.detach())
-        if stop_at_once and not finite:
+        if stop_at_once and not torch.isfinite(summed):
             raise NonFiniteLoss(number, len(bar))
-        totals[2] = torch.where(finite, totals[2], torch.clamp(totals[2], max=number))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        totals[0] += summed.detach().double() * weight
-        totals[1] += (logits.argmax(1) == y).sum().double() * weight
-    first_bad = distributed.all_min(float(totals[2]))
+        losses[number - 1] = summed.detach() * weight if weight != 1.0 else summed.detach()  # NaN * 0 stays NaN
+        if weight:
+            hits[number - 1] = (logits.argmax(1) == y).sum()
+    bad = (~torch.isfinite(losses)).nonzero()
+    first_bad = distributed.all_min(float(bad[0, 0]) + 1 if len(bad) else math.inf)
     if math.isfinite(first_bad):
         raise NonFiniteLoss(int(first_bad), len(bar))
-    loss_sum, correct = distributed.all_sum(totals[:2].clone()).tolist()
+    loss_sum, correct = distributed.all_sum(torch.stack([losses.sum(), hits.sum().double()])).tolist()
     return {"loss": loss_sum / clips.num_clips, "train_acc": correct / clips.num_clips}
 
 

@@ -34,17 +34,29 @@ CHECK = textwrap.dedent('''
             hs.append(r * torch.tanh(c) + (1 - r) * skip[t])
         return torch.stack(hs), c
 
-    def check(T, B, H, seed):
+    def check(T, B, H, seed, strided=False, use_state=True):
+        """The op against the reference. ``strided``: u and skip are views of one (T, B, 4H) projection, as
+        in a layer with the skip projection; ``use_state``: the loss reads the last state as well as h
+        (else the state's gradient is None)."""
         g = torch.Generator().manual_seed(seed)
         make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
         u, bias, skip, c0 = make(T, B, 3 * H), make(2 * H), make(T, B, H), make(B, H)
         leaves = [x.clone().requires_grad_() for x in (u, bias, skip, c0)]
         ref_h, ref_c = reference(*leaves)
-        wh, wc = make(T, B, H), make(B, H)
+        wh, wc = make(T, B, H), make(B, H) * use_state
         ref_grads = torch.autograd.grad((ref_h * wh).sum() + (ref_c * wc).sum(), leaves)
-        ins = [x.float().to(device).requires_grad_() for x in (u, bias, skip, c0)]
-        h, c = torch.ops.mrrn.sru_recurrence(*ins)
-        loss = (h * wh.float().to(device)).sum() + (c[-1] * wc.float().to(device)).sum()
+        if strided:
+            both = torch.cat([u, skip], dim=-1).float().to(device).requires_grad_()
+            ins = [both, *(x.float().to(device).requires_grad_() for x in (bias, c0))]
+            u_in, skip_in = both.split([3 * H, H], dim=-1)
+            h, c = torch.ops.mrrn.sru_recurrence(u_in, ins[1], skip_in, ins[2])
+            ref_grads = [torch.cat([ref_grads[0], ref_grads[2]], dim=-1), ref_grads[1], ref_grads[3]]
+        else:
+            ins = [x.float().to(device).requires_grad_() for x in (u, bias, skip, c0)]
+            h, c = torch.ops.mrrn.sru_recurrence(*ins)
+        loss = (h * wh.float().to(device)).sum()
+        if use_state:
+            loss = loss + (c[-1] * wc.float().to(device)).sum()
         grads = torch.autograd.grad(loss, ins)
         torch.testing.assert_close(h.double().cpu(), ref_h, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(c[-1].double().cpu(), ref_c, rtol=1e-4, atol=1e-5)
@@ -54,6 +66,11 @@ CHECK = textwrap.dedent('''
     # H not a multiple of the block, T = 1, batch 1, a block boundary inside a batch row, non-zero c0
     for T, B, H in [(5, 3, 4), (1, 2, 3), (4, 1, 7), (3, 2, 130)]:
         check(T, B, H, seed=T * 100 + H)
+    # strided views of one projection (no copy), and no gradient for the states (h alone is used)
+    for T, B, H in [(5, 3, 4), (3, 2, 130)]:
+        check(T, B, H, seed=T + H, strided=True)
+        check(T, B, H, seed=T + H + 1, strided=True, use_state=False)
+    check(4, 1, 7, seed=11, use_state=False)
 
     def layer_reference(layer, x, skip_input):
         """h of a whole layer in float64, and the gradients of its weight and bias for the loss sum(h * w)."""

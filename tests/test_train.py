@@ -87,6 +87,40 @@ def test_video_metrics_by_hand():
     assert m["video_top5"] == 1.0
 
 
+class NanFromCall(torch.nn.Module):
+    """A real head whose output turns NaN from its ``first``-th call on (as a diverging run's does)."""
+
+    def __init__(self, head: torch.nn.Module, first: int):
+        super().__init__()
+        self.head, self.first, self.calls = head, first, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.head(x)
+        return out * float("nan") if self.calls >= self.first else out
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_non_finite_loss_names_its_first_batch(world):
+    """One CPU process stops at once; on a GPU or with several ranks (here: rank 0 of 2, without a process
+    group) no step waits for the host, and the first bad batch is named at the end of the epoch."""
+    from pipeline.data import ClipSet
+    from pipeline.distributed import Rank
+    from pipeline.train import NonFiniteLoss, train_one_epoch
+
+    torch.manual_seed(0)
+    features = torch.randn(40, 1, 6)  # (frames, V, C)
+    clips = ClipSet(keys=["a", "b"], labels=torch.tensor([0, 1]), clip_rows=torch.arange(40).view(10, 4),
+                    clip_video=torch.arange(10) % 2)
+    model = NanFromCall(RRNHead(6, 2, hidden=4, layers=1), first=3)
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteLoss) as err:
+        train_one_epoch(model, optimizer, features, clips, 2, torch.Generator().manual_seed(0), torch.device("cpu"),
+                        rank=Rank(0, world))
+    assert (err.value.batch, err.value.batches) == (3, 5)
+    assert model.calls == (3 if world == 1 else 5)  # at once, or at the end of the epoch
+
+
 def test_same_seed_same_numbers(sample_cache, tmp_path):
     a = fit(small(sample_cache, tmp_path / "a", epochs=4), **QUIET)
     b = fit(small(sample_cache, tmp_path / "b", epochs=4), **QUIET)
