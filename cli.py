@@ -76,14 +76,17 @@ def _nproc_option(f):
              "torchrun yourself (docs/distributed.md).")(f)
 
 
-def _relaunch_under_torchrun(nproc: int) -> None:
+def _relaunch_under_torchrun(nproc: int, device: str) -> None:
     """``--nproc N`` outside torchrun: run this same command line under torchrun with N processes and exit
     with its status. Under torchrun (WORLD_SIZE set) the option is ignored: torchrun decides."""
     if nproc < 1:
         raise click.BadParameter("must be >= 1", param_hint="--nproc")
     if nproc == 1 or "WORLD_SIZE" in os.environ:
         return
-    from pipeline.distributed import launch
+    from pipeline.distributed import check_gpus, launch
+
+    with user_errors():
+        check_gpus(nproc, device)
 
     args, skip = [], False
     for arg in sys.argv[1:]:  # the command line without --nproc
@@ -204,7 +207,7 @@ def _list_backbones(ctx, param, value):
 def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_method, flow_bound, flow_size, quiet,
             nproc, **settings):
     """Stage 1: frozen backbone features (ResNet-34 by default) of every video into an HDF5 cache (resumable)."""
-    _relaunch_under_torchrun(nproc)
+    _relaunch_under_torchrun(nproc, settings["device"])
     if workers != 0:
         from pipeline.workers import start_early
 
@@ -333,7 +336,7 @@ def _train_config(settings: dict) -> TrainConfig:
 @_nproc_option
 def train(resume, quiet, nproc, **settings):
     """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
-    _relaunch_under_torchrun(nproc)
+    _relaunch_under_torchrun(nproc, settings["device"])
     from pipeline import distributed
     from pipeline.train import fit
 

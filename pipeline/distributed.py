@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import ConfigError
+
 # Ranks wait for each other at barriers (the join after extraction); a shard can take hours.
 BARRIER_TIMEOUT = timedelta(hours=48)
 
@@ -38,8 +40,21 @@ class Rank:
     def device(self, requested: torch.device) -> torch.device:
         """Each rank on its own GPU of the node (cuda:LOCAL_RANK); CPU stays CPU."""
         if self.distributed and requested.type == "cuda":
+            count = torch.cuda.device_count()
+            if self.local_rank >= count:  # NCCL cannot put two ranks on one GPU
+                raise ConfigError(f"rank {self.rank} needs GPU cuda:{self.local_rank}, but this machine has {count}: "
+                                  f"start at most {count} process(es) per machine, or use --device cpu")
             return torch.device("cuda", self.local_rank)
         return requested
+
+
+def check_gpus(nproc: int, device: str) -> None:
+    """Refuse, before any process starts, more processes on this machine than it has GPUs when they
+    would run on GPUs (each rank needs its own)."""
+    count = torch.cuda.device_count()
+    if nproc > 1 and device != "cpu" and 0 < count < nproc:
+        raise ConfigError(f"--nproc {nproc}: each process needs its own GPU and this machine has {count}; "
+                          f"use --nproc {count}, or --device cpu")
 
 
 def current() -> Rank:

@@ -179,3 +179,29 @@ def test_two_process_training_on_cached_views_gives_the_one_process_results(vide
         assert got["clip_acc"] == pytest.approx(want["clip_acc"], abs=1e-9)
     a, b = np.load(tmp_path / "one" / "scores_test.npz"), np.load(tmp_path / "two" / "scores_test.npz")
     np.testing.assert_allclose(b["scores"], a["scores"], atol=1e-4)
+
+
+def test_more_processes_than_gpus_is_refused_in_one_line_before_anything_starts(monkeypatch, videos, tmp_path):
+    """NCCL cannot put two ranks on one GPU: --nproc beyond the GPUs is refused up front by the launcher,
+    and under a torchrun started by hand by the rank that has no GPU. (The machine's GPU count is set
+    here; the check itself is the real code.)"""
+    import torch
+
+    from pipeline.distributed import Rank, check_gpus
+    from pipeline.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^--nproc 2: each process needs its own GPU and this machine has 1; "
+                                          r"use --nproc 1, or --device cpu$"):
+        check_gpus(2, "auto")
+    check_gpus(2, "cpu")  # gloo on the CPU: any number
+    check_gpus(1, "cuda")
+    assert Rank(0, 2, 0).device(torch.device("cuda")) == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match=r"rank 1 needs GPU cuda:1, but this machine has 1"):
+        Rank(1, 2, 1).device(torch.device("cuda"))
+    assert Rank(1, 2, 1).device(torch.device("cpu")) == torch.device("cpu")
+
+    result = CliRunner().invoke(main, [*extract_args(videos, tmp_path / "c.h5"), "--nproc", "2"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == (
+        "Error: --nproc 2: each process needs its own GPU and this machine has 1; use --nproc 1, or --device cpu")
+    assert not (tmp_path / "c.h5").exists()
