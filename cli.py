@@ -40,7 +40,6 @@ from pipeline.config import (
     caches_for_run,
     check_flow_cache_use,
     default,
-    default_workers,
 )
 from pipeline.errors import MrrnError
 
@@ -98,6 +97,15 @@ def _relaunch_under_torchrun(nproc: int, device: str) -> None:
             continue
         args.append(arg)
     sys.exit(launch(nproc, Path(__file__).resolve(), args))
+
+
+def _workers_likely(workers: int | None, device: str) -> bool:
+    """Whether extraction will start decoding workers, guessed before torch is imported (so that their
+    server can start first): when asked for, or by default on a GPU (none by default on the CPU). A wrong
+    guess costs start-up time only: extraction starts the server itself once it knows."""
+    if workers is not None:
+        return workers > 0
+    return device != "cpu" and (device != "auto" or any(Path("/dev").glob("nvidia[0-9]*")))
 
 
 def _log(message: str) -> None:
@@ -174,7 +182,9 @@ def _list_backbones(ctx, param, value):
 @click.option("--device", default=default(ExtractConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=COUNT, default=default(ExtractConfig, "batch_size"), show_default=True,
               help="Frames per backbone batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes (default: CPU cores - 1).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding processes [default: none on the CPU, where decoding runs between batches; on GPUs the "
+                   "CPU cores but one, shared among the ranks].")
 @click.option("--short-side", type=click.IntRange(min=32), default=None,
               help="Resize shorter side to this [default: the weights' own; 256 for random or local weights].")
 @click.option("--crop", type=click.IntRange(min=32), default=None,
@@ -208,7 +218,7 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
             nproc, **settings):
     """Stage 1: frozen backbone features (ResNet-34 by default) of every video into an HDF5 cache (resumable)."""
     _relaunch_under_torchrun(nproc, settings["device"])
-    if workers != 0:
+    if _workers_likely(workers, settings["device"]):
         from pipeline.workers import start_early
 
         start_early()  # the decoding workers' server imports torch while this process does
@@ -220,7 +230,7 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
         settings["redo"] = tuple(settings["redo"])
         cfg = ExtractConfig(
             **settings, backbone_weights=backbone_weights or legacy_weights or default(ExtractConfig, "backbone_weights"),
-            workers=max(1, default_workers() // rank.world) if workers is None else workers,
+            workers=workers,
             preprocess=None if short_side is None and crop is None else Preprocess(
                 short_side=short_side or default(Preprocess, "short_side"), crop=crop or default(Preprocess, "crop")),
             flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),

@@ -201,7 +201,7 @@ def main() -> None:
     steady = on_gpu if args.steady is None else args.steady
     clips = args.clips or (1000 if on_gpu else 60 if args.crop <= 112 else 12)
     batch = args.batch_size or default(ExtractConfig, "batch_size")
-    workers = args.workers if args.workers is not None else default_workers()
+    workers = args.workers if args.workers is not None else default_workers(device.type)
     with tempfile.TemporaryDirectory() as tmp:
         root, paths, source = load(Path(tmp), args, clips)
         frames, pool_fps = decode_pool(paths, max(1, workers))
@@ -235,7 +235,8 @@ def main() -> None:
     append_results(
         f"bench_extract on {device} ({precision}), {args.crop} px",
         [f"Input: {source}, {frames} frames; short side {short_side}, crop {args.crop}, batch {batch}, "
-         f"{workers} decoding worker(s), random weights.", "", "| measure | frames/s |", "|---|---|",
+         + (f"{workers} decoding worker(s)" if workers else "decoding between batches (no workers)")
+         + ", random weights.", "", "| measure | frames/s |", "|---|---|",
          *(f"| {what} | {fps:.1f} |" for what, fps in rows), "", *summary],
     )
 

@@ -34,7 +34,7 @@ from pipeline.cache import (
     shard_path,
 )
 from pipeline.cache_writer import CacheWriter
-from pipeline.config import VIEW_SETS, ExtractConfig, gpu_resize
+from pipeline.config import VIEW_SETS, ExtractConfig, default_workers, gpu_resize
 from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
 from pipeline.errors import ConfigError, MrrnError
 from pipeline.features import DecodeWorkerDied, video_features
@@ -177,7 +177,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     shards into ``cfg.out`` once every rank is done."""
     started = time.perf_counter()
     if cfg.workers:
-        start_early()  # the command line usually did already
+        start_early()  # the command line usually did already (for the default, once the device is known)
     videos = list_videos(cfg.dataset, cfg.root, cfg.splits, test_fraction=cfg.test_fraction, strict=cfg.strict)
     rank = distributed.current()
     if videos.missing and rank.is_main:
@@ -185,6 +185,11 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
     precision = resolve_precision(cfg.precision, device)
+    if cfg.workers is None:  # the default depends on the device; on GPUs the ranks share the cores
+        workers = default_workers(device.type)
+        cfg = replace(cfg, workers=max(1, workers // rank.world) if workers else 0)
+        if cfg.workers:
+            start_early()
     choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)  # a local weights file is hashed once
     identity = cache_identity(cfg, videos, precision, device.type, choice)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)

@@ -285,3 +285,17 @@ def test_a_cache_records_which_resize_made_it_and_refuses_the_other():
     rounded = preprocess(frames, Preprocess(short_side=73, crop=64, resize=RESIZE_FLOAT))
     grey_level = 1 / 255 / 0.224  # one grey level after normalisation (the largest std is 0.229)
     assert (native - rounded).abs().max() <= 1.01 * grey_level and not torch.equal(native, rounded)
+
+
+def test_decoding_workers_default_to_none_on_the_cpu_and_to_the_cores_on_a_gpu(tmp_path):
+    """On the CPU the backbone's threads use every core, and a decoding process competing with them
+    costs more than decoding between batches; a GPU needs every core but one decoding for it."""
+    import os
+
+    from pipeline.config import default_workers
+
+    assert default_workers("cpu") == 0
+    assert default_workers("cuda") == max(1, (os.cpu_count() or 2) - 1)
+    root = folder_dataset(tmp_path / "data", per_class=2)
+    summary = run_extract(small_extract_config(root, tmp_path / "c.h5", workers=None), **QUIET)
+    assert summary.extracted == 4 and not summary.failed
