@@ -35,7 +35,7 @@ from pipeline.config import LEVELS, TrainConfig  # noqa: E402
 from pipeline.data import load_level_data  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.sru import SRU  # noqa: E402
-from pipeline.train import autocast, train_one_epoch  # noqa: E402
+from pipeline.train import autocast, make_optimizer, train_one_epoch, use_precision  # noqa: E402
 
 
 def sync(device):
@@ -87,14 +87,10 @@ NO_KERNEL = {"as_strided", "empty", "empty_strided", "empty_like", "view", "_uns
 def fit_setup(cfg: TrainConfig, device, num_classes: int):
     """The model, optimizer and arithmetic as `mrrn train` (pipeline.train.fit) sets them up on ``device``:
     TF32 projections on CUDA by default, fused Adam on CUDA."""
-    precision = cfg.precision_on(device.type)
-    if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    precision = use_precision(cfg, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, 512, num_classes).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                 fused=device.type == "cuda" or None)
-    return model, optimizer, precision
+    return model, make_optimizer(model, cfg, device), precision
 
 
 def count_ops(fn, device) -> int:

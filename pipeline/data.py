@@ -140,8 +140,9 @@ def _statistics(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) ->
         x = features[rows[start : start + block]].reshape(-1, width).astype(np.float64)
         total += x.sum(0)
         squares += (x * x).sum(0)
-    mean = total / (len(rows) * features.shape[1])
-    std = np.sqrt(np.maximum(squares / (len(rows) * features.shape[1]) - mean * mean, 0.0))
+    count = len(rows) * features.shape[1]  # frames x views
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 

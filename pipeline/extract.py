@@ -176,8 +176,6 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     videos (balanced by file size) into its own shard, resumable on its own, and rank 0 joins the
     shards into ``cfg.out`` once every rank is done."""
     started = time.perf_counter()
-    if cfg.workers:
-        start_early()  # the command line usually did already (for the default, once the device is known)
     videos = list_videos(cfg.dataset, cfg.root, cfg.splits, test_fraction=cfg.test_fraction, strict=cfg.strict)
     rank = distributed.current()
     if videos.missing and rank.is_main:
@@ -188,8 +186,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     if cfg.workers is None:  # the default depends on the device; on GPUs the ranks share the cores
         workers = default_workers(device.type)
         cfg = replace(cfg, workers=max(1, workers // rank.world) if workers else 0)
-        if cfg.workers:
-            start_early()
+    if cfg.workers:
+        start_early()  # a no-op when the command line started the workers' server already
     choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)  # a local weights file is hashed once
     identity = cache_identity(cfg, videos, precision, device.type, choice)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)

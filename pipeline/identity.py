@@ -18,8 +18,8 @@ from pipeline.errors import MrrnError
 
 # Files written before a field existed: what the field meant then.
 LEGACY_DEFAULTS = {"modality": "rgb"}  # caches from before the motion stream hold RGB features
-STREAM_FIELDS = ("modality", "flow")
-LEVEL_ORDER = ("low", "mid", "high")  # what RGB and flow caches of one dataset and backbone differ in
+STREAM_FIELDS = ("modality", "flow")  # what RGB and flow caches of one dataset and backbone differ in
+LEVEL_ORDER = ("low", "mid", "high")  # the order of a cache's levels (not their widths: a ViT's are equal)
 
 
 class IdentityError(MrrnError):

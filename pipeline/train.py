@@ -210,6 +210,21 @@ def _save_epoch(rundir: RunDir, cfg: TrainConfig, config: dict, data: LevelData,
     state.best = max(state.best, chosen_by)
 
 
+def use_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """The run's arithmetic on ``device`` (``cfg.precision_on``), with TF32 matrix products switched on
+    for the process when that is ``tf32``."""
+    precision = cfg.precision_on(device.type)
+    if precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return precision
+
+
+def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam with the run's rate and weight decay; fused on CUDA (one kernel for every parameter)."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda" or None)
+
+
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool = True) -> RunSummary:
     """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint.
     ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``."""
@@ -219,9 +234,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     if not rank.is_main:
         log, progress = _silent, False
     rundir, config = RunDir(cfg.out), run_config(cfg)  # the caches' headers only
-    config["precision"] = cfg.precision_on(device.type)  # what this device computes in, for the record
-    if config["precision"] == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    config["precision"] = use_precision(cfg, device)  # what this device computes in, for the record
     finished = rundir.check(config, cfg.epochs, resume, log)
     if finished is not None:
         return finished
@@ -233,8 +246,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
     trained = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                 fused=device.type == "cuda" or None)  # one kernel for every parameter on CUDA
+    optimizer = make_optimizer(model, cfg, device)
     state = _resume(rundir, model, optimizer, device, log) if resume else _Progress()
     if rank.is_main:
         rundir.keep_metrics_until(state.start_epoch)

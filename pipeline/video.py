@@ -70,7 +70,8 @@ class VideoReader:
             image = "WebP"
         if image is not None:
             raise VideoDecodeError(f"a {image} image, not a video")
-        # one FFmpeg thread: decoding runs in several worker processes already, beside the backbone
+        # one FFmpeg thread: decoding runs beside the backbone's threads (in worker processes, or between
+        # batches), and several workers decode at once on a GPU machine
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
         if not cap.isOpened():  # not something FFmpeg reads: let OpenCV try its other backends
             cap.release()
