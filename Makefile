@@ -78,7 +78,7 @@ lock:
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-$(SAMPLE_STAMP): pipeline/sample_data.py | $(STAMP)
+$(SAMPLE_STAMP): pipeline/datasets/sample.py | $(STAMP)
 	rm -rf $(DEMO_CACHE) $(DEMO_CACHE).journal $(DEMO_FLOW_CACHE) $(DEMO_FLOW_CACHE).journal $(DEMO_FLIP_CACHE) $(DEMO_FLIP_CACHE).journal runs/demo runs/demo-models runs/demo-views
 	$(MRRN) sample-data --out $(SAMPLE)
 

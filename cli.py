@@ -133,7 +133,7 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object {classes, train, test, missing}.")
 def index(dataset, root, splits, split, test_fraction, strict, as_json):
     """Count the classes and train/test videos of one split (never opens a video)."""
-    from pipeline import datasets
+    from pipeline.datasets import index as datasets
 
     with user_errors():
         idx = datasets.build_index(dataset, root, splits, split, test_fraction=test_fraction, strict=strict)
@@ -154,7 +154,7 @@ def _choice(values):
 def _list_backbones(ctx, param, value):
     if not value or ctx.resilient_parsing:
         return
-    from pipeline.backbones import describe_all
+    from pipeline.extract.taps import describe_all
 
     click.echo("backbone               levels: low / mid / high width (tap); input size; pooling")
     for line in describe_all():
@@ -219,11 +219,11 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
     """Stage 1: frozen backbone features (ResNet-34 by default) of every video into an HDF5 cache (resumable)."""
     _relaunch_under_torchrun(nproc, settings["device"])
     if _workers_likely(workers, settings["device"]):
-        from pipeline.workers import start_early
+        from pipeline.extract.workers import start_early
 
         start_early()  # the decoding workers' server imports torch while this process does
     from pipeline import distributed
-    from pipeline.extract import run_extract
+    from pipeline.extract.run import run_extract
 
     rank = distributed.current()
     with user_errors():
@@ -251,7 +251,7 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
 @click.option("--verify", is_flag=True, help="Check every entry; exit 1 if anything is wrong.")
 def inspect(cache_file, verify):
     """Print a cache's configuration, counts, size and level shapes."""
-    from pipeline.cache_report import inspect_cache
+    from pipeline.cache.inspect import inspect_cache
 
     with user_errors():
         report = inspect_cache(cache_file, verify)
@@ -348,7 +348,7 @@ def train(resume, quiet, nproc, **settings):
     """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
     _relaunch_under_torchrun(nproc, settings["device"])
     from pipeline import distributed
-    from pipeline.train import fit
+    from pipeline.train.loop import fit
 
     with user_errors():
         cfg = _train_config(settings)
@@ -404,7 +404,7 @@ def _csv(kind, choices=None):
 def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, caches, **settings):
     """Train a grid of runs on one cache, on RGB and flow caches, or on several caches (finished runs are
     skipped), and write results.csv and results.md: one comparison table."""
-    from pipeline.sweep import run_sweep
+    from pipeline.train.sweep import run_sweep
 
     if caches and settings["cache"] is not None:
         raise click.UsageError("give either --cache or --caches")
@@ -429,7 +429,7 @@ def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, 
 @click.option("--search", is_flag=True, help="Choose the weights on the runs' validation videos (--val-fraction).")
 def fuse(runs, out, method, weights, search):
     """Fuse several runs' video scores (eq. 10, or sum / product) and write the summary and report."""
-    from pipeline.fuse import parse_weights, run_fuse, summary_markdown
+    from pipeline.evaluate.fuse import parse_weights, run_fuse, summary_markdown
 
     with user_errors():
         s = run_fuse(runs, out, method, parse_weights(weights), search)
@@ -440,7 +440,7 @@ def fuse(runs, out, method, weights, search):
 
 def _report(directory: Path):
     """Write the report; without matplotlib say so and go on (the fusion itself is done)."""
-    from pipeline.report import ReportError, write_report
+    from pipeline.evaluate.report import ReportError, write_report
 
     try:
         return write_report(directory)
@@ -453,7 +453,7 @@ def _report(directory: Path):
 @click.argument("directory", type=click.Path(path_type=Path))
 def report(directory):
     """Write confusion matrix, per-class accuracy and training-curve PNGs and report.md for a run or fuse directory."""
-    from pipeline.report import write_report
+    from pipeline.evaluate.report import write_report
 
     with user_errors():
         path = write_report(directory)
@@ -497,7 +497,7 @@ def predict(videos, run_dirs, top, method, backbone_weights, device, as_json):
 @click.option("--seed", type=int, default=0, show_default=True)
 def sample_data(out, seed):
     """Write the small synthetic sample dataset (real .avi files, UCF-101 layout)."""
-    from pipeline.sample_data import write_sample_dataset
+    from pipeline.datasets.sample import write_sample_dataset
 
     with user_errors():
         s = write_sample_dataset(out, seed=seed)

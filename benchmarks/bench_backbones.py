@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_extract import write_clips  # noqa: E402
 from benchmarks.common import append_results, timed  # noqa: E402
-from pipeline.backbone import FeatureExtractor, choose_backbone, load_backbone, resolve_device, resolve_precision  # noqa: E402
+from pipeline.extract.backbone import FeatureExtractor, choose_backbone, load_backbone, resolve_device, resolve_precision  # noqa: E402
 from pipeline.config import VIEW_SETS, ExtractConfig, Preprocess  # noqa: E402
-from pipeline.extract import run_extract  # noqa: E402
+from pipeline.extract.run import run_extract  # noqa: E402
 
 BACKBONES = ("resnet34", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_800mf",
              "convnext_tiny", "swin_t", "vit_b_16")

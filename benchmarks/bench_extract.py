@@ -36,10 +36,10 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results  # noqa: E402
-from pipeline.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision  # noqa: E402
+from pipeline.extract.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision  # noqa: E402
 from pipeline.config import ExtractConfig, Preprocess, default, default_workers  # noqa: E402
-from pipeline.datasets import VIDEO_EXTENSIONS  # noqa: E402
-from pipeline.video import VideoReader, preprocess  # noqa: E402
+from pipeline.datasets.index import VIDEO_EXTENSIONS  # noqa: E402
+from pipeline.extract.video import VideoReader, preprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def decode_pool(paths: list[Path], workers: int) -> tuple[int, float]:
     """Frames of the load, and frames/s of ``workers`` processes decoding it as extraction's pool does."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.workers import worker_context  # not a plain fork of this process: its torch threads have run
+    from pipeline.extract.workers import worker_context  # not a plain fork of this process: its torch threads have run
 
     with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
         list(pool.map(_decode_count, paths[:workers]))  # start-up and imports outside the timing

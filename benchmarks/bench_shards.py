@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results, synthetic_identity, timed  # noqa: E402
-from pipeline.cache import VideoRecord  # noqa: E402
-from pipeline.cache_writer import CacheWriter  # noqa: E402
+from pipeline.cache.reader import VideoRecord  # noqa: E402
+from pipeline.cache.writer import CacheWriter  # noqa: E402
 from pipeline.config import LEVELS  # noqa: E402
 
 IDENTITY = synthetic_identity(["bench"])

@@ -3,13 +3,13 @@
     python benchmarks/bench_train.py [--device auto] [--repeats 7]
 
 - kernel-launching ops in one training step (forward, loss, backward, Adam) at batch 28, counted with
-  torch.profiler: CUDA kernels on a GPU, leaf ATen ops on the CPU; bare, and inside pipeline.train's
+  torch.profiler: CUDA kernels on a GPU, leaf ATen ops on the CPU; bare, and inside pipeline.train.loop's
   loop (batch gathering, on-device loss and accuracy);
 - SRU forward + backward against torch.nn.LSTM of the same size, and against the SRU's matrix
   products alone (the same F.linear calls, forward and backward), at batch 28 (the paper's) and 256;
   median of --repeats timed batches after one warm-up batch, the three run in turns;
 - clips/s for a full epoch on a synthetic cache (random features, 300 videos of 60-200 frames, 20
-  classes) through pipeline.train, set up as `mrrn train` does (TF32 and fused Adam on CUDA; there
+  classes) through pipeline.train.loop, set up as `mrrn train` does (TF32 and fused Adam on CUDA; there
   after an untimed warm-up epoch), and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take.
 """
 from __future__ import annotations
@@ -28,14 +28,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results, synthetic_identity  # noqa: E402
-from pipeline.backbone import resolve_device  # noqa: E402
-from pipeline.cache import VideoRecord  # noqa: E402
-from pipeline.cache_writer import CacheWriter  # noqa: E402
+from pipeline.extract.backbone import resolve_device  # noqa: E402
+from pipeline.cache.reader import VideoRecord  # noqa: E402
+from pipeline.cache.writer import CacheWriter  # noqa: E402
 from pipeline.config import LEVELS, TrainConfig  # noqa: E402
-from pipeline.data import load_level_data  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
-from pipeline.sru import SRU  # noqa: E402
-from pipeline.train import autocast, make_optimizer, train_one_epoch, use_precision  # noqa: E402
+from pipeline.train.level_data import load_level_data  # noqa: E402
+from pipeline.train.heads import build_model  # noqa: E402
+from pipeline.sru.modules import SRU  # noqa: E402
+from pipeline.train.loop import autocast, make_optimizer, train_one_epoch, use_precision  # noqa: E402
 
 
 def sync(device):
@@ -85,7 +85,7 @@ NO_KERNEL = {"as_strided", "empty", "empty_strided", "empty_like", "view", "_uns
 
 
 def fit_setup(cfg: TrainConfig, device, num_classes: int):
-    """The model, optimizer and arithmetic as `mrrn train` (pipeline.train.fit) sets them up on ``device``:
+    """The model, optimizer and arithmetic as `mrrn train` (pipeline.train.loop.fit) sets them up on ``device``:
     TF32 projections on CUDA by default, fused Adam on CUDA."""
     precision = use_precision(cfg, device)
     torch.manual_seed(cfg.seed)
@@ -150,7 +150,7 @@ def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
 
 
 def epoch_figures(device) -> tuple[float, int, float, int]:
-    """clips/s of a full epoch of pipeline.train's loop on a synthetic cache, set up as `mrrn train` does
+    """clips/s of a full epoch of pipeline.train.loop's loop on a synthetic cache, set up as `mrrn train` does
     (on a GPU after one untimed warm-up epoch: Triton compilation, cuBLAS), the epoch's clips, and the
     kernel-launching ops per step of that loop (its batch gathering and on-device bookkeeping included)
     over a short epoch, with its steps."""
@@ -196,7 +196,7 @@ def main() -> None:
     append_results(
         f"bench_train on {device}",
         [f"One training step of the paper head (batch 28, Adam): **{ops} {what}** (torch.profiler); "
-         f"**{loop_ops:.0f}** per step in pipeline.train's loop (batch gathering and on-device bookkeeping "
+         f"**{loop_ops:.0f}** per step in pipeline.train.loop's loop (batch gathering and on-device bookkeeping "
          f"included; one epoch of {loop_steps} steps, its own start and end spread over them).", "",
          f"Input 512, hidden 1024, 3 layers, 30 steps; median of {args.repeats} batches after a warm-up, "
          "SRU, LSTM and matrix products in turns.", "",

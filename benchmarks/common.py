@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import LEVELS, Preprocess
-from pipeline.identity import CacheIdentity, LevelSpec
+from pipeline.cache.identity import CacheIdentity, LevelSpec
 
 RESULTS = Path(__file__).with_name("results.md")
 

@@ -25,7 +25,7 @@ BACKBONE = "resnet34"
 PAPER_SHORT_SIDE = 256
 PAPER_CROP = 224
 
-DATASET_CHOICES = ("ucf101", "hmdb51", "folder")  # index formats (datasets.py)
+DATASET_CHOICES = ("ucf101", "hmdb51", "folder")  # index formats (datasets/index.py)
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_TEST_FRACTION = 0.3  # folder datasets without split files: share of each class held out for test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.backbone import FeatureExtractor, load_backbone, resolve_device, weights_from_identity
-from pipeline.clips import VideoScores, clip_frames
-from pipeline.data import stack_streams
-from pipeline.features import video_features
-from pipeline.fuse import FuseError, default_method, fuse, weights_for
-from pipeline.identity import CacheIdentity
-from pipeline.rundir import TrainedRun, load_run
+from pipeline.extract.backbone import FeatureExtractor, load_backbone, resolve_device, weights_from_identity
+from pipeline.train.clips import VideoScores, clip_frames
+from pipeline.train.level_data import stack_streams
+from pipeline.extract.features import video_features
+from pipeline.evaluate.fuse import FuseError, default_method, fuse, weights_for
+from pipeline.cache.identity import CacheIdentity
+from pipeline.train.rundir import TrainedRun, load_run
 
 VIDEOS_AT_ONCE = 32  # videos whose features are held in memory together
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.sample_data import write_sample_dataset
+from pipeline.datasets.sample import write_sample_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(progress=False, log=lambda m: None)
@@ -81,7 +81,7 @@ def accuracy(run: Path, order_only: bool) -> float:
 def make_identity(classes=("a", "b"), **changes):
     """A cache identity for caches that tests fill with features of their own."""
     from pipeline.config import Preprocess
-    from pipeline.identity import CacheIdentity, LevelSpec
+    from pipeline.cache.identity import CacheIdentity, LevelSpec
 
     settings = dict(backbone="resnet34", backbone_weights="random:seed=0", preprocess=Preprocess(short_side=64, crop=64),
                     levels=(LevelSpec("low", "layer2", 128), LevelSpec("mid", "layer3", 256),
@@ -125,7 +125,7 @@ def sample_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_cache(sample_dir, tmp_path_factory) -> Path:
     """The sample dataset extracted once per session (64 px crops, random weights seed 0)."""
-    from pipeline.extract import run_extract
+    from pipeline.extract.run import run_extract
 
     out = tmp_path_factory.mktemp("cache") / "sample.h5"
     cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist")
@@ -137,7 +137,7 @@ def sample_cache(sample_dir, tmp_path_factory) -> Path:
 def flow_cache(sample_dir, tmp_path_factory) -> Path:
     """The sample dataset's flow features, once per session (flow at 64 px, 64 px crops, random weights seed 0)."""
     from pipeline.config import FlowSpec
-    from pipeline.extract import run_extract
+    from pipeline.extract.run import run_extract
 
     out = tmp_path_factory.mktemp("flow") / "flow.h5"
     cfg = small_extract_config(sample_dir / "videos", out, dataset="ucf101", splits=sample_dir / "ucfTrainTestlist",
@@ -149,7 +149,7 @@ def flow_cache(sample_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def level_runs(sample_cache, tmp_path_factory) -> dict[str, Path]:
     """RRN runs on the low, mid and high levels of the sample cache, trained as the demo trains them."""
-    from pipeline.train import fit
+    from pipeline.train.loop import fit
 
     runs = tmp_path_factory.mktemp("level_runs")
     out = {}

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file, weights_from_identity
+from pipeline.extract.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file, weights_from_identity
 from tests.conftest import seeded_resnet, torchvision_levels
 
 

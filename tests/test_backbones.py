@@ -9,12 +9,12 @@ import torchvision
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.backbone import FeatureExtractor, choose_backbone, load_backbone
-from pipeline.backbones import find_taps
-from pipeline.cache import ConfigMismatchError, FeatureCache
-from pipeline.extract import run_extract
+from pipeline.extract.backbone import FeatureExtractor, choose_backbone, load_backbone
+from pipeline.extract.taps import find_taps
+from pipeline.cache.reader import ConfigMismatchError, FeatureCache
+from pipeline.extract.run import run_extract
 from pipeline.predict import predict
-from pipeline.train import fit
+from pipeline.train.loop import fit
 from tests.conftest import QUIET, folder_dataset, small_extract_config, small_train_config
 
 CPU = torch.device("cpu")
@@ -118,7 +118,7 @@ def test_another_backbones_cache_records_its_levels_trains_and_predicts(tmp_path
 
 
 def test_list_backbones_prints_names_widths_and_input_size():
-    from pipeline.backbones import describe_all
+    from pipeline.extract.taps import describe_all
 
     lines = list(describe_all(["resnet34", "efficientnet_v2_s", "vit_b_16"]))
     assert lines[0].split() == ["resnet34", "128", "(layer2)", "/", "256", "(layer3)", "/", "512", "(layer4);", "224",

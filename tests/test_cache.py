@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import CacheError, CacheLockedError, ConfigMismatchError, FailedRecord, FeatureCache, VideoRecord
-from pipeline.cache_writer import CacheWriter
+from pipeline.cache.reader import CacheError, CacheLockedError, ConfigMismatchError, FailedRecord, FeatureCache, VideoRecord
+from pipeline.cache.writer import CacheWriter
 from pipeline.config import Preprocess
-from pipeline.journal import pending_entries
+from pipeline.cache.journal import pending_entries
 from tests.conftest import make_identity
 
 IDENTITY = make_identity()

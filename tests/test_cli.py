@@ -126,11 +126,11 @@ def test_every_option_default_is_its_config_default():
 
 def test_a_bug_is_not_shown_as_a_user_error(tmp_path, monkeypatch):
     """Only the project's own errors become one-line messages; a bug keeps its traceback."""
-    import pipeline.datasets
+    import pipeline.datasets.index
 
     def broken(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")  # what a numpy bug raises
 
-    monkeypatch.setattr(pipeline.datasets, "build_index", broken)
+    monkeypatch.setattr(pipeline.datasets.index, "build_index", broken)
     result = run("index", "--dataset", "folder", "--root", tmp_path)
     assert isinstance(result.exception, ValueError) and "Error:" not in result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.clips import clip_frames, clip_starts
+from pipeline.train.clips import clip_frames, clip_starts
 from pipeline.config import ClipSpec
 
 

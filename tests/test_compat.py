@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cache import FeatureCache
+from pipeline.cache.reader import FeatureCache
 from pipeline.config import ExtractConfig, Preprocess, TrainConfig
-from pipeline.extract import run_extract
-from pipeline.train import fit
+from pipeline.extract.run import run_extract
+from pipeline.train.loop import fit
 
 FIXTURES = Path(__file__).with_name("fixtures") / "v0.1.0"
 QUIET = dict(progress=False, log=lambda m: None)
@@ -63,7 +63,7 @@ def test_an_old_run_predicts_its_own_test_scores(old):
 
 
 def test_old_runs_fuse_and_report(old, tmp_path):
-    from pipeline.fuse import run_fuse
+    from pipeline.evaluate.fuse import run_fuse
 
     twin = shutil.copytree(old / "run_low_rrn", tmp_path / "twin")
     summary = run_fuse([old / "run_low_rrn", twin], tmp_path / "fused", method="sum")

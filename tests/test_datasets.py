@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.datasets import (
+from pipeline.datasets.index import (
     MissingVideosError,
     SplitFileError,
     build_index,

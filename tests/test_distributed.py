@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.cache import FeatureCache, shard_dir
-from pipeline.data import load_level_data
+from pipeline.cache.reader import FeatureCache, shard_dir
+from pipeline.train.level_data import load_level_data
 from pipeline.distributed import balanced_shards
-from pipeline.extract import run_extract
-from pipeline.journal import JournalEntry
-from pipeline.train import fit
+from pipeline.extract.run import run_extract
+from pipeline.cache.journal import JournalEntry
+from pipeline.train.loop import fit
 from tests.conftest import QUIET, REPO, small_extract_config, write_video
 from tests.conftest import small_train_config as small
 

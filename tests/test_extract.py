@@ -16,11 +16,11 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.backbone import sha256_file
-from pipeline.cache import FeatureCache
+from pipeline.extract.backbone import sha256_file
+from pipeline.cache.reader import FeatureCache
 from pipeline.config import Preprocess
-from pipeline.extract import ExtractError, run_extract
-from pipeline.video import VideoReader, preprocess
+from pipeline.extract.run import ExtractError, run_extract
+from pipeline.extract.video import VideoReader, preprocess
 from tests.conftest import (
     QUIET,
     REPO,
@@ -185,8 +185,8 @@ def test_a_second_concurrent_writer_is_refused(tmp_path):
     out = tmp_path / "c.h5"
     assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0
     holder = subprocess.Popen(  # another process writing the same cache
-        [sys.executable, "-c", "import sys, time; from pipeline.cache import read_identity; "
-         "from pipeline.cache_writer import CacheWriter; "
+        [sys.executable, "-c", "import sys, time; from pipeline.cache.reader import read_identity; "
+         "from pipeline.cache.writer import CacheWriter; "
          "w = CacheWriter(sys.argv[1], read_identity(sys.argv[1])).__enter__(); print('locked', flush=True); "
          "time.sleep(120)", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
@@ -271,8 +271,8 @@ def test_a_cache_records_which_resize_made_it_and_refuses_the_other():
     """Frames resized on a GPU (float32, rounded) differ by a grey level here and there from the CPU's
     uint8 kernel: caches made each way record it, and are not resumed by the other."""
     from pipeline.config import RESIZE_FLOAT, ExtractConfig
-    from pipeline.datasets import VideoSet
-    from pipeline.extract import cache_identity
+    from pipeline.datasets.index import VideoSet
+    from pipeline.extract.run import cache_identity
 
     cfg = ExtractConfig(dataset="folder", root=Path("r"), out=Path("c.h5"), backbone_weights="random")
     videos = VideoSet("folder", Path("r"), ("a",), (), (), {})

@@ -21,8 +21,8 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.cache import FeatureCache
-from pipeline.train import TrainError, fit
+from pipeline.cache.reader import FeatureCache
+from pipeline.train.loop import TrainError, fit
 from tests.conftest import QUIET, REPO, folder_dataset, small_train_config
 
 TINY = ["--hidden", "16", "--layers", "1", "--lr", "1e-3", "--lr-step", "100", "--normalize", "--quiet"]
@@ -299,7 +299,7 @@ def test_a_decoding_worker_killed_by_the_system_is_one_line_and_the_rerun_finish
 
 @pytest.mark.parametrize("damage", ["empty", "half"])
 def test_a_damaged_journal_entry_is_set_aside_and_its_video_extracted_again(videos, whole, tmp_path, damage):
-    from pipeline.cache_writer import CacheWriter
+    from pipeline.cache.writer import CacheWriter
 
     out = tmp_path / "c.h5"
     with FeatureCache(whole) as c, CacheWriter(out, c.identity) as w:  # a journal as a killed run leaves it

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cache import FeatureCache
+from pipeline.cache.reader import FeatureCache
 from pipeline.config import FlowSpec
-from pipeline.flow import flow_chunks, render_flow
-from pipeline.train import TrainError, fit
-from pipeline.video import VideoDecodeError
+from pipeline.extract.flow import flow_chunks, render_flow
+from pipeline.train.loop import TrainError, fit
+from pipeline.extract.video import VideoDecodeError
 from tests.conftest import QUIET
 from tests.conftest import small_train_config as small
 
@@ -66,7 +66,7 @@ def test_flow_features_of_the_sample_dataset(flow_cache, sample_cache):
 
 def test_flow_runs_train_refuse_the_wrong_modality_fuse_with_rgb_and_predict(flow_cache, sample_cache, sample_dir,
                                                                            tmp_path):
-    from pipeline.fuse import run_fuse
+    from pipeline.evaluate.fuse import run_fuse
     from pipeline.predict import predict
 
     with pytest.raises(TrainError, match="a flow cache, but this run asks for --modality rgb"):

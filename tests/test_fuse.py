@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.config import FlowSpec
-from pipeline.fuse import FuseError, fuse, run_fuse, search_weights
-from pipeline.scores import write_scores
+from pipeline.evaluate.fuse import FuseError, fuse, run_fuse, search_weights
+from pipeline.evaluate.scores import write_scores
 from tests.conftest import make_identity
 
 CLASSES = np.array(["a", "b", "c"])

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.config import FlowSpec, Preprocess
-from pipeline.identity import STREAM_FIELDS, CacheIdentity, IdentityError
+from pipeline.cache.identity import STREAM_FIELDS, CacheIdentity, IdentityError
 from tests.conftest import REPO, make_identity
 
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.config import FlowSpec
-from pipeline.data import LevelTable, join_streams, stack_streams
-from pipeline.models import ResLSTMHead, TemporalResidualBlock, TResNetHead, TwoStreamHead
-from pipeline.train import TrainError, fit
+from pipeline.train.level_data import LevelTable, join_streams, stack_streams
+from pipeline.train.heads import ResLSTMHead, TemporalResidualBlock, TResNetHead, TwoStreamHead
+from pipeline.train.loop import TrainError, fit
 from tests.conftest import QUIET, accuracy, make_identity
 from tests.conftest import small_train_config as small
 

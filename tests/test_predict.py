@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.fuse import fuse
+from pipeline.evaluate.fuse import fuse
 from pipeline.predict import predict
 
 

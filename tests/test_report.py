@@ -7,7 +7,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.report import confusion, most_confused, per_class_accuracy
+from pipeline.evaluate.report import confusion, most_confused, per_class_accuracy
 
 
 def test_confusion_and_most_confused_by_hand():
@@ -48,7 +48,7 @@ def test_report_on_something_else_is_a_clear_error(tmp_path):
 
 
 def test_class_names_with_line_breaks_and_bars_keep_the_tables_whole(tmp_path):
-    from pipeline.scores import write_scores
+    from pipeline.evaluate.scores import write_scores
     from tests.conftest import make_identity
 
     classes = ("Jump\nHigh", "Run|Fast")

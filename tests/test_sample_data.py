@@ -4,8 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.datasets import index_ucf101
-from pipeline.sample_data import CLASSES, HEIGHT, WIDTH, write_sample_dataset
+from pipeline.datasets.index import index_ucf101
+from pipeline.datasets.sample import CLASSES, HEIGHT, WIDTH, write_sample_dataset
 
 
 def decode_all(path) -> np.ndarray:

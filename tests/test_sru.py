@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.sru import SRU, SRULayer
+from pipeline.sru.modules import SRU, SRULayer
 
 
 def reference_layer(layer: SRULayer, x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ from tests.conftest import REPO
 
 CHECK = textwrap.dedent('''
     import sys, torch
-    from pipeline import sru_ops, sru_triton
-    from pipeline.sru import SRULayer
+    from pipeline.sru import kernels as sru_triton, ops as sru_ops
+    from pipeline.sru.modules import SRULayer
     device = sys.argv[1]
     if device == "cpu":  # route the op's CPU kernel through the Triton launchers (interpreted)
         torch.library.register_kernel("mrrn::sru_recurrence", "cpu", sru_triton.forward)
@@ -101,7 +101,7 @@ CHECK = textwrap.dedent('''
     assert sru_triton.LAUNCHES == {"forward": 4, "backward": 4}, sru_triton.LAUNCHES
 
     # one training step of a 2-layer RRN head: two launches per SRU layer, no more
-    from pipeline.models import RRNHead
+    from pipeline.train.heads import RRNHead
     head = RRNHead(8, 5, hidden=6, layers=2).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
     sru_triton.LAUNCHES.update(forward=0, backward=0)

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.config import TrainConfig
-from pipeline.metrics import video_metrics
-from pipeline.models import MeanPoolHead, RRNHead
-from pipeline.train import TrainError, fit
+from pipeline.evaluate.metrics import video_metrics
+from pipeline.train.heads import MeanPoolHead, RRNHead
+from pipeline.train.loop import TrainError, fit
 from tests.conftest import QUIET, REPO, accuracy, folder_dataset, small_extract_config
 from tests.conftest import small_train_config as small
 
@@ -104,9 +104,9 @@ class NanFromCall(torch.nn.Module):
 def test_a_non_finite_loss_names_its_first_batch(world):
     """One CPU process stops at once; on a GPU or with several ranks (here: rank 0 of 2, without a process
     group) no step waits for the host, and the first bad batch is named at the end of the epoch."""
-    from pipeline.data import ClipSet
+    from pipeline.train.level_data import ClipSet
     from pipeline.distributed import Rank
-    from pipeline.train import NonFiniteLoss, train_one_epoch
+    from pipeline.train.loop import NonFiniteLoss, train_one_epoch
 
     torch.manual_seed(0)
     features = torch.randn(40, 1, 6)  # (frames, V, C)
@@ -177,8 +177,8 @@ def test_a_moved_cache_is_the_same_cache_but_another_one_is_refused(sample_cache
     other = tmp_path / "other.h5"
     from dataclasses import replace
 
-    from pipeline.cache import FeatureCache
-    from pipeline.cache_writer import CacheWriter
+    from pipeline.cache.reader import FeatureCache
+    from pipeline.cache.writer import CacheWriter
 
     with FeatureCache(sample_cache) as c:
         identity = replace(c.identity, backbone_weights="random:seed=9")
@@ -208,7 +208,7 @@ def test_refuses_non_finite_features(sample_cache, tmp_path):
 
 
 def test_refuses_split_videos_missing_from_the_cache_unless_allowed(tmp_path):
-    from pipeline.extract import run_extract
+    from pipeline.extract.run import run_extract
 
     root = folder_dataset(tmp_path / "data", per_class=4)
     (root / "walk" / "walk3.avi").write_bytes(b"")  # fails to decode: in the split, not in the cache
@@ -232,8 +232,8 @@ def test_refuses_an_unknown_split(sample_cache, tmp_path):
 def test_cuda_training_resumes_records_its_precision_and_evaluates_deterministically(sample_cache, tmp_path):
     """The CUDA paths: TF32 recorded, fused Adam, resume from a checkpoint loaded on the CPU (RNG states
     and Adam's steps where torch wants them), and evaluation that gives the same scores every time."""
-    from pipeline.data import load_level_data
-    from pipeline.train import evaluate
+    from pipeline.train.level_data import load_level_data
+    from pipeline.train.loop import evaluate
 
     cfg = small(sample_cache, tmp_path / "r", epochs=2, device="cuda")
     fit(cfg, **QUIET)
@@ -244,7 +244,7 @@ def test_cuda_training_resumes_records_its_precision_and_evaluates_deterministic
     assert whole.final["video_top1"] == pytest.approx(extended.final["video_top1"], abs=1 / 32)
     device = torch.device("cuda")
     data = load_level_data(cfg, device, log=lambda m: None)
-    from pipeline.rundir import load_run
+    from pipeline.train.rundir import load_run
 
     model = load_run(tmp_path / "r", device).model
     a = evaluate(model, data.features, data.test, len(data.classes), 7, device)["scores"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from pipeline.video import VideoDecodeError, VideoReader, preprocess
+from pipeline.extract.video import VideoDecodeError, VideoReader, preprocess
 from tests.conftest import write_video
 
 

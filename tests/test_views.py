@@ -14,17 +14,17 @@ from click.testing import CliRunner
 from torchvision.transforms.v2 import functional as TF
 
 from cli import main
-from pipeline.cache import ConfigMismatchError, FeatureCache
-from pipeline.cache_report import inspect_cache
-from pipeline.clips import clip_frames
+from pipeline.cache.reader import ConfigMismatchError, FeatureCache
+from pipeline.cache.inspect import inspect_cache
+from pipeline.train.clips import clip_frames
 from pipeline.config import VIEW_SETS, ExtractConfig, Preprocess
-from pipeline.data import load_level_data
+from pipeline.train.level_data import load_level_data
 from pipeline.errors import ConfigError
-from pipeline.extract import run_extract
-from pipeline.models import build_model
+from pipeline.extract.run import run_extract
+from pipeline.train.heads import build_model
 from pipeline.predict import predict
-from pipeline.train import evaluate, fit
-from pipeline.video import preprocess
+from pipeline.train.loop import evaluate, fit
+from pipeline.extract.video import preprocess
 from tests.conftest import QUIET, folder_dataset, small_extract_config, small_train_config
 
 TINY = dict(epochs=2, hidden=16, layers=1)
@@ -182,7 +182,7 @@ def test_a_sweep_over_several_caches_writes_one_table_with_a_cache_column(view_c
 
 
 def test_twostream_refuses_a_cache_of_several_views(view_caches):
-    from pipeline.data import join_streams, read_level_table
+    from pipeline.train.level_data import join_streams, read_level_table
     from pipeline.errors import TrainError
 
     _, caches = view_caches

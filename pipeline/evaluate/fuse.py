@@ -23,9 +23,9 @@ import numpy as np
 from pipeline.atomic import atomic_file, write_text
 from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
 from pipeline.errors import MrrnError, writing
-from pipeline.identity import IdentityError
-from pipeline.metrics import video_metrics
-from pipeline.scores import RunScores, read_scores, scores_path
+from pipeline.cache.identity import IdentityError
+from pipeline.evaluate.metrics import video_metrics
+from pipeline.evaluate.scores import RunScores, read_scores, scores_path
 
 SEARCH_STEP = 0.05  # weight grid on the simplex for --search
 

@@ -1,7 +1,7 @@
 """Stage 2's loop: ``fit`` trains a head on one level of the cache, epoch by epoch, in the shape of
 torchvision's video classification reference (``train_one_epoch``, ``evaluate``, ``fit``).
 
-The data is ``data.py``, the run directory ``rundir.py``, the heads ``models.py``. Under torchrun every
+The data is ``level_data.py``, the run directory ``rundir.py``, the heads ``heads.py``. Under torchrun every
 rank calls ``fit``: each trains on its share of every batch (DDP), evaluation adds up the ranks'
 scores, and rank 0 alone writes the run directory and logs.
 """
@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.backbone import resolve_device
-from pipeline.clips import VideoScores
+from pipeline.extract.backbone import resolve_device
+from pipeline.train.clips import VideoScores
 from pipeline.config import TrainConfig
-from pipeline.data import ClipSet, LevelData, load_level_data, make_batch
+from pipeline.train.level_data import ClipSet, LevelData, load_level_data, make_batch
 from pipeline.errors import TrainError  # noqa: F401  (the error training raises; callers import it from here)
-from pipeline.metrics import video_metrics
-from pipeline.models import build_model, count_parameters
-from pipeline.rundir import RunDir, RunSummary, run_config
-from pipeline.scores import write_scores
+from pipeline.evaluate.metrics import video_metrics
+from pipeline.train.heads import build_model, count_parameters
+from pipeline.train.rundir import RunDir, RunSummary, run_config
+from pipeline.evaluate.scores import write_scores
 
 
 class NonFiniteLoss(TrainError):

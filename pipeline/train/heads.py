@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pipeline.config import STREAM_FUSIONS, TrainConfig
-from pipeline.sru import SRU, SRULayer
+from pipeline.sru.modules import SRU, SRULayer
 
 
 class RRNHead(nn.Module):

@@ -1,4 +1,4 @@
-"""The decoding workers' process server: a forkserver that has imported ``pipeline.features`` and nothing
+"""The decoding workers' process server: a forkserver that has imported ``pipeline.extract.features`` and nothing
 more. This module imports nothing heavy, so the command line can start the server before it imports
 torch itself: the two imports then overlap instead of delaying the first frames by seconds.
 
@@ -19,7 +19,7 @@ import select
 import threading
 import time
 
-PRELOAD = ["pipeline.features"]
+PRELOAD = ["pipeline.extract.features"]
 
 
 def worker_context():

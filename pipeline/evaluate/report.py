@@ -13,9 +13,9 @@ import numpy as np
 
 from pipeline.atomic import write_text
 from pipeline.errors import MrrnError, writing
-from pipeline.fuse import FuseSummary, load_scores, summary_markdown
-from pipeline.metrics import video_metrics
-from pipeline.scores import RunScores
+from pipeline.evaluate.fuse import FuseSummary, load_scores, summary_markdown
+from pipeline.evaluate.metrics import video_metrics
+from pipeline.evaluate.scores import RunScores
 
 
 class ReportError(MrrnError):

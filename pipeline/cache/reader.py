@@ -1,8 +1,8 @@
 """The HDF5 feature cache: its schema, records and reader, with verification.
 
-The format is documented in ``docs/cache-format.md``. ``cache.py`` and ``cache_writer.py`` are the
+The format is documented in ``docs/cache-format.md``. ``reader.py`` and ``writer.py`` are the
 only modules that import h5py. Writing (lock, journal, merge, atomic replace) lives in
-``cache_writer.py`` and ``journal.py``.
+``writer.py`` and ``journal.py``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import MrrnError
-from pipeline.identity import CacheIdentity, IdentityError
+from pipeline.cache.identity import CacheIdentity, IdentityError
 
 SCHEMA_VERSION = 1
 STR = h5py.string_dtype("utf-8")

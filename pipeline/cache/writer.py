@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.atomic import ensure_room, publish, tmp_path
-from pipeline.cache import (
+from pipeline.cache.reader import (
     SCHEMA_VERSION,
     STR,
     CacheError,
@@ -36,8 +36,8 @@ from pipeline.cache import (
     require_identity,
 )
 from pipeline.errors import writing
-from pipeline.identity import CacheIdentity
-from pipeline.journal import Journal
+from pipeline.cache.identity import CacheIdentity
+from pipeline.cache.journal import Journal
 
 CHUNK_BYTES = 1 << 20  # a level's storage unit: one checksum per MiB of features
 

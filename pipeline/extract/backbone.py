@@ -2,7 +2,7 @@
 
 By default the paper's: torchvision's ResNet-34, whose levels are the spatial means (eq. 7) of layer2,
 layer3 and layer4: low (N, 128), mid (N, 256), high (N, 512). Any torchvision classification model
-works (``--backbone``); ``backbones.py`` finds its levels. The classifier is never computed.
+works (``--backbone``); ``taps.py`` finds its levels. The classifier is never computed.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from pipeline.backbones import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps, require_model
+from pipeline.extract.taps import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps, require_model
 from pipeline.config import BACKBONE, PAPER_CROP, Preprocess
 from pipeline.errors import ConfigError, MrrnError
-from pipeline.identity import LevelSpec
+from pipeline.cache.identity import LevelSpec
 
 
 class WeightsError(MrrnError, ValueError):

@@ -9,7 +9,7 @@
 W, W_f and W_r (and, when input and hidden sizes differ, the skip projection W_s replacing x_t in
 eq. 6) are one weight matrix: all time steps of all of them come from one matrix product. Only the
 element-wise part (3)-(6) is sequential: it is one op, ``torch.ops.mrrn.sru_recurrence``
-(``sru_ops.py``): two Triton kernels per layer on CUDA, and on CPU one fused multiply-add per time
+(``ops.py``): two Triton kernels per layer on CUDA, and on CPU one fused multiply-add per time
 step with everything else computed for all steps at once; its backward pass is a second hand-written
 loop instead of an autograd graph of T nodes.
 """
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import sru_ops  # noqa: F401  (registers torch.ops.mrrn.sru_recurrence)
+from pipeline.sru import ops  # noqa: F401  (registers torch.ops.mrrn.sru_recurrence)
 
 
 class SRULayer(nn.Module):

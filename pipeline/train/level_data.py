@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.cache import FeatureCache
-from pipeline.clips import clip_frames
+from pipeline.cache.reader import FeatureCache
+from pipeline.train.clips import clip_frames
 from pipeline.config import TrainConfig
-from pipeline.datasets import hash_split
+from pipeline.datasets.index import hash_split
 from pipeline.errors import TrainError
-from pipeline.identity import STREAM_FIELDS, CacheIdentity
+from pipeline.cache.identity import STREAM_FIELDS, CacheIdentity
 
 
 @dataclass

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_file, write_text
-from pipeline.cache import ConfigMismatchError, FailedRecord, VideoRecord, journal_dir
+from pipeline.cache.reader import ConfigMismatchError, FailedRecord, VideoRecord, journal_dir
 from pipeline.errors import writing
-from pipeline.identity import CacheIdentity, IdentityError
+from pipeline.cache.identity import CacheIdentity, IdentityError
 
 IDENTITY_FILE = "config.json"
 DAMAGED = "damaged"  # entries that cannot be read are moved here, and their videos extracted again

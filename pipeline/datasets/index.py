@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from pipeline.config import DATASET_CHOICES, DEFAULT_TEST_FRACTION
 from pipeline.errors import ConfigError, MrrnError
-from pipeline.splitfiles import SplitFileError, check_disjoint, read_class_index, read_hmdb_lists, read_ucf_list
+from pipeline.datasets.splitfiles import SplitFileError, check_disjoint, read_class_index, read_hmdb_lists, read_ucf_list
 
 DATASETS = DATASET_CHOICES
 VIDEO_EXTENSIONS = frozenset(

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.config import FrameSource
 from pipeline.errors import MrrnError
-from pipeline.flow import flow_chunks
-from pipeline.video import VideoDecodeError, VideoReader, preprocess
-from pipeline.workers import exit_with, worker_context
+from pipeline.extract.flow import flow_chunks
+from pipeline.extract.video import VideoDecodeError, VideoReader, preprocess
+from pipeline.extract.workers import exit_with, worker_context
 
 if TYPE_CHECKING:  # the decoding workers import this module: they need no backbone code
-    from pipeline.backbone import FeatureExtractor
+    from pipeline.extract.backbone import FeatureExtractor
 
 WORKER_NICENESS = 10
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_file
-from pipeline.identity import CacheIdentity
+from pipeline.cache.identity import CacheIdentity
 
 
 @dataclass(frozen=True)

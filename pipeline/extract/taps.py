@@ -23,7 +23,7 @@ from torch.fx.experimental.optimization import fuse as fold_conv_bn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from pipeline.errors import ConfigError
-from pipeline.identity import LEVEL_ORDER, LevelSpec
+from pipeline.cache.identity import LEVEL_ORDER, LevelSpec
 
 _HEADS = (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d)
 HEAD_NAMES = ("fc", "classifier", "head", "heads", "avgpool", "aux_logits", "AuxLogits", "aux1", "aux2", "dropout")

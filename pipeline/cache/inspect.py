@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import CacheError, FeatureCache, journal_dir, shard_dir
-from pipeline.journal import pending_entries
+from pipeline.cache.reader import CacheError, FeatureCache, journal_dir, shard_dir
+from pipeline.cache.journal import pending_entries
 
 
 @dataclass

@@ -13,11 +13,11 @@ import itertools
 from pathlib import Path
 
 from pipeline.atomic import write_text
-from pipeline.cache import read_identity
+from pipeline.cache.reader import read_identity
 from pipeline.config import LEVELS, TrainConfig, caches_for_run, views_option
 from pipeline.errors import ConfigError, writing
-from pipeline.rundir import RunSummary
-from pipeline.train import fit
+from pipeline.train.rundir import RunSummary
+from pipeline.train.loop import fit
 
 COLUMNS = ("cache", "backbone", "views", "streams", "level", "model", "stream_fusion", "hidden", "layers", "pool", "video_top1", "video_top5",
            "mean_class_acc", "clip_acc", "epochs", "parameters", "seconds_per_epoch", "run")

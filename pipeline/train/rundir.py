@@ -26,11 +26,11 @@ import torch
 
 from pipeline import __version__
 from pipeline.atomic import atomic_file, write_text
-from pipeline.cache import read_identity
+from pipeline.cache.reader import read_identity
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainError, writing
-from pipeline.identity import CacheIdentity, IdentityError, flat_settings, word_differences
-from pipeline.models import build_model
+from pipeline.cache.identity import CacheIdentity, IdentityError, flat_settings, word_differences
+from pipeline.train.heads import build_model
 
 # Settings that may change when a run is resumed: they do not change what the run computes (the cache
 # is compared by its identity, so a moved cache file is still the same cache).

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import FlowSpec
-from pipeline.video import VideoDecodeError
+from pipeline.extract.video import VideoDecodeError
 
 
 def render_flow(flow: np.ndarray, bound: float) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The SRU's element-wise recurrence (eqs. 3-6) as one torch custom op, ``torch.ops.mrrn.sru_recurrence``.
 
 Models call the same op on every device. On CUDA it is two Triton kernels per layer, one forward and
-one backward (``sru_triton.py``), each looping over time inside the kernel. Elsewhere (CPU) everything
+one backward (``kernels.py``), each looping over time inside the kernel. Elsewhere (CPU) everything
 that does not depend on the cell state is computed for all time steps at once (the gates, the input
 term, the output), which leaves one fused multiply-add per time step forward and one backward.
 
@@ -104,7 +104,7 @@ sru_recurrence.register_autograd(_backward, setup_context=_setup_context)
 
 @sru_recurrence.register_kernel("cuda")
 def _(u, bias, skip, c0):
-    from pipeline.sru_triton import forward
+    from pipeline.sru.kernels import forward
 
     _check(u, bias, skip, c0)
     return forward(u, bias, skip, c0)
@@ -112,6 +112,6 @@ def _(u, bias, skip, c0):
 
 @sru_recurrence_backward.register_kernel("cuda")
 def _(grad_h, grad_c, u, bias, skip, c0, c):
-    from pipeline.sru_triton import backward
+    from pipeline.sru.kernels import backward
 
     return backward(grad_h, grad_c, u, bias, skip, c0, c)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.backbone import (
+from pipeline.extract.backbone import (
     BackboneChoice,
     FeatureExtractor,
     choose_backbone,
@@ -24,7 +24,7 @@ from pipeline.backbone import (
     resolve_device,
     resolve_precision,
 )
-from pipeline.cache import (
+from pipeline.cache.reader import (
     FailedRecord,
     FeatureCache,
     VideoRecord,
@@ -33,13 +33,13 @@ from pipeline.cache import (
     shard_dir,
     shard_path,
 )
-from pipeline.cache_writer import CacheWriter
+from pipeline.cache.writer import CacheWriter
 from pipeline.config import VIEW_SETS, ExtractConfig, default_workers, gpu_resize
-from pipeline.datasets import VideoEntry, VideoSet, describe_missing, list_videos
+from pipeline.datasets.index import VideoEntry, VideoSet, describe_missing, list_videos
 from pipeline.errors import ConfigError, MrrnError
-from pipeline.features import DecodeWorkerDied, video_features
-from pipeline.identity import CacheIdentity
-from pipeline.workers import start_early
+from pipeline.extract.features import DecodeWorkerDied, video_features
+from pipeline.cache.identity import CacheIdentity
+from pipeline.extract.workers import start_early
 
 
 class ExtractError(MrrnError):
