@@ -25,6 +25,7 @@ from pipeline.config import (
     LEVELS,
     MODALITIES,
     MODELS,
+    PAPER_FUSION_WEIGHTS,
     POOLS,
     PRECISIONS,
     STREAM_FUSIONS,
@@ -35,11 +36,10 @@ from pipeline.config import (
     ClipSpec,
     ExtractConfig,
     FlowSpec,
-    Preprocess,
     TrainConfig,
-    caches_for_run,
-    check_flow_cache_use,
+    caches_for_runs,
     default,
+    default_workers,
 )
 from pipeline.errors import MrrnError
 
@@ -101,11 +101,14 @@ def _relaunch_under_torchrun(nproc: int, device: str) -> None:
 
 def _workers_likely(workers: int | None, device: str) -> bool:
     """Whether extraction will start decoding workers, guessed before torch is imported (so that their
-    server can start first): when asked for, or by default on a GPU (none by default on the CPU). A wrong
-    guess costs start-up time only: extraction starts the server itself once it knows."""
+    server can start first): when asked for, or by default (``default_workers``) on the device it will
+    likely run on. A wrong guess costs start-up time only: extraction starts the server itself once it knows."""
     if workers is not None:
         return workers > 0
-    return device != "cpu" and (device != "auto" or any(Path("/dev").glob("nvidia[0-9]*")))
+    from pipeline.distributed import gpus_listed  # imports no torch
+
+    on_gpu = device != "cpu" and (device != "auto" or gpus_listed() > 0)
+    return default_workers("cuda" if on_gpu else "cpu") > 0
 
 
 def _log(message: str) -> None:
@@ -214,11 +217,10 @@ def _list_backbones(ctx, param, value):
               help="Extract again every video whose features `inspect --verify` finds damaged or not finite.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_nproc_option
-def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_method, flow_bound, flow_size, quiet,
-            nproc, **settings):
+def extract(*, backbone_weights, legacy_weights, flow_method, flow_bound, flow_size, quiet, nproc, **settings):
     """Stage 1: frozen backbone features (ResNet-34 by default) of every video into an HDF5 cache (resumable)."""
     _relaunch_under_torchrun(nproc, settings["device"])
-    if _workers_likely(workers, settings["device"]):
+    if _workers_likely(settings["workers"], settings["device"]):
         from pipeline.extract.workers import start_early
 
         start_early()  # the decoding workers' server imports torch while this process does
@@ -230,9 +232,6 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
         settings["redo"] = tuple(settings["redo"])
         cfg = ExtractConfig(
             **settings, backbone_weights=backbone_weights or legacy_weights or default(ExtractConfig, "backbone_weights"),
-            workers=workers,
-            preprocess=None if short_side is None and crop is None else Preprocess(
-                short_side=short_side or default(Preprocess, "short_side"), crop=crop or default(Preprocess, "crop")),
             flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),
         )
         s = run_extract(cfg, progress=not quiet, log=_log)
@@ -250,7 +249,7 @@ def extract(backbone_weights, legacy_weights, workers, short_side, crop, flow_me
 @click.argument("cache_file", type=click.Path(path_type=Path))
 @click.option("--verify", is_flag=True, help="Check every entry; exit 1 if anything is wrong.")
 def inspect(cache_file, verify):
-    """Print a cache's configuration, counts, size and level shapes."""
+    """Print how a cache was made (its identity), its counts, size and level shapes."""
     from pipeline.cache.inspect import inspect_cache
 
     with user_errors():
@@ -316,15 +315,14 @@ def _train_options(f):
 
 
 def _train_config(settings: dict) -> TrainConfig:
-    """A TrainConfig from train/sweep options named after its fields; the caches a run reads follow
-    ``config.caches_for_run``."""
+    """A TrainConfig from train/sweep options named after its fields, reading the caches
+    ``config.caches_for_runs`` gives the run."""
     if settings["cache"] is None:
         raise click.UsageError("Missing option '--cache'.")
     clip = ClipSpec(settings.pop("length"), settings.pop("stride"), settings.pop("max_clips"))
-    model, modality = settings["model"], settings["modality"]
     flow_cache = None if settings["flow_cache"] is None else str(settings["flow_cache"])
-    check_flow_cache_use(model, [modality], flow_cache)
-    cache, flow_cache = caches_for_run(model, modality, str(settings["cache"]), flow_cache)
+    [(cache, flow_cache)] = caches_for_runs([(settings["model"], settings["modality"])], str(settings["cache"]),
+                                            flow_cache)
     return TrainConfig(**{**settings, "cache": cache, "flow_cache": flow_cache, "out": str(settings["out"]),
                           "clip": clip})
 
@@ -401,19 +399,21 @@ def _csv(kind, choices=None):
 @click.option("--caches", default=None, callback=_csv(str),
               help="Comma-separated caches of one dataset (backbones, views): the same grid on each, one table "
                    "with a column for the cache. Instead of --cache.")
-def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, caches, **settings):
+def sweep(*, out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, caches,
+          **settings):
     """Train a grid of runs on one cache, on RGB and flow caches, or on several caches (finished runs are
     skipped), and write results.csv and results.md: one comparison table."""
-    from pipeline.train.sweep import run_sweep
+    from pipeline.train.sweep import SweepAxes, run_sweep
 
     if caches and settings["cache"] is not None:
         raise click.UsageError("give either --cache or --caches")
+    axes = SweepAxes(levels=tuple(levels), models=tuple(models), hiddens=tuple(hidden), layers=tuple(layers),
+                     pools=tuple(pool), modalities=tuple(modalities or ()), stream_fusions=tuple(stream_fusion))
     with user_errors():
         base = _train_config({**settings, "cache": caches[0] if caches else settings["cache"], "out": out / "_",
                               "level": levels[0], "model": "rrn", "hidden": hidden[0], "layers": layers[0],
                               "pool": pool[0], "flow_cache": None})
-        run_sweep(base, out, levels, models, hidden, layers, pool, modalities=modalities or [base.modality],
-                  flow_cache=flow_cache, stream_fusions=stream_fusion, progress=not quiet, log=_log, caches=caches)
+        run_sweep(base, out, axes, flow_cache=flow_cache, caches=caches, progress=not quiet, log=_log)
     click.echo((out / "results.md").read_text(), nl=False)
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
 
@@ -423,19 +423,22 @@ def sweep(out, levels, models, hidden, layers, pool, modalities, stream_fusion, 
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fuse directory.")
 @click.option("--method", type=_choice(FUSION_METHODS), default=FUSION_METHODS[0], show_default=True)
 @click.option("--weights", default=None,
-              help="Fusion weights by level, 'high=0.7,mid=0.2,low=0.1' or '0.7,0.2,0.1' (high, mid, low as in "
-                   "eq. 10), by modality ('rgb=1,flow=1.5') or both ('rgb:high=0.5,flow:high=0.5') "
-                   "[default: the paper's].")
+              help="Fusion weights by level ('high=0.7,mid=0.2,low=0.1'), by modality ('rgb=1,flow=1.5') or both "
+                   "('rgb:high=0.5,flow:high=0.5'); or one to three bare numbers for high, mid and low in that "
+                   "order (eq. 10's), e.g. '0.7,0.3': a level without a number has no weight, and a run of that "
+                   "level is refused [default: the paper's, "
+                   f"{','.join(f'{k}={v:g}' for k, v in PAPER_FUSION_WEIGHTS.items())}].")
 @click.option("--search", is_flag=True, help="Choose the weights on the runs' validation videos (--val-fraction).")
 def fuse(runs, out, method, weights, search):
     """Fuse several runs' video scores (eq. 10, or sum / product) and write the summary and report."""
     from pipeline.evaluate.fuse import parse_weights, run_fuse, summary_markdown
+    from pipeline.evaluate.layout import FusionFiles
 
     with user_errors():
         s = run_fuse(runs, out, method, parse_weights(weights), search)
         click.echo(summary_markdown(s), nl=False)
         report = _report(out)
-    click.echo(f"-> {out / 'summary.md'}" + (f", {report}" if report else ""))
+    click.echo(f"-> {FusionFiles(out).table_file}" + (f", {report}" if report else ""))
 
 
 def _report(directory: Path):
@@ -476,7 +479,8 @@ def predict(videos, run_dirs, top, method, backbone_weights, device, as_json):
     from pipeline.predict import predict as run_predict
 
     with user_errors():
-        results = run_predict(list(videos), list(run_dirs), top, method, backbone_weights, device)
+        results = run_predict(list(videos), list(run_dirs), top=top, method=method, backbone_file=backbone_weights,
+                              device=device)
     if as_json:
         click.echo(json.dumps([{"video": r.video, "top": [{"class": c, "probability": round(p, 6)} for c, p in r.top],
                                 "error": r.error} for r in results], indent=2))

@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_extract import write_clips  # noqa: E402
 from benchmarks.common import append_results, timed  # noqa: E402
-from pipeline.extract.backbone import FeatureExtractor, choose_backbone, load_backbone, resolve_device, resolve_precision  # noqa: E402
-from pipeline.config import VIEW_SETS, ExtractConfig, Preprocess  # noqa: E402
+from pipeline.extract.backbone import FeatureExtractor, choose_backbone, load_backbone, resolve_device  # noqa: E402
+from pipeline.config import VIEW_SETS, ExtractConfig  # noqa: E402
 from pipeline.extract.run import run_extract  # noqa: E402
+from pipeline.precision import extraction_precision, precision_flags  # noqa: E402
 
 BACKBONES = ("resnet34", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_800mf",
              "convnext_tiny", "swin_t", "vit_b_16")
@@ -34,7 +35,6 @@ def trunk_fps(name: str, crop: int, device: torch.device, precision: str, batch:
     """Frames/s of backbone ``name``'s three levels on random (batch, 3, crop, crop) frames."""
     extractor = FeatureExtractor(load_backbone("random", 0, name), device, precision)
     x = torch.randn(batch, 3, crop, crop)
-    extractor(x)  # warm-up: allocation, oneDNN / cuDNN algorithm choice
 
     def run():
         out = extractor(x)
@@ -42,7 +42,9 @@ def trunk_fps(name: str, crop: int, device: torch.device, precision: str, batch:
             torch.cuda.synchronize(device)
         return out
 
-    seconds, _ = timed(run, repeats=3)
+    with precision_flags(precision, fixed_shapes=True):  # the flags extraction runs under
+        extractor(x)  # warm-up: allocation, oneDNN / cuDNN algorithm choice
+        seconds, _ = timed(run, repeats=3)
     return batch / seconds
 
 
@@ -55,7 +57,7 @@ def views_fps(device: torch.device, clips: int, frames: int) -> dict[str, float]
             write_clips(root / cls, count=clips // 2, frames=frames)
         for views in ("center", *VIEW_SETS):  # the first run warms up (workers' server, kernels) and is not kept
             cfg = ExtractConfig(dataset="folder", root=root, out=Path(tmp) / f"{views}-{len(out)}.h5",
-                                backbone_weights="random", preprocess=Preprocess(short_side=73, crop=64), views=views,
+                                backbone_weights="random", short_side=73, crop=64, views=views,
                                 workers=1, device=str(device), batch_size=64)
             started = time.perf_counter()
             summary = run_extract(cfg, progress=False, log=lambda m: None)
@@ -73,7 +75,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    precision = resolve_precision("auto", device)
+    precision = extraction_precision("auto", device)
     crops = [int(c) for c in args.crops.split(",")]
     batch = 64 if device.type == "cuda" else 8
 

@@ -21,10 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results, synthetic_identity, timed  # noqa: E402
+from benchmarks.common import RESNET34_LEVELS, append_results, synthetic_identity, timed  # noqa: E402
 from pipeline.cache.reader import FeatureCache, VideoRecord  # noqa: E402
 from pipeline.cache.writer import CacheWriter  # noqa: E402
-from pipeline.config import LEVELS  # noqa: E402
 
 IDENTITY = synthetic_identity(["bench"])
 
@@ -52,7 +51,7 @@ def main() -> None:
         start = time.perf_counter()
         with CacheWriter(ours, IDENTITY) as w, h5py.File(per_video, "w") as pv:
             for i in range(args.videos):
-                feats = {lvl: rng.normal(size=(args.frames, dim)).astype(np.float16) for lvl, (_, dim) in LEVELS.items()}
+                feats = {lvl: rng.normal(size=(args.frames, dim)).astype(np.float16) for lvl, (_, dim) in RESNET34_LEVELS.items()}
                 key = f"bench/v{i:05d}.avi"
                 w.add_video(VideoRecord(key, 0, "bench", args.frames, 25.0, 320, 240, args.frames), feats)
                 g = pv.create_group(f"v{i:05d}")
@@ -64,7 +63,7 @@ def main() -> None:
         plain = Path(tmp) / "plain.h5"  # the same cache with each level contiguous, without checksums
         shutil.copy(ours, plain)
         with h5py.File(plain, "r+") as f:
-            for level in LEVELS:
+            for level in RESNET34_LEVELS:
                 data = f["features"][level][...]
                 del f["features"][level]
                 f["features"].create_dataset(level, data=data)

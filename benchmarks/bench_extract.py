@@ -36,10 +36,11 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import append_results  # noqa: E402
-from pipeline.extract.backbone import FeatureExtractor, load_backbone, resolve_device, resolve_precision  # noqa: E402
+from pipeline.extract.backbone import FeatureExtractor, load_backbone, resolve_device  # noqa: E402
 from pipeline.config import ExtractConfig, Preprocess, default, default_workers  # noqa: E402
 from pipeline.datasets.index import VIDEO_EXTENSIONS  # noqa: E402
 from pipeline.extract.video import VideoReader, preprocess  # noqa: E402
+from pipeline.precision import autocast, extraction_precision, precision_flags  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,9 +87,7 @@ def bare_forward(device, crop: int, batch: int, frames: int, precision: str) -> 
     """frames/s of torchvision's ResNet-34 (whole model, inference mode) on random (batch, 3, crop, crop)."""
     model = torchvision.models.resnet34().eval().to(device)
     x = torch.randn(batch, 3, crop, crop, device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    cast = torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False)
-    with torch.inference_mode(), cast:
+    with torch.inference_mode(), autocast(precision, device):  # torch's own flags, as a user would run it
         model(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -106,14 +105,15 @@ def trunk_forward(device, crop: int, batch: int, frames: int, precision: str) ->
     features read back one batch later as extract does."""
     extractor = FeatureExtractor(load_backbone("random"), device, precision)
     x = torch.randn(batch, 3, crop, crop, device=device)
-    extractor(x)  # warm-up (cuDNN picks its algorithms)
-    pending, done, start = None, 0, time.perf_counter()
-    while done < frames:
-        submitted = extractor.submit(x)
-        if pending is not None:
-            pending.result()
-        pending, done = submitted, done + batch
-    pending.result()
+    with precision_flags(precision, fixed_shapes=True):  # the flags extraction runs under
+        extractor(x)  # warm-up (cuDNN picks its algorithms)
+        pending, done, start = None, 0, time.perf_counter()
+        while done < frames:
+            submitted = extractor.submit(x)
+            if pending is not None:
+                pending.result()
+            pending, done = submitted, done + batch
+        pending.result()
     return done / (time.perf_counter() - start)
 
 
@@ -197,7 +197,7 @@ def main() -> None:
     pre = Preprocess(short_side=short_side, crop=args.crop)
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
-    precision = resolve_precision("auto", device)
+    precision = extraction_precision("auto", device)
     steady = on_gpu if args.steady is None else args.steady
     clips = args.clips or (1000 if on_gpu else 60 if args.crop <= 112 else 12)
     batch = args.batch_size or default(ExtractConfig, "batch_size")

@@ -17,9 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results  # noqa: E402
+from benchmarks.common import RESNET34_LEVELS, append_results  # noqa: E402
 from pipeline.atomic import atomic_file  # noqa: E402
-from pipeline.config import LEVELS  # noqa: E402
 
 
 def write_entries(folder: Path, features: dict, count: int, durable: bool) -> float:
@@ -37,7 +36,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=180)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    features = {lvl: rng.normal(size=(args.frames, dim)).astype(np.float16) for lvl, (_, dim) in LEVELS.items()}
+    features = {lvl: rng.normal(size=(args.frames, dim)).astype(np.float16) for lvl, (_, dim) in RESNET34_LEVELS.items()}
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:  # the disk the repository is on
         plain = min(write_entries(Path(tmp) / f"plain{r}", features, args.videos, False) for r in range(2))
         durable = min(write_entries(Path(tmp) / f"durable{r}", features, args.videos, True) for r in range(2))

@@ -18,10 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results, synthetic_identity, timed  # noqa: E402
+from benchmarks.common import RESNET34_LEVELS, append_results, synthetic_identity, timed  # noqa: E402
 from pipeline.cache.reader import VideoRecord  # noqa: E402
 from pipeline.cache.writer import CacheWriter  # noqa: E402
-from pipeline.config import LEVELS  # noqa: E402
 
 IDENTITY = synthetic_identity(["bench"])
 
@@ -32,7 +31,7 @@ def write_shards(folder: Path, shards: int, videos: int, frames: int) -> list[Pa
     for r, path in enumerate(paths):
         with CacheWriter(path, IDENTITY) as w:
             for i in range(r, videos, shards):
-                feats = {lvl: rng.normal(size=(frames, dim)).astype(np.float16) for lvl, (_, dim) in LEVELS.items()}
+                feats = {lvl: rng.normal(size=(frames, dim)).astype(np.float16) for lvl, (_, dim) in RESNET34_LEVELS.items()}
                 w.add_video(VideoRecord(f"bench/v{i:05d}.avi", 0, "bench", frames, 25.0, 320, 240, frames), feats)
             w.finish()
     return paths
@@ -45,7 +44,7 @@ def virtual_join(out: Path, shards: list[Path]) -> None:
         with h5py.File(path, "r") as f:
             sizes.append(f["features"]["high"].shape[0])
     with h5py.File(out, "w", libver="latest") as f:
-        for level, (_, dim) in LEVELS.items():
+        for level, (_, dim) in RESNET34_LEVELS.items():
             layout = h5py.VirtualLayout(shape=(sum(sizes), dim), dtype=np.float16)
             start = 0
             for path, n in zip(shards, sizes):

@@ -27,15 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import append_results, synthetic_identity  # noqa: E402
+from benchmarks.common import RESNET34_LEVELS, append_results, synthetic_identity  # noqa: E402
 from pipeline.extract.backbone import resolve_device  # noqa: E402
 from pipeline.cache.reader import VideoRecord  # noqa: E402
 from pipeline.cache.writer import CacheWriter  # noqa: E402
-from pipeline.config import LEVELS, TrainConfig  # noqa: E402
+from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.train.level_data import load_level_data  # noqa: E402
 from pipeline.train.heads import build_model  # noqa: E402
 from pipeline.sru.modules import SRU  # noqa: E402
-from pipeline.train.loop import autocast, make_optimizer, train_one_epoch, use_precision  # noqa: E402
+from pipeline.train.loop import StepContext, make_optimizer, train_one_epoch  # noqa: E402
+from pipeline.precision import autocast, precision_flags, training_precision  # noqa: E402
 
 
 def sync(device):
@@ -85,12 +86,12 @@ NO_KERNEL = {"as_strided", "empty", "empty_strided", "empty_like", "view", "_uns
 
 
 def fit_setup(cfg: TrainConfig, device, num_classes: int):
-    """The model, optimizer and arithmetic as `mrrn train` (pipeline.train.loop.fit) sets them up on ``device``:
-    TF32 projections on CUDA by default, fused Adam on CUDA."""
-    precision = use_precision(cfg, device)
+    """The model and optimizer as `mrrn train` (pipeline.train.loop.fit) sets them up on ``device``: fused
+    Adam on CUDA. (Its arithmetic, TF32 projections on CUDA by default, is set around the whole
+    benchmark by ``main``.)"""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, 512, num_classes).to(device)
-    return model, make_optimizer(model, cfg, device), precision
+    return model, make_optimizer(model, cfg, device)
 
 
 def count_ops(fn, device) -> int:
@@ -116,10 +117,10 @@ def launches(event) -> bool:
     return computes(event) or any(map(launches, event.cpu_children))
 
 
-def ops_per_step(device) -> int:
+def ops_per_step(device, precision: str) -> int:
     """Kernel-launching ops in one bare training step of the paper head at batch 28 (forward, loss,
     backward, Adam on random input)."""
-    model, optimizer, precision = fit_setup(TrainConfig(cache="-", out="-"), device, 101)
+    model, optimizer = fit_setup(TrainConfig(cache="-", out="-"), device, 101)
     x, y = torch.randn(28, 30, 512, device=device), torch.randint(0, 101, (28,), device=device)
 
     def step():
@@ -144,12 +145,12 @@ def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
     with CacheWriter(path, identity, splits) as w:
         for i, key in enumerate(keys):
             n = int(rng.integers(60, 201))
-            feats = {lvl: rng.normal(size=(n, dim)).astype(np.float16) for lvl, (_, dim) in LEVELS.items()}
+            feats = {lvl: rng.normal(size=(n, dim)).astype(np.float16) for lvl, (_, dim) in RESNET34_LEVELS.items()}
             w.add_video(VideoRecord(key, i % classes, names[i % classes], n, 25.0, 320, 240, n), feats)
         w.finish()
 
 
-def epoch_figures(device) -> tuple[float, int, float, int]:
+def epoch_figures(device, precision: str) -> tuple[float, int, float, int]:
     """clips/s of a full epoch of pipeline.train.loop's loop on a synthetic cache, set up as `mrrn train` does
     (on a GPU after one untimed warm-up epoch: Triton compilation, cuBLAS), the epoch's clips, and the
     kernel-launching ops per step of that loop (its batch gathering and on-device bookkeeping included)
@@ -159,11 +160,11 @@ def epoch_figures(device) -> tuple[float, int, float, int]:
         synthetic_cache(cache)
         cfg = TrainConfig(cache=str(cache), out=str(Path(tmp) / "run"), level="high")
         data = load_level_data(cfg, device, log=lambda m: None)
-        model, optimizer, precision = fit_setup(cfg, device, len(data.classes))
+        model, optimizer = fit_setup(cfg, device, len(data.classes))
 
         def epoch(clips):
-            train_one_epoch(model, optimizer, data.features, clips, cfg.batch_size, torch.Generator().manual_seed(0),
-                            device, precision=precision)
+            train_one_epoch(model, optimizer, data.features, clips, StepContext(device, precision=precision),
+                            batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(0))
 
         if device.type == "cuda":
             epoch(data.train)
@@ -183,14 +184,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     device = resolve_device(args.device)
-    ops = ops_per_step(device)
-    lines = ["| batch | SRU fwd+bwd | LSTM fwd+bwd | LSTM / SRU | SRU's matrix products alone | SRU / its products |",
-             "|---|---|---|---|---|---|"]
-    for batch in (28, 256):
-        t_sru, t_lstm, t_mm = rnn_times(batch, device, args.repeats)
-        lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** | "
-                     f"{1000 * t_mm:.1f} ms | **{t_sru / t_mm:.2f}x** |")
-    clips_per_s, clips, loop_ops, loop_steps = epoch_figures(device)
+    precision = training_precision(TrainConfig(cache="-", out="-").precision, device)
+    with precision_flags(precision):  # the arithmetic `mrrn train` computes in, for every figure
+        ops = ops_per_step(device, precision)
+        lines = ["| batch | SRU fwd+bwd | LSTM fwd+bwd | LSTM / SRU | SRU's matrix products alone "
+                 "| SRU / its products |", "|---|---|---|---|---|---|"]
+        for batch in (28, 256):
+            t_sru, t_lstm, t_mm = rnn_times(batch, device, args.repeats)
+            lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** | "
+                         f"{1000 * t_mm:.1f} ms | **{t_sru / t_mm:.2f}x** |")
+        clips_per_s, clips, loop_ops, loop_steps = epoch_figures(device, precision)
     ucf_hours = 12 * 180_000 / clips_per_s / 3600
     what = "CUDA kernels" if device.type == "cuda" else "leaf ATen ops"
     append_results(

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 from pipeline.errors import ConfigError
 
@@ -17,8 +17,9 @@ from pipeline.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The paper's three levels: the spatial mean of ResNet-34's last three stages (eq. 7).
-LEVELS = {"low": ("layer2", 128), "mid": ("layer3", 256), "high": ("layer4", 512)}
+# The three levels of every backbone, coarsest last: for the paper's ResNet-34, the spatial means (eq. 7) of
+# layer2 / layer3 / layer4 (128 / 256 / 512 values); extract/taps.py finds them in any model.
+LEVELS = ("low", "mid", "high")
 BACKBONE = "resnet34"
 
 # Preprocessing (paper: shorter side -> 256, centre crop 224 at test time).
@@ -28,7 +29,7 @@ PAPER_CROP = 224
 DATASET_CHOICES = ("ucf101", "hmdb51", "folder")  # index formats (datasets/index.py)
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_TEST_FRACTION = 0.3  # folder datasets without split files: share of each class held out for test
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # extract --precision; what each computes in: precision.py
 MODALITIES = ("rgb", "flow")
 FLOW_METHODS = ("farneback", "tvl1")
 
@@ -43,8 +44,7 @@ def default_workers(device_type: str) -> int:
     """Decoding processes when --workers is not given. On a GPU: every core but one, which feeds the
     backbone (at least one); they run at a lower priority. On the CPU: none. There the backbone's
     threads use every core already, and a decoding process competing with them costs more than decoding
-    between batches in the command itself (2 cores, `mrrn extract` of UCF-101-like clips: 26.0-26.8 s
-    against 28.9-29.1 s with one worker at 64 px, 57.9 s against 60.6 s at 224 px)."""
+    between batches in the command itself (`benchmarks/bench_extract.py --workers 0|1` measures both)."""
     return max(1, (os.cpu_count() or 2) - 1) if device_type == "cuda" else 0
 
 
@@ -58,14 +58,44 @@ def _require_fraction(what: str, value: float) -> None:
         raise ConfigError(f"{what} must be in [0, 1), got {value}")
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")  # bicubic for backbones whose weights were trained with it
 # The resizing implementations a cache may record: torchvision's native uint8 kernel (what runs on the
 # CPU), and resizing in float32 rounded back to whole grey levels (what runs on a GPU). They differ by a
-# grey level on about a fifth of the pixels, so a cache records which one made it; each bilinear, or
-# bicubic for backbones whose weights were trained with it.
-RESIZE_UINT8 = "bilinear-antialias-uint8"
-RESIZE_FLOAT = "bilinear-antialias-float-rounded"
-RESIZES = tuple(f"{interpolation}-antialias-{kind}" for interpolation in ("bilinear", "bicubic")
-                for kind in ("uint8", "float-rounded"))
+# grey level on about a fifth of the pixels, so a cache records which one made it.
+RESIZE_KINDS = ("uint8", "float-rounded")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How frames are resized (always antialiased): the interpolation and the implementation. Caches
+    record it by :attr:`name`, e.g. ``bilinear-antialias-uint8``; :meth:`parse` reads that back."""
+
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS (torchvision's InterpolationMode values)
+    kind: str = "uint8"  # one of RESIZE_KINDS
+
+    def __post_init__(self):
+        _require_choice("resize interpolation", self.interpolation, INTERPOLATIONS)
+        _require_choice("resize kind", self.kind, RESIZE_KINDS)
+
+    @property
+    def name(self) -> str:
+        return f"{self.interpolation}-antialias-{self.kind}"
+
+    @classmethod
+    def parse(cls, name: str) -> Resize:
+        interpolation, antialias, kind = name.partition("-antialias-")
+        if not antialias:
+            raise ConfigError(f"resize must look like bilinear-antialias-uint8, got {name!r}")
+        return cls(interpolation, kind)
+
+    @property
+    def uint8(self) -> bool:
+        """Whether it is torchvision's uint8 kernel (which runs on the CPU only)."""
+        return self.kind == "uint8"
+
+    def on_gpu(self) -> Resize:
+        """The resize a GPU runs for this one: the same interpolation, in float32 rounded back."""
+        return replace(self, kind="float-rounded")
 
 
 # Cached views of each frame (--views): the centre crop alone (the paper's test-time input), or fixed
@@ -86,11 +116,6 @@ def views_option(views: tuple[str, ...]) -> str:
     return next(name for name, names in VIEW_SETS.items() if names == views)
 
 
-def gpu_resize(resize: str) -> str:
-    """The resize a GPU runs for ``resize``: the same interpolation, in float32 rounded back."""
-    return resize.replace("-uint8", "-float-rounded")
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """How frames become backbone inputs: resize shorter side, centre crop, [0,1], normalise."""
@@ -99,11 +124,10 @@ class Preprocess:
     crop: int = PAPER_CROP
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    resize: str = RESIZE_UINT8  # how frames are resized: one of RESIZES
+    resize: Resize = Resize()  # bilinear, by torchvision's uint8 kernel
     views: tuple[str, ...] = VIEW_SETS["center"]  # the crops kept of each frame: one of VIEW_SETS' values
 
     def __post_init__(self):
-        _require_choice("resize", self.resize, RESIZES)
         _require_choice("views", self.views, VIEW_SETS.values())
         if self.crop < 32 or self.short_side < self.crop:
             raise ConfigError(
@@ -146,7 +170,10 @@ class ExtractConfig:
     backbone: str = BACKBONE  # any torchvision classification model (mrrn extract --list-backbones)
     backbone_weights: str = "imagenet"  # "imagenet", a torchvision weights name, "random" or a state_dict path
     seed: int = 0  # seeds --backbone-weights random
-    preprocess: Preprocess | None = None  # None: the weights' own (the paper's 256/224 for random or local weights)
+    # --short-side and --crop: each, when set, overrides the weights' own preprocessing (the paper's for
+    # random or local weights) and nothing else (extract/run.py merges them)
+    short_side: int | None = None
+    crop: int | None = None
     dtype: str = "float16"  # how features are stored
     precision: str = "auto"  # inference precision; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU
     device: str = "auto"
@@ -171,6 +198,9 @@ class ExtractConfig:
         _require_fraction("test fraction", self.test_fraction)
         if self.batch_size < 1 or (self.workers is not None and self.workers < 0) or self.chunk_frames < 1:
             raise ConfigError("batch size and chunk frames must be >= 1 and workers >= 0")
+        for option, size in (("--short-side", self.short_side), ("--crop", self.crop)):
+            if size is not None and size < 32:
+                raise ConfigError(f"{option} {size}: must be at least 32")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +212,7 @@ POOLS = ("mean", "max")  # eq. 8 and eq. 9
 PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
 PAPER_FUSION_WEIGHTS = {"high": 0.7, "mid": 0.2, "low": 0.1}  # eq. 10
 FUSION_METHODS = ("weighted", "sum", "product")
-TRAIN_PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # auto: TF32 matrix products on CUDA, float32 on CPU
+TRAIN_PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # train --precision; what each computes in: precision.py
 
 
 @dataclass(frozen=True)
@@ -269,12 +299,6 @@ class TrainConfig:
         """What the run sees: rgb, flow, or rgb+flow (twostream)."""
         return "rgb+flow" if self.model == "twostream" else self.modality
 
-    def precision_on(self, device_type: str) -> str:
-        """The arithmetic used on a device: CPU runs stay in float32; auto means TF32 on CUDA."""
-        if device_type != "cuda":
-            return "fp32"
-        return "tf32" if self.precision == "auto" else self.precision
-
     def lr_at(self, epoch: int) -> float:
         """Learning rate for 0-based ``epoch``: step decay (paper: 1e-5 for 8 epochs, then 1e-6)."""
         return self.learning_rate * self.lr_gamma ** (epoch // self.lr_step_epochs)
@@ -291,19 +315,23 @@ class TrainConfig:
         return cls(**{**known, "clip": ClipSpec(**d.get("clip", {}))})
 
 
-def caches_for_run(model: str, modality: str, cache: str, flow_cache: str | None) -> tuple[str, str | None]:
-    """Which caches a run reads, as (``TrainConfig.cache``, ``TrainConfig.flow_cache``), given the
-    command line's --cache (RGB, or flow for a flow-only command line) and --flow-cache: twostream reads
-    both; a flow run reads --flow-cache when given, else --cache; an RGB run reads --cache."""
-    if model == "twostream":
-        return cache, flow_cache
-    if modality == "flow":
-        return (flow_cache or cache), None
-    return cache, None
-
-
-def check_flow_cache_use(model: str, modalities, flow_cache) -> None:
-    """--flow-cache is for twostream, flow runs, or a sweep over both modalities; anything else is a mistake."""
-    if flow_cache is not None and model != "twostream" and "flow" not in modalities:
+def caches_for_runs(runs: Sequence[tuple[str, str]], cache: str,
+                    flow_cache: str | None) -> list[tuple[str, str | None]]:
+    """Which caches each run of a command line reads: for each ``(model, modality)`` in ``runs``, its
+    (``TrainConfig.cache``, ``TrainConfig.flow_cache``), given --cache (RGB, or flow when no run is RGB)
+    and --flow-cache. Twostream reads both; a flow run reads --flow-cache when given, else --cache; an RGB
+    run reads --cache. Refused: a --flow-cache that no run reads, and RGB and flow runs together without
+    one (a twostream run without one: ``TrainConfig``)."""
+    if flow_cache is not None and not any(model == "twostream" or modality == "flow" for model, modality in runs):
         raise ConfigError("--flow-cache is read by --model twostream, --modality flow or a sweep over "
                           "--modalities rgb,flow")
+    single_stream = {modality for model, modality in runs if model != "twostream"}
+    if flow_cache is None and {"rgb", "flow"} <= single_stream:
+        raise ConfigError("--modalities rgb,flow needs --flow-cache beside the RGB --cache")
+
+    def reads(model: str, modality: str) -> tuple[str, str | None]:
+        if model == "twostream":
+            return cache, flow_cache
+        return (flow_cache or cache) if modality == "flow" else cache, None
+
+    return [reads(model, modality) for model, modality in runs]

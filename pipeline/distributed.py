@@ -4,6 +4,9 @@ Under ``torchrun --nproc_per_node=N cli.py extract|train ...`` (or ``mrrn extrac
 which runs exactly that on this machine) each process reads its place from the environment torchrun
 sets: RANK, WORLD_SIZE, LOCAL_RANK. Without torchrun the process is rank 0 of 1 and nothing here
 opens a process group.
+
+This module also says how many GPUs the machine has (each rank needs its own). It imports torch only
+inside the functions that need it, so that the command line can ask before torch is imported.
 """
 from __future__ import annotations
 
@@ -13,14 +16,30 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 # Ranks wait for each other at barriers (the join after extraction); a shard can take hours.
 BARRIER_TIMEOUT = timedelta(hours=48)
+
+
+def gpu_count() -> int:
+    """The CUDA GPUs this process can use (as torch counts them, CUDA_VISIBLE_DEVICES applied)."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def gpus_listed() -> int:
+    """The NVIDIA GPUs the operating system lists (``/dev/nvidiaN``), counted without importing torch: the
+    command line's guess, before it imports torch, of whether extraction will run on a GPU and start
+    decoding workers (their server must start first). It may be wrong (no driver, CUDA_VISIBLE_DEVICES);
+    that costs start-up time only. Everything else counts with :func:`gpu_count`."""
+    return sum(1 for _ in Path("/dev").glob("nvidia[0-9]*"))
 
 
 @dataclass(frozen=True)
@@ -40,10 +59,12 @@ class Rank:
     def device(self, requested: torch.device) -> torch.device:
         """Each rank on its own GPU of the node (cuda:LOCAL_RANK); CPU stays CPU."""
         if self.distributed and requested.type == "cuda":
-            count = torch.cuda.device_count()
+            count = gpu_count()
             if self.local_rank >= count:  # NCCL cannot put two ranks on one GPU
                 raise ConfigError(f"rank {self.rank} needs GPU cuda:{self.local_rank}, but this machine has {count}: "
                                   f"start at most {count} process(es) per machine, or use --device cpu")
+            import torch
+
             return torch.device("cuda", self.local_rank)
         return requested
 
@@ -51,7 +72,7 @@ class Rank:
 def check_gpus(nproc: int, device: str) -> None:
     """Refuse, before any process starts, more processes on this machine than it has GPUs when they
     would run on GPUs (each rank needs its own)."""
-    count = torch.cuda.device_count()
+    count = gpu_count()
     if nproc > 1 and device != "cpu" and 0 < count < nproc:
         raise ConfigError(f"--nproc {nproc}: each process needs its own GPU and this machine has {count}; "
                           f"use --nproc {count}, or --device cpu")
@@ -65,6 +86,9 @@ def current() -> Rank:
 
 def init(device: torch.device) -> Rank:
     """Open the process group once (NCCL between GPUs, gloo on CPU) when there is more than one rank."""
+    import torch
+    import torch.distributed as dist
+
     rank = current()
     if rank.distributed and not dist.is_initialized():
         if device.type == "cuda":
@@ -75,17 +99,23 @@ def init(device: torch.device) -> Rank:
 
 
 def _close() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.barrier()
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum over ranks (in place; the tensor itself when there is one rank)."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
@@ -93,6 +123,9 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_min(value: float) -> float:
     """The smallest of every rank's ``value`` (the value itself when there is one rank)."""
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return value
     tensor = torch.tensor([value], dtype=torch.float64)

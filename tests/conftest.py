@@ -52,10 +52,10 @@ def folder_dataset(root: Path, per_class: int = 2, frames: int = 20) -> Path:
 
 def small_extract_config(root: Path, out: Path, **overrides):
     """Extraction settings small enough for two CPU cores: 64 px crops, seeded random weights."""
-    from pipeline.config import ExtractConfig, Preprocess
+    from pipeline.config import ExtractConfig
 
     settings = dict(dataset="folder", root=root, out=out, backbone_weights="random", seed=0, batch_size=16, workers=1,
-                    preprocess=Preprocess(short_side=64, crop=64))
+                    short_side=64, crop=64)
     settings.update(overrides)
     return ExtractConfig(**settings)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.extract.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file, weights_from_identity
+from pipeline.extract.backbone import FeatureExtractor, WeightsError, load_backbone, sha256_file, weights_from_id
 from tests.conftest import seeded_resnet, torchvision_levels
 
 
@@ -31,7 +31,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
     a, b, c = load_backbone("random", 1), load_backbone("random", 1), load_backbone("random", 2)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), before)
-    assert a.identity == "random:seed=1" and c.identity == "random:seed=2"
+    assert a.weights_id == "random:seed=1" and c.weights_id == "random:seed=2"
     x = torch.randn(2, 3, 64, 64)
     fa, fb, fc = (FeatureExtractor(m, torch.device("cpu"))(x)["high"] for m in (a, b, c))
     assert torch.equal(fa, fb) and not torch.allclose(fa, fc)
@@ -42,7 +42,7 @@ def test_weights_path_round_trip(tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(state, path)
     loaded = load_backbone(str(path))
-    assert loaded.identity == f"sha256:{sha256_file(path)}"
+    assert loaded.weights_id == f"sha256:{sha256_file(path)}"
     x = torch.randn(2, 3, 64, 64)
     cpu = torch.device("cpu")
     torch.testing.assert_close(FeatureExtractor(loaded, cpu)(x)["high"], FeatureExtractor(load_backbone("random", 3), cpu)(x)["high"])
@@ -73,23 +73,23 @@ def test_imagenet_weights_load_the_standard_torchvision_way_from_its_cache(tmp_p
     state = seeded_resnet(11).state_dict()
     torch.save(state, checkpoints / weights.url.rsplit("/", 1)[1])
     loaded = load_backbone("imagenet")
-    assert loaded.identity == "torchvision:ResNet34_Weights.IMAGENET1K_V1"
+    assert loaded.weights_id == "torchvision:ResNet34_Weights.IMAGENET1K_V1"
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(FeatureExtractor(loaded, torch.device("cpu"))(x)["high"],
                                torchvision_levels(seeded_resnet(11), x)["high"], rtol=1e-4, atol=1e-4)
 
 
-def test_a_caches_weights_identity_maps_back_to_the_weights_or_is_refused(tmp_path):
-    assert weights_from_identity("random:seed=3", None) == ("random", 3)
+def test_a_caches_weights_id_maps_back_to_the_weights_or_is_refused(tmp_path):
+    assert weights_from_id("random:seed=3", None) == ("random", 3)
     # the exact torchvision weights, even if a later torchvision changes the model's default
-    assert weights_from_identity("torchvision:ResNet34_Weights.IMAGENET1K_V1", None) == ("ResNet34_Weights.IMAGENET1K_V1", 0)
+    assert weights_from_id("torchvision:ResNet34_Weights.IMAGENET1K_V1", None) == ("ResNet34_Weights.IMAGENET1K_V1", 0)
     with pytest.raises(WeightsError, match="pass it with --backbone-weights PATH"):
-        weights_from_identity("sha256:" + "ab" * 32, None)
+        weights_from_id("sha256:" + "ab" * 32, None)
     other = tmp_path / "other.pth"
     other.write_bytes(b"something else")
     with pytest.raises(WeightsError, match="sha256 differs"):
-        weights_from_identity("sha256:" + "ab" * 32, other)
-    assert weights_from_identity(f"sha256:{sha256_file(other)}", other) == (str(other), 0)
+        weights_from_id("sha256:" + "ab" * 32, other)
+    assert weights_from_id(f"sha256:{sha256_file(other)}", other) == (str(other), 0)
 
 
 def test_folding_batch_norm_keeps_the_features_within_fp32_rounding(tmp_path):

@@ -43,7 +43,7 @@ def test_cnn_levels_are_the_last_three_stages_as_a_plain_forward_computes_them()
         torch.testing.assert_close(out[level], want[level], rtol=1e-4, atol=1e-4)
     # mobilenet_v3_small: the last block at each of the three coarsest resolutions of `features`
     taps = find_taps("mobilenet_v3_small", 224)
-    assert [(s.layer, s.width) for s in taps.levels] == [("features.3", 24), ("features.8", 48), ("features.12", 576)]
+    assert [(s.tap, s.width) for s in taps.levels] == [("features.3", 24), ("features.8", 48), ("features.12", 576)]
     model, out = _seeded("mobilenet_v3_small"), _features("mobilenet_v3_small", x)
     with torch.no_grad():
         for level, end in (("low", 4), ("mid", 9), ("high", 13)):
@@ -53,7 +53,7 @@ def test_cnn_levels_are_the_last_three_stages_as_a_plain_forward_computes_them()
 def test_vit_levels_are_the_class_token_after_evenly_spaced_blocks():
     taps = find_taps("vit_b_32", 224)
     assert taps.pooling == "class-token"
-    assert [(s.layer, s.width) for s in taps.levels] == [(f"encoder.layers.encoder_layer_{b}", 768) for b in (3, 7, 11)]
+    assert [(s.tap, s.width) for s in taps.levels] == [(f"encoder.layers.encoder_layer_{b}", 768) for b in (3, 7, 11)]
     x = torch.randn(2, 3, 224, 224)
     model, out = _seeded("vit_b_32"), _features("vit_b_32", x)
     with torch.no_grad():  # torchvision's VisionTransformer.forward, block by block
@@ -71,7 +71,7 @@ def test_vit_levels_are_the_class_token_after_evenly_spaced_blocks():
 def test_swin_levels_are_the_token_mean_of_its_last_three_stages():
     taps = find_taps("swin_t", 224)
     assert taps.pooling == "tokens"
-    assert [(s.layer, s.width) for s in taps.levels] == [("features.3", 192), ("features.5", 384), ("features.7", 768)]
+    assert [(s.tap, s.width) for s in taps.levels] == [("features.3", 192), ("features.5", 384), ("features.7", 768)]
     x = torch.randn(1, 3, 64, 64)
     model, out = _seeded("swin_t"), _features("swin_t", x)
     with torch.no_grad():
@@ -81,13 +81,13 @@ def test_swin_levels_are_the_token_mean_of_its_last_three_stages():
 
 def test_imagenet_weights_bring_their_own_preprocessing():
     vit = choose_backbone("vit_b_16", "imagenet")  # no weights are loaded: only their metadata
-    assert vit.weights_identity == "torchvision:ViT_B_16_Weights.IMAGENET1K_V1"
+    assert vit.weights_id == "torchvision:ViT_B_16_Weights.IMAGENET1K_V1"
     assert (vit.preprocess.short_side, vit.preprocess.crop, vit.preprocess.mean) == (256, 224, (0.485, 0.456, 0.406))
     v2 = choose_backbone("efficientnet_v2_s", "imagenet")
-    assert (v2.preprocess.short_side, v2.preprocess.crop, v2.preprocess.resize) == (384, 384, "bilinear-antialias-uint8")
+    assert (v2.preprocess.short_side, v2.preprocess.crop, v2.preprocess.resize.name) == (384, 384, "bilinear-antialias-uint8")
     assert (v2.preprocess.mean, v2.preprocess.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     swag = choose_backbone("vit_b_16", "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1")
-    assert (swag.preprocess.crop, swag.preprocess.resize) == (384, "bicubic-antialias-uint8")
+    assert (swag.preprocess.crop, swag.preprocess.resize.name) == (384, "bicubic-antialias-uint8")
     with pytest.raises(Exception, match="weights of another model"):
         choose_backbone("resnet18", "ViT_B_16_Weights.IMAGENET1K_V1")
     with pytest.raises(Exception, match="not a torchvision classification model"):
@@ -138,3 +138,20 @@ def test_a_vit_refuses_another_crop_than_its_input_size_before_writing_anything(
     with pytest.raises(ConfigError, match="vit_b_16 with these weights takes 224 px frames only, not --crop 64"):
         run_extract(small_extract_config(root, tmp_path / "vit.h5", backbone="vit_b_16"), **QUIET)
     assert not (tmp_path / "vit.h5").exists()
+
+
+def test_finding_a_backbones_taps_leaves_models_built_meanwhile_in_other_threads_alone():
+    """RegNets cannot be built on the meta device outright; finding their taps must not put the parameters
+    of models built at the same time elsewhere in the program (or afterwards) on the meta device."""
+    import threading
+
+    finding = threading.Thread(target=lambda: [find_taps("regnet_x_400mf", 64) for _ in range(3)])
+    built = []
+    finding.start()
+    while finding.is_alive():
+        built.append(torch.nn.Conv2d(3, 8, 3))
+    finding.join()
+    built.append(torch.nn.Conv2d(3, 8, 3))
+    assert len(built) > 10
+    assert {m.weight.device.type for m in built} == {"cpu"}
+    assert all(torch.isfinite(m.weight).all() and m.weight.abs().sum() > 0 for m in built)

@@ -138,13 +138,13 @@ def test_a_cache_from_before_modalities_reads_as_rgb(tmp_path):
         w.finish()
 
 
-def test_a_journal_of_another_configuration_is_never_merged(tmp_path):
+def test_a_journal_of_another_identity_is_never_merged(tmp_path):
     path = tmp_path / "c.h5"
     w = CacheWriter(path, IDENTITY).__enter__()
     w.add_video(record("a/1.avi", 2), features(2, 0))
     w.lock.release()  # killed before the commit
     other = dataclasses.replace(IDENTITY, backbone_weights="random:seed=5")
     (tmp_path / "c.h5").unlink()  # the cache is gone, its journal is left
-    with pytest.raises(ConfigMismatchError, match="c.h5.journal: left by a run with a different configuration "
+    with pytest.raises(ConfigMismatchError, match="c.h5.journal: left by a run with other settings "
                                                   r"\(weights: journal random:seed=0, this run random:seed=5\)"):
         CacheWriter(path, other).__enter__()

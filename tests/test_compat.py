@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cache.reader import FeatureCache
-from pipeline.config import ExtractConfig, Preprocess, TrainConfig
+from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.extract.run import run_extract
 from pipeline.train.loop import fit
 
@@ -38,7 +38,7 @@ def test_an_old_cache_opens_verifies_and_resumes(old):
         assert cache.load_level("low").shape == (14, 128)
     lines = []
     cfg = ExtractConfig(dataset="folder", root=old / "videos", out=old / "cache.h5", backbone_weights="random", seed=0,
-                        batch_size=8, workers=0, preprocess=Preprocess(short_side=32, crop=32), test_fraction=0.5)
+                        batch_size=8, workers=0, short_side=32, crop=32, test_fraction=0.5)
     summary = run_extract(cfg, progress=False, log=lines.append)
     assert summary.already_done == 4 and summary.extracted == 0
 

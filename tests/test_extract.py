@@ -13,12 +13,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torchvision
 from click.testing import CliRunner
 
 from cli import main
 from pipeline.extract.backbone import sha256_file
 from pipeline.cache.reader import FeatureCache
 from pipeline.config import Preprocess
+from pipeline.datasets.index import VideoSet
 from pipeline.extract.run import ExtractError, run_extract
 from pipeline.extract.video import VideoReader, preprocess
 from tests.conftest import (
@@ -270,32 +272,94 @@ def test_the_old_weights_option_still_works_with_a_deprecation_note(tmp_path):
 def test_a_cache_records_which_resize_made_it_and_refuses_the_other():
     """Frames resized on a GPU (float32, rounded) differ by a grey level here and there from the CPU's
     uint8 kernel: caches made each way record it, and are not resumed by the other."""
-    from pipeline.config import RESIZE_FLOAT, ExtractConfig
-    from pipeline.datasets.index import VideoSet
+    from pipeline.config import ExtractConfig, Resize
     from pipeline.extract.run import cache_identity
 
     cfg = ExtractConfig(dataset="folder", root=Path("r"), out=Path("c.h5"), backbone_weights="random")
-    videos = VideoSet("folder", Path("r"), ("a",), (), (), {})
-    cpu, gpu = cache_identity(cfg, videos, "fp32", "cpu"), cache_identity(cfg, videos, "bf16", "cuda")
-    assert cpu.preprocess.resize == "bilinear-antialias-uint8" and gpu.preprocess.resize == RESIZE_FLOAT
+    cpu, gpu = cache_identity(cfg, VIDEOS, "fp32", "cpu"), cache_identity(cfg, VIDEOS, "bf16", "cuda")
+    assert cpu.to_json()["preprocess"]["resize"] == "bilinear-antialias-uint8"
+    assert gpu.to_json()["preprocess"]["resize"] == "bilinear-antialias-float-rounded"
     assert "preprocess.resize: cache bilinear-antialias-uint8, this run bilinear-antialias-float-rounded" in \
         cpu.diff(gpu)
     frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 240, 320, 3), dtype=np.uint8))
     native = preprocess(frames, Preprocess(short_side=73, crop=64))
-    rounded = preprocess(frames, Preprocess(short_side=73, crop=64, resize=RESIZE_FLOAT))
+    rounded = preprocess(frames, Preprocess(short_side=73, crop=64, resize=Resize(kind="float-rounded")))
     grey_level = 1 / 255 / 0.224  # one grey level after normalisation (the largest std is 0.229)
     assert (native - rounded).abs().max() <= 1.01 * grey_level and not torch.equal(native, rounded)
 
 
-def test_decoding_workers_default_to_none_on_the_cpu_and_to_the_cores_on_a_gpu(tmp_path):
-    """On the CPU the backbone's threads use every core, and a decoding process competing with them
-    costs more than decoding between batches; a GPU needs every core but one decoding for it."""
-    import os
+VIDEOS = VideoSet("folder", Path("r"), ("a",), (), (), {})
 
-    from pipeline.config import default_workers
 
-    assert default_workers("cpu") == 0
-    assert default_workers("cuda") == max(1, (os.cpu_count() or 2) - 1)
-    root = folder_dataset(tmp_path / "data", per_class=2)
-    summary = run_extract(small_extract_config(root, tmp_path / "c.h5", workers=None), **QUIET)
-    assert summary.extracted == 4 and not summary.failed
+def test_short_side_and_crop_override_only_themselves_on_the_weights_own_preprocessing():
+    """swin_t's ImageNet weights were trained on bicubic frames resized to 232 px: --crop alone keeps both,
+    --short-side alone keeps the weights' crop; random weights start from the paper's 256 / 224 bilinear."""
+    from pipeline.config import ExtractConfig
+    from pipeline.extract.run import cache_identity
+
+    def made(**options):
+        cfg = ExtractConfig(dataset="folder", root=Path("r"), out=Path("c.h5"), **options)
+        pre = cache_identity(cfg, VIDEOS, "fp32").to_json()["preprocess"]
+        return pre["short_side"], pre["crop"], pre["resize"]
+
+    assert made(backbone="swin_t", crop=224) == (232, 224, "bicubic-antialias-uint8")
+    assert made(backbone="swin_t", short_side=256) == (256, 224, "bicubic-antialias-uint8")
+    assert made(backbone="swin_t", short_side=64, crop=48) == (64, 48, "bicubic-antialias-uint8")
+    assert made(backbone_weights="random", crop=64) == (256, 64, "bilinear-antialias-uint8")
+
+
+def test_the_size_options_are_checked_against_the_sizes_they_meet(tmp_path):
+    root = folder_dataset(tmp_path / "data", per_class=1)
+    args = [a for a in extract_args(root, tmp_path / "c.h5") if a not in ("--short-side", "--crop", "64")]
+    result = CliRunner().invoke(main, [*args, "--short-side", "100"])
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: the crop 224 (--crop's default for these weights) is larger than --short-side "
+                             "100: frames are resized to the short side, then cropped\n")
+    result = CliRunner().invoke(main, [*args, "--short-side", "100", "--crop", "120"])
+    assert result.stderr.startswith("Error: --crop 120 is larger than --short-side 100")
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_a_crop_option_keeps_the_imagenet_weights_own_resize(tmp_path, monkeypatch):
+    """Through the command line, with torchvision's ImageNet weights loaded the standard way (from
+    $TORCH_HOME, where a seeded model stands in for the file torchvision would download): --crop 64 with
+    efficientnet_b0, whose weights were trained on bicubic frames, keeps bicubic and the 256 px short side."""
+    weights = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.efficientnet_b0().state_dict(), checkpoints / weights.url.rsplit("/", 1)[1])
+    root = folder_dataset(tmp_path / "data", per_class=1, frames=8)
+    out = tmp_path / "c.h5"
+    result = CliRunner().invoke(main, ["extract", "--dataset", "folder", "--root", str(root), "--out", str(out),
+                                       "--backbone", "efficientnet_b0", "--crop", "64", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    with FeatureCache(out) as c:
+        stored = c.identity.to_json()
+        assert stored["weights"] == "torchvision:EfficientNet_B0_Weights.IMAGENET1K_V1" and len(c.videos) == 2
+    assert (stored["preprocess"]["short_side"], stored["preprocess"]["crop"], stored["preprocess"]["resize"]) == \
+        (256, 64, "bicubic-antialias-uint8")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds processes through /proc (Linux)")
+def test_on_the_cpu_extraction_decodes_in_the_command_by_default_with_one_workers_features(tmp_path):
+    """Without --workers on the CPU the command starts no other process (decoding runs between batches),
+    and the features are those a decoding worker gives."""
+    root = folder_dataset(tmp_path / "data", per_class=4, frames=30)
+    default, one = tmp_path / "default.h5", tmp_path / "one.h5"
+    args = [a for a in extract_args(root, default, "--device", "cpu", "--batch-size", "4") if a not in ("--workers", "1")]
+    proc = subprocess.Popen([sys.executable, "cli.py", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    journal, seen, helpers = Path(f"{default}.journal"), False, set()
+    while proc.poll() is None:
+        seen = seen or any(journal.glob("*.npz"))
+        helpers |= set(descendants(proc.pid)) if seen else set()
+        time.sleep(0.02)
+    assert proc.returncode == 0 and seen, "the run ended before its first video was seen finished"
+    assert helpers == set()
+    assert CliRunner().invoke(main, extract_args(root, one, "--device", "cpu", "--batch-size", "4")).exit_code == 0
+    with FeatureCache(default) as a, FeatureCache(one) as b:
+        assert [v.key for v in a.videos] == [v.key for v in b.videos]
+        for level in ("low", "mid", "high"):
+            np.testing.assert_array_equal(a.load_level(level), b.load_level(level))

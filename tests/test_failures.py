@@ -22,7 +22,8 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.cache.reader import FeatureCache
-from pipeline.train.loop import TrainError, fit
+from pipeline.errors import TrainError
+from pipeline.train.loop import fit
 from tests.conftest import QUIET, REPO, folder_dataset, small_train_config
 
 TINY = ["--hidden", "16", "--layers", "1", "--lr", "1e-3", "--lr-step", "100", "--normalize", "--quiet"]

@@ -9,7 +9,8 @@ import pytest
 from pipeline.cache.reader import FeatureCache
 from pipeline.config import FlowSpec
 from pipeline.extract.flow import flow_chunks, render_flow
-from pipeline.train.loop import TrainError, fit
+from pipeline.errors import TrainError
+from pipeline.train.loop import fit
 from pipeline.extract.video import VideoDecodeError
 from tests.conftest import QUIET
 from tests.conftest import small_train_config as small

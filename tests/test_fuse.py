@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline.config import FlowSpec
 from pipeline.evaluate.fuse import FuseError, fuse, run_fuse, search_weights
-from pipeline.evaluate.scores import write_scores
+from pipeline.evaluate.scores import RunScores, write_scores
 from tests.conftest import make_identity
 
 CLASSES = np.array(["a", "b", "c"])
@@ -28,11 +28,13 @@ CACHE = make_identity(classes=tuple(CLASSES))
 
 def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classes=CLASSES, split=1, cache=CACHE,
               streams="rgb"):
-    """A finished run directory's score file, written as training writes it (summary.json marks it finished)."""
+    """A finished run directory's score file, written as training writes it; its run record and summary
+    (config.json, summary.json) mark it finished, and fusion reads nothing else of them."""
     path.mkdir(parents=True, exist_ok=True)
-    write_scores(path / f"scores_{part}.npz", scores, list(keys), labels, tuple(classes), level, "rrn", streams, split,
-                 cache)
-    (path / "summary.json").write_text("{}\n")
+    write_scores(RunScores(run=path, level=level, model="rrn", streams=streams, split=split, cache_identity=cache,
+                           classes=tuple(classes), keys=tuple(keys), labels=labels, scores=scores), part)
+    for finished in ("config.json", "summary.json"):
+        (path / finished).write_text("{}\n")
     return path
 
 
@@ -72,6 +74,45 @@ def test_custom_weights_from_the_command_line(runs, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "f" / "fused_scores.npz")["scores"], LOW)
     assert "| video top-1 (%) | 33.33 | 66.67 | 66.67 | 33.33 |" in result.output
     assert (tmp_path / "f" / "report.md").is_file()
+
+
+def fuse_cli(runs, out, *options):
+    return CliRunner().invoke(main, ["fuse", *map(str, runs), "--out", str(out), *options])
+
+
+def test_fewer_bare_weights_than_levels_weigh_high_then_mid(runs, tmp_path):
+    low, mid, high = runs
+    result = fuse_cli([mid, high], tmp_path / "f", "--weights", "0.7,0.3")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["weights"] == {"mid": 0.3, "high": 0.7}
+    np.testing.assert_allclose(np.load(tmp_path / "f" / "fused_scores.npz")["scores"], 0.7 * HIGH + 0.3 * MID)
+    result = fuse_cli([low, mid, high], tmp_path / "h", "--weights", "0.7,0.3")  # low has no number
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == "Error: no weight for the rgb low run (weights given: high=0.7, mid=0.3)"
+    assert not (tmp_path / "h").exists()
+
+
+@pytest.mark.parametrize("weights", ["0.5,0.2,0.2,0.1", "0.7,,high=0.3", ","])
+def test_bare_weights_beyond_three_or_mixed_or_none_are_refused(runs, tmp_path, weights):
+    result = fuse_cli(runs, tmp_path / "f", "--weights", weights)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == ("Error: --weights: expected 'high=0.7,mid=0.2,low=0.1', "
+                                     "'rgb:high=0.5,flow:high=0.5' or one to three numbers for high, mid, low in "
+                                     f"that order, got {weights!r}")
+
+
+def test_only_finished_runs_are_fused_and_a_fusion_directory_is_not_a_run(runs, tmp_path):
+    fused, absent = tmp_path / "fused", tmp_path / "absent"
+    assert fuse_cli(runs, fused).exit_code == 0
+    result = fuse_cli([runs[0], fused], tmp_path / "f", "--method", "sum")
+    assert result.stderr.strip() == f"Error: {fused}: a fusion directory, not a run; give the runs it fused instead"
+    (runs[1] / "config.json").unlink()  # the scores and summary of a run, without its run record
+    result = fuse_cli(runs[:2], tmp_path / "f", "--method", "sum")
+    assert result.stderr.strip() == (f"Error: {runs[1]}: not a finished run (no config.json: not a directory "
+                                     "`mrrn train` wrote)")
+    result = fuse_cli([runs[0], absent], tmp_path / "f", "--method", "sum")
+    assert result.stderr.strip() == f"Error: {absent}: no such run directory"
+    assert not (tmp_path / "f").exists()
 
 
 @pytest.mark.parametrize(

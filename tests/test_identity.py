@@ -69,3 +69,14 @@ def test_the_format_documentation_lists_every_field():
     flow = make_identity(modality="flow", flow=FlowSpec())
     for key in flow.to_json():
         assert f"| `{key}` |" in doc, f"docs/cache-format.md lacks the config key {key!r}"
+
+
+@pytest.mark.parametrize("resize", ["bilinear-antialias-uint8", "bilinear-antialias-float-rounded",
+                                    "bicubic-antialias-uint8", "bicubic-antialias-float-rounded"])
+def test_every_resize_a_cache_may_hold_reads_back_as_written(resize):
+    stored = make_identity().to_json()
+    stored["preprocess"]["resize"] = resize
+    identity = CacheIdentity.from_json(json.dumps(stored))
+    assert identity.to_json() == stored and CacheIdentity.from_json(identity.canonical()) == identity
+    with pytest.raises(IdentityError, match="not a cache identity"):
+        CacheIdentity.from_json({**stored, "preprocess": {**stored["preprocess"], "resize": "nearest-antialias-uint8"}})

@@ -14,7 +14,8 @@ from cli import main
 from pipeline.config import FlowSpec
 from pipeline.train.level_data import LevelTable, join_streams, stack_streams
 from pipeline.train.heads import ResLSTMHead, TemporalResidualBlock, TResNetHead, TwoStreamHead
-from pipeline.train.loop import TrainError, fit
+from pipeline.errors import TrainError
+from pipeline.train.loop import fit
 from tests.conftest import QUIET, accuracy, make_identity
 from tests.conftest import small_train_config as small
 

@@ -48,16 +48,18 @@ def test_report_on_something_else_is_a_clear_error(tmp_path):
 
 
 def test_class_names_with_line_breaks_and_bars_keep_the_tables_whole(tmp_path):
-    from pipeline.evaluate.scores import write_scores
+    from pipeline.evaluate.scores import RunScores, write_scores
     from tests.conftest import make_identity
 
     classes = ("Jump\nHigh", "Run|Fast")
     run = tmp_path / "run"
     run.mkdir()
     scores = np.array([[0.2, 0.8], [0.9, 0.1], [0.7, 0.3]])  # every video confused with the other class
-    write_scores(run / "scores_test.npz", scores, ["a/1", "b/1", "b/2"], np.array([0, 1, 1]), classes, "high", "rrn",
-                 "rgb", 1, make_identity(classes=classes))
-    (run / "summary.json").write_text("{}\n")
+    write_scores(RunScores(run=run, level="high", model="rrn", streams="rgb", split=1,
+                           cache_identity=make_identity(classes=classes), classes=classes, keys=("a/1", "b/1", "b/2"),
+                           labels=np.array([0, 1, 1]), scores=scores), "test")
+    for finished in ("config.json", "summary.json"):  # a finished run's record and summary
+        (run / finished).write_text("{}\n")
     result = CliRunner().invoke(main, ["report", str(run)])
     assert result.exit_code == 0, result.output
     rows = [line for line in (run / "report.md").read_text().splitlines() if line.startswith("| ") and "%" in line]

@@ -48,3 +48,14 @@ def test_sweep_over_levels_and_pooling_gives_the_table_2_shape(sample_cache, tmp
 def test_sweep_rejects_unknown_values(sample_cache, tmp_path):
     result = CliRunner().invoke(main, ["sweep", "--cache", str(sample_cache), "--levels", "low,top", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "top not in low, mid, high" in result.stderr
+
+
+def test_a_flow_cache_that_no_run_reads_is_refused_before_anything_is_trained(sample_cache, tmp_path):
+    for command in (["train", "--level", "high"], ["sweep", "--models", "rrn,meanpool"]):
+        out = tmp_path / command[0]
+        result = CliRunner().invoke(main, [*command, "--cache", str(sample_cache), "--flow-cache", str(sample_cache),
+                                           "--hidden", "16", "--layers", "1", "--epochs", "1", "--out", str(out)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr == ("Error: --flow-cache is read by --model twostream, --modality flow or a sweep over "
+                                 "--modalities rgb,flow\n")
+        assert not out.exists()

@@ -19,7 +19,8 @@ from cli import main
 from pipeline.config import TrainConfig
 from pipeline.evaluate.metrics import video_metrics
 from pipeline.train.heads import MeanPoolHead, RRNHead
-from pipeline.train.loop import TrainError, fit
+from pipeline.errors import TrainError
+from pipeline.train.loop import fit
 from tests.conftest import QUIET, REPO, accuracy, folder_dataset, small_extract_config
 from tests.conftest import small_train_config as small
 
@@ -39,11 +40,11 @@ def test_rrn_learns_frame_order_where_meanpool_is_at_chance(trained):
     assert accuracy(trained / "meanpool", order_only=False) < accuracy(trained / "rrn", order_only=False)
 
 
-def test_run_directory_holds_config_metrics_checkpoints_and_scores(trained, sample_cache):
+def test_run_directory_holds_its_record_metrics_checkpoints_and_scores(trained, sample_cache):
     run = trained / "rrn"
-    config = json.loads((run / "config.json").read_text())
-    assert config["train"]["lr"] == 1e-3 and config["train"]["model"] == "rrn"
-    assert config["cache"]["weights"] == "random:seed=0"
+    record = json.loads((run / "config.json").read_text())
+    assert record["train"]["lr"] == 1e-3 and record["train"]["model"] == "rrn"
+    assert record["cache"]["weights"] == "random:seed=0"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(1, 31))
     assert set(lines[0]) >= {"loss", "train_acc", "clip_acc", "video_top1", "video_top5", "mean_class_acc", "seconds"}
@@ -67,13 +68,19 @@ def test_paper_defaults_live_in_the_config():
     assert (cfg.clip.length, cfg.clip.stride, cfg.clip.max_clips) == (30, 8, 20)
 
 
-def test_heads_pool_over_time():
-    x = torch.randn(4, 30, 16)
-    for pool in ("mean", "max"):
-        head = RRNHead(16, 5, hidden=8, layers=2, pool=pool).eval()
-        steps = head.classifier(torch.tanh(head.sru(x)))  # (B, T, K)
-        expected = steps.mean(1) if pool == "mean" else steps.amax(1)
-        torch.testing.assert_close(head(x), expected)
+def test_the_rrn_head_pools_its_per_step_scores_by_mean_or_max_over_time():
+    """Eqs. 8 and 9: the clip's scores are the mean, or the max, over time of per-step scores. The head is
+    causal, so the mean-pooled head on the clip's first t+1 and first t frames gives step t's scores."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 12, 16)  # (B, T, C)
+    mean_head = RRNHead(16, 5, hidden=8, layers=2, pool="mean").eval()
+    max_head = RRNHead(16, 5, hidden=8, layers=2, pool="max").eval()
+    max_head.load_state_dict(mean_head.state_dict())  # the same weights: only the pooling differs
+    assert mean_head(x).shape == (4, 5) and mean_head(x[:, :1]).shape == (4, 5)  # (B, K) for any clip length
+    means = [mean_head(x[:, : t + 1]) for t in range(12)]  # (B, K) each: the mean of steps 0..t
+    steps = torch.stack([means[0]] + [(t + 1) * means[t] - t * means[t - 1] for t in range(1, 12)], dim=1)
+    torch.testing.assert_close(max_head(x), steps.amax(dim=1), atol=1e-5, rtol=1e-4)  # (B, K)
+    assert not torch.allclose(max_head(x), mean_head(x))
     meanpool = MeanPoolHead(16, 5).eval()
     torch.testing.assert_close(meanpool(x), meanpool(x.flip(1)))  # blind to order by construction
 
@@ -106,7 +113,7 @@ def test_a_non_finite_loss_names_its_first_batch(world):
     group) no step waits for the host, and the first bad batch is named at the end of the epoch."""
     from pipeline.train.level_data import ClipSet
     from pipeline.distributed import Rank
-    from pipeline.train.loop import NonFiniteLoss, train_one_epoch
+    from pipeline.train.loop import NonFiniteLoss, StepContext, train_one_epoch
 
     torch.manual_seed(0)
     features = torch.randn(40, 1, 6)  # (frames, V, C)
@@ -115,8 +122,8 @@ def test_a_non_finite_loss_names_its_first_batch(world):
     model = NanFromCall(RRNHead(6, 2, hidden=4, layers=1), first=3)
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.raises(NonFiniteLoss) as err:
-        train_one_epoch(model, optimizer, features, clips, 2, torch.Generator().manual_seed(0), torch.device("cpu"),
-                        rank=Rank(0, world))
+        train_one_epoch(model, optimizer, features, clips, StepContext(torch.device("cpu"), Rank(0, world)),
+                        batch_size=2, generator=torch.Generator().manual_seed(0))
     assert (err.value.batch, err.value.batches) == (3, 5)
     assert model.calls == (3 if world == 1 else 5)  # at once, or at the end of the epoch
 
@@ -233,7 +240,7 @@ def test_cuda_training_resumes_records_its_precision_and_evaluates_deterministic
     """The CUDA paths: TF32 recorded, fused Adam, resume from a checkpoint loaded on the CPU (RNG states
     and Adam's steps where torch wants them), and evaluation that gives the same scores every time."""
     from pipeline.train.level_data import load_level_data
-    from pipeline.train.loop import evaluate
+    from pipeline.train.loop import StepContext, evaluate
 
     cfg = small(sample_cache, tmp_path / "r", epochs=2, device="cuda")
     fit(cfg, **QUIET)
@@ -247,8 +254,8 @@ def test_cuda_training_resumes_records_its_precision_and_evaluates_deterministic
     from pipeline.train.rundir import load_run
 
     model = load_run(tmp_path / "r", device).model
-    a = evaluate(model, data.features, data.test, len(data.classes), 7, device)["scores"]
-    b = evaluate(model, data.features, data.test, len(data.classes), 7, device)["scores"]
+    a, b = (evaluate(model, data.features, data.test, StepContext(device), num_classes=len(data.classes),
+                     batch_size=7)["scores"] for _ in range(2))
     np.testing.assert_array_equal(a, b)
 
 

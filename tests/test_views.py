@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError
 from pipeline.extract.run import run_extract
 from pipeline.train.heads import build_model
 from pipeline.predict import predict
-from pipeline.train.loop import evaluate, fit
+from pipeline.train.loop import StepContext, evaluate, fit
 from pipeline.extract.video import preprocess
 from tests.conftest import QUIET, folder_dataset, small_extract_config, small_train_config
 
@@ -120,8 +120,8 @@ def test_training_draws_one_view_per_clip_under_its_seed(view_caches, tmp_path):
     assert losses["random"] != losses["center"]  # and it does draw the flipped view
     # the centre view of a two-view cache is a centre-only cache (up to float16 storage of the features)
     assert losses["center"] == pytest.approx(losses["plain"], rel=1e-3)
-    config = json.loads((runs["center"] / "config.json").read_text())["train"]
-    assert (config["train_views"], config["test_views"]) == ("center", "center")
+    settings = json.loads((runs["center"] / "config.json").read_text())["train"]  # the run record's settings
+    assert (settings["train_views"], settings["test_views"]) == ("center", "center")
 
 
 def test_evaluation_averages_the_video_score_over_views(view_caches):
@@ -130,8 +130,9 @@ def test_evaluation_averages_the_video_score_over_views(view_caches):
     data = load_level_data(cfg, torch.device("cpu"), log=lambda m: None)
     torch.manual_seed(0)
     model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).eval()
-    scores = {views: evaluate(model, data.features, data.test, len(data.classes), 5, torch.device("cpu"),
-                              views=views)["scores"] for views in ("all", "center")}
+    scores = {views: evaluate(model, data.features, data.test, StepContext(torch.device("cpu")),
+                              num_classes=len(data.classes), batch_size=5, views=views)["scores"]
+              for views in ("all", "center")}
     with FeatureCache(caches["center,flip"]) as c:  # by hand, from the cache file
         for i, key in enumerate(data.test.keys):
             feats = torch.from_numpy(c.video_features(key, "high").astype(np.float32)).reshape(-1, 2, 512)

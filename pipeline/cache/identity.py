@@ -4,8 +4,8 @@ Every reader and writer of a cache, a journal, a run directory or a score file g
 :class:`CacheIdentity`: it is parsed from JSON in one place (:meth:`CacheIdentity.from_json`, where
 the defaults of older files are applied), compared in one place (:meth:`CacheIdentity.diff`, which
 words the differences) and mapped back to what the backbone saw in one place
-(:meth:`CacheIdentity.frame_source`). The JSON layout is the cache format's ``config`` attribute
-(``docs/cache-format.md``).
+(:meth:`CacheIdentity.frame_source`). The JSON layout is the cache's ``config`` attribute
+(``reader.IDENTITY_ATTR``; ``docs/cache-format.md``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from pipeline.config import FlowSpec, FrameSource, Preprocess, default
+from pipeline.config import FlowSpec, FrameSource, Preprocess, Resize, default
 from pipeline.errors import MrrnError
 
 # Files written before a field existed: what the field meant then.
@@ -28,7 +28,7 @@ class IdentityError(MrrnError):
 
 class LevelSpec(NamedTuple):
     name: str  # low, mid, high
-    layer: str  # the backbone stage it pools (layer2, ...)
+    tap: str  # the graph node of the backbone whose output, pooled, is this level (layer2, ...)
     width: int  # feature dimension
 
 
@@ -59,7 +59,9 @@ class CacheIdentity:
         try:
             d = {**LEGACY_DEFAULTS, **(json.loads(data) if isinstance(data, str) else data)}
             pre = {k: tuple(v) if isinstance(v, list) else v for k, v in d["preprocess"].items()}
-            levels = sorted((LevelSpec(name, layer, int(width)) for name, (layer, width) in d["levels"].items()),
+            if "resize" in pre:
+                pre["resize"] = Resize.parse(pre["resize"])
+            levels = sorted((LevelSpec(name, tap, int(width)) for name, (tap, width) in d["levels"].items()),
                             key=lambda spec: LEVEL_ORDER.index(spec.name))
             return cls(
                 backbone=d["backbone"], backbone_weights=d["weights"], preprocess=Preprocess(**pre),
@@ -75,8 +77,8 @@ class CacheIdentity:
         d = {
             "backbone": self.backbone, "weights": self.backbone_weights,
             "preprocess": {"short_side": pre.short_side, "crop": pre.crop, "mean": list(pre.mean),
-                           "std": list(pre.std), "resize": pre.resize},  # + "views" when not the centre only
-            "levels": {spec.name: [spec.layer, spec.width] for spec in self.levels},
+                           "std": list(pre.std), "resize": pre.resize.name},  # + "views" when not the centre only
+            "levels": {spec.name: [spec.tap, spec.width] for spec in self.levels},
             "dtype": self.dtype, "precision": self.precision, "dataset": self.dataset,
             "classes": list(self.classes), "modality": self.modality,
         }
@@ -131,7 +133,7 @@ class CacheIdentity:
         lines = [
             f"dataset     {self.dataset}, {len(self.classes)} classes, modality {self.modality}",
             f"backbone    {self.backbone}, weights {self.backbone_weights}, precision {self.precision}",
-            f"preprocess  short side {pre.short_side}, crop {pre.crop}, resize {pre.resize}, "
+            f"preprocess  short side {pre.short_side}, crop {pre.crop}, resize {pre.resize.name}, "
             f"mean {list(pre.mean)}, std {list(pre.std)}",
         ]
         if len(self.views) > 1:

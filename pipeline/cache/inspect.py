@@ -35,7 +35,7 @@ def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
             shape = c.level_shape(spec.name)
             size = shape[0] * shape[1] * np.dtype(c.identity.dtype).itemsize / 2**20
             per_view = f" = {views} views x {spec.width}" if views > 1 else ""
-            report.lines.append(f"level       {spec.name:<4} {spec.layer}: {shape}{per_view} {c.identity.dtype}, "
+            report.lines.append(f"level       {spec.name:<4} {spec.tap}: {shape}{per_view} {c.identity.dtype}, "
                                 f"{size:.1f} MiB in memory")
         for n, (train, test) in sorted(c.splits.items()):
             report.lines.append(f"split       {n}: {len(train)} train, {len(test)} test")

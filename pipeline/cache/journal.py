@@ -1,8 +1,8 @@
 """The extraction journal ``FILE.h5.journal/``: every finished (or failed) video on disk at once.
 
 One ``.npz`` per video, named by the SHA-1 of its key, written to a temporary name and renamed, so an
-entry is whole or absent. ``config.json`` holds the identity of the run that writes it, so a journal
-left by a run of another configuration is never merged. :class:`CacheWriter` commits the entries
+entry is whole or absent. ``config.json`` (``IDENTITY_FILE``) holds the identity of the run that writes it, so a
+journal left by a run of another identity is never merged. :class:`CacheWriter` commits the entries
 into ``FILE.h5`` and then removes them.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pipeline.cache.reader import ConfigMismatchError, FailedRecord, VideoRecord
 from pipeline.errors import writing
 from pipeline.cache.identity import CacheIdentity, IdentityError
 
-IDENTITY_FILE = "config.json"
+IDENTITY_FILE = "config.json"  # the journal's cache identity (its name kept from the first format)
 DAMAGED = "damaged"  # entries that cannot be read are moved here, and their videos extracted again
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
 
@@ -95,7 +95,7 @@ class Journal:
         self.identity = identity
 
     def open(self, log=print) -> list[JournalEntry]:
-        """Check that a journal left behind was written by this configuration, make sure the folder
+        """Check that a journal left behind was written for this identity, make sure the folder
         exists with our identity, and return the entries already in it, each read back whole. An entry
         that cannot be read is moved to ``damaged/`` and named through ``log``: its video is not done."""
         entries = []
@@ -118,7 +118,7 @@ class Journal:
         if theirs != self.identity:
             detail = f" ({theirs.diff(self.identity, 'journal', 'this run')})" if theirs is not None else ""
             raise ConfigMismatchError(
-                f"{self.dir}: left by a run with a different configuration{detail}; delete it to start over"
+                f"{self.dir}: left by a run with other settings{detail}; delete it to start over"
             )
 
     def _checked_entries(self, log) -> list[JournalEntry]:

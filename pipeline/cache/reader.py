@@ -18,6 +18,7 @@ from pipeline.errors import MrrnError
 from pipeline.cache.identity import CacheIdentity, IdentityError
 
 SCHEMA_VERSION = 1
+IDENTITY_ATTR = "config"  # the file attribute holding the cache identity (its name kept from the first format)
 STR = h5py.string_dtype("utf-8")
 COPY_ROWS = 1 << 16  # rows per block when copying or checking features
 
@@ -100,7 +101,7 @@ class FeatureCache:
             raise CacheError(f"{self.path}: incomplete or damaged cache ({err.args[0] if err.args else err})") from None
         except IdentityError as err:
             self._file.close()
-            raise CacheError(f"{self.path}: damaged configuration attribute ({err})") from None
+            raise CacheError(f"{self.path}: damaged cache identity (attribute {IDENTITY_ATTR!r}: {err})") from None
         except Exception:
             self._file.close()
             raise
@@ -108,11 +109,11 @@ class FeatureCache:
     def _read_header(self):
         f = self._file
         version = f.attrs.get("schema_version")
-        if version is None or "config" not in f.attrs:
-            raise CacheError(f"{self.path}: not an mrrn feature cache (no schema_version/config attributes)")
+        if version is None or IDENTITY_ATTR not in f.attrs:
+            raise CacheError(f"{self.path}: not an mrrn feature cache (no schema_version/{IDENTITY_ATTR} attributes)")
         if int(version) != SCHEMA_VERSION:
             raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads {SCHEMA_VERSION}")
-        self.identity = CacheIdentity.from_json(str(self.attrs["config"]))
+        self.identity = CacheIdentity.from_json(str(self.attrs[IDENTITY_ATTR]))
         # level -> columns per frame: its width times the views (view-major; docs/cache-format.md)
         self.levels: dict[str, int] = self.identity.stored_widths
         self._datasets: dict[str, h5py.Dataset] = {}
@@ -281,7 +282,7 @@ def read_identity(path: Path) -> CacheIdentity:
 
 
 def require_identity(path: Path, identity: CacheIdentity) -> None:
-    """Refuse an existing cache made with another configuration, naming what differs."""
+    """Refuse an existing cache of another identity, naming what differs."""
     have = read_identity(path)
     if have != identity:
         raise ConfigMismatchError(

@@ -23,6 +23,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.atomic import ensure_room, publish, tmp_path
 from pipeline.cache.reader import (
+    IDENTITY_ATTR,
     SCHEMA_VERSION,
     STR,
     CacheError,
@@ -120,28 +121,29 @@ class StoredRows:
 
 
 @dataclass
-class Layer:
-    """Videos and failures from one place: a committed cache, a journal, or a shard."""
+class RecordSource:
+    """Where the writer takes finished videos' records (and failures) from: a committed cache, the
+    journal, or a shard being joined."""
 
     videos: list[tuple[VideoRecord, Rows]] = field(default_factory=list)
     failed: list[FailedRecord] = field(default_factory=list)
 
     @classmethod
-    def of_cache(cls, cache: FeatureCache) -> Layer:
+    def of_cache(cls, cache: FeatureCache) -> RecordSource:
         return cls([(rec, StoredRows(cache, rec)) for rec in cache.videos], list(cache.failed))
 
 
-def merge(layers: list[Layer]) -> tuple[list[tuple[VideoRecord, Rows]], list[FailedRecord]]:
-    """The one merge, used by commit and by the join of shards, over layers oldest first: a video extracted
-    in any layer is in, from the newest layer that has it (a video extracted again with --redo replaces
-    the old rows); a failure counts only for a video no layer extracted (the newest reason wins). Both
+def merge(sources: list[RecordSource]) -> tuple[list[tuple[VideoRecord, Rows]], list[FailedRecord]]:
+    """The one merge, used by commit and by the join of shards, over sources oldest first: a video extracted
+    in any source is in, from the newest source that has it (a video extracted again with --redo replaces
+    the old rows); a failure counts only for a video no source extracted (the newest reason wins). Both
     lists come out in key order."""
     videos: dict[str, tuple[VideoRecord, Rows]] = {}
     failed: dict[str, FailedRecord] = {}
-    for layer in layers:
-        for rec, rows in layer.videos:
+    for source in sources:
+        for rec, rows in source.videos:
             videos[rec.key] = (rec, rows)
-        for rec in layer.failed:
+        for rec in source.failed:
             failed[rec.key] = rec
     return [videos[k] for k in sorted(videos)], [failed[k] for k in sorted(failed) if k not in videos]
 
@@ -170,7 +172,7 @@ def _expected_size(identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows
 
 def _write_header(f: h5py.File, identity: CacheIdentity, created: str) -> None:
     f.attrs["schema_version"] = SCHEMA_VERSION
-    f.attrs["config"] = identity.canonical()
+    f.attrs[IDENTITY_ATTR] = identity.canonical()
     f.attrs["mrrn_version"] = __version__
     f.attrs["created_utc"] = created
     f.attrs["updated_utc"] = _now()
@@ -228,7 +230,7 @@ def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[Vi
                                            **_checksummed_chunks(total, widths[spec.name], np.dtype(identity.dtype).itemsize))
            for spec in identity.levels}
     for spec in identity.levels:
-        out[spec.name].attrs["layer"] = spec.layer
+        out[spec.name].attrs["layer"] = spec.tap  # the attribute keeps its first name
     for (rec, rows), offset in zip(videos, offsets):
         with rows.reading():
             for level, ds in out.items():
@@ -242,7 +244,7 @@ def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[Vi
 class CacheWriter:
     """Exclusive writer of one cache: ``with CacheWriter(path, identity) as w: w.add_video(...); w.finish()``.
 
-    On entry: takes the lock, checks an existing file's configuration (refusing a different one),
+    On entry: takes the lock, checks an existing file's identity (refusing a different one),
     creates an empty valid file if there is none, and loads the journal left by a killed run.
     """
 
@@ -298,28 +300,28 @@ class CacheWriter:
             if not entries and old.splits == self.splits:
                 return
             records = [(entry.record(), entry) for entry in entries]
-            journalled = Layer([(r, e) for r, e in records if isinstance(r, VideoRecord)],
-                               [r for r, _ in records if isinstance(r, FailedRecord)])
-            videos, failed = merge([Layer.of_cache(old), journalled])
+            journalled = RecordSource([(r, e) for r, e in records if isinstance(r, VideoRecord)],
+                                      [r for r, _ in records if isinstance(r, FailedRecord)])
+            videos, failed = merge([RecordSource.of_cache(old), journalled])
             write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""))
         for entry in entries:
             entry.path.unlink()
 
     def absorb(self, parts: list[Path]) -> None:
-        """Join finished caches of the same configuration (the shards of a multi-process extraction) into
+        """Join finished caches of the same identity (the shards of a multi-process extraction) into
         this one: one contiguous file in key order, written atomically like a commit. The parts are left
         in place; the caller removes them once this returns."""
         self.commit()
         with contextlib.ExitStack() as stack:
             old = stack.enter_context(FeatureCache(self.path))
-            layers = [Layer.of_cache(old)]
+            sources = [RecordSource.of_cache(old)]
             for path in parts:
                 part = stack.enter_context(FeatureCache(path))
                 if part.identity != old.identity:
                     raise ConfigMismatchError(f"{path}: made with a different configuration "
                                               f"({part.identity.diff(old.identity, 'shard', 'cache')})")
-                layers.append(Layer.of_cache(part))
-            videos, failed = merge(layers)
+                sources.append(RecordSource.of_cache(part))
+            videos, failed = merge(sources)
             write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""))
 
     def finish(self) -> None:

@@ -122,7 +122,8 @@ def _refuse_one_file_under_two_keys(root: Path, located: list[tuple[str, Path, i
             raise SplitFileError(file, line, f"{key!r} is the same file as {first[0]!r} ({first[1].name}:{first[2]})")
 
 
-def _finish(dataset, split, root, classes, train, test, missing, strict) -> SplitIndex:
+def _split_index(dataset, split, root, classes, train, test, *, missing, strict: bool) -> SplitIndex:
+    """The index of one split; under ``strict``, refused when split files name videos not on disk."""
     if strict and missing:
         raise MissingVideosError(describe_missing(missing, root))
     return SplitIndex(dataset, split, root, tuple(classes), tuple(train), tuple(test), tuple(missing))
@@ -155,7 +156,7 @@ def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> Spli
     test, missing_test = _split_present(root, test_entries, lister)
     _refuse_one_file_under_two_keys(root, [(e.key, train_file, train_entries[e.key][1]) for e in train] +
                                     [(e.key, test_file, test_entries[e.key][1]) for e in test])
-    return _finish(dataset, split, root, classes, train, test, missing_train + missing_test, strict)
+    return _split_index(dataset, split, root, classes, train, test, missing=missing_train + missing_test, strict=strict)
 
 
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
@@ -183,7 +184,8 @@ def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
     test, missing_test = _split_present(root, parts["test"], lister)
     _refuse_one_file_under_two_keys(root, [(e.key, files[e.label], parts[part][e.key][1])
                                            for part, present in (("train", train), ("test", test)) for e in present])
-    return _finish("hmdb51", split, root, classes, train, test, missing_train + missing_test, strict)
+    return _split_index("hmdb51", split, root, classes, train, test, missing=missing_train + missing_test,
+                        strict=strict)
 
 
 def stable_fraction(key: str) -> float:
@@ -249,7 +251,7 @@ def index_folder(
     test = [VideoEntry(k, root / k, label) for k, label in held]
     if not classes:
         raise DatasetError(f"{root}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-    return _finish("folder", split, root, classes, train, test, [], strict)
+    return _split_index("folder", split, root, classes, train, test, missing=[], strict=strict)
 
 
 def build_index(

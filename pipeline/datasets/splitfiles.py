@@ -115,10 +115,6 @@ def check_disjoint(train_file: Path, train: dict, test_file: Path, test: dict) -
             )
 
 
-# ----------------------------------------------------------------------------------------------
-# Finding files on disk without opening them
-
-
 def read_hmdb_lists(files: list[Path], classes: tuple[str, ...]) -> dict[str, dict[str, tuple[int, int]]]:
     """HMDB-51's files of one split, one per class in ``classes`` order, lines ``<name>.avi <0|1|2>``
     -> {"train": {key: (label, line)}, "test": {...}} (flag 0: not used in this split)."""

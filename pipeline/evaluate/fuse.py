@@ -24,10 +24,12 @@ from pipeline.atomic import atomic_file, write_text
 from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
 from pipeline.errors import MrrnError, writing
 from pipeline.cache.identity import IdentityError
+from pipeline.evaluate.layout import FusionFiles, RunFiles
 from pipeline.evaluate.metrics import video_metrics
-from pipeline.evaluate.scores import RunScores, read_scores, scores_path
+from pipeline.evaluate.scores import RunScores, read_scores
 
 SEARCH_STEP = 0.05  # weight grid on the simplex for --search
+BARE_WEIGHT_LEVELS = tuple(PAPER_FUSION_WEIGHTS)  # whose weights bare numbers in --weights are: high, mid, low
 
 
 class FuseError(MrrnError):
@@ -37,15 +39,16 @@ class FuseError(MrrnError):
 def load_scores(run: str | Path, part: str = "test") -> RunScores:
     """A finished run's ``scores_<part>.npz`` (part: test or val), refused in one line when the run is
     unfinished, or the file absent, unreadable or not finite."""
-    run = Path(run)
-    path = scores_path(run, part)
-    if not (run / "summary.json").is_file():
-        raise FuseError(f"{run}: not a finished run (no summary.json); finish it with `mrrn train ... --resume`")
+    files = RunFiles(run)
+    path = files.scores_file(part)
+    unfinished = files.unfinished_reason()
+    if unfinished:
+        raise FuseError(unfinished)
     if not path.is_file():
         hint = " (train it with --val-fraction for --search)" if part == "val" else ""
         raise FuseError(f"{path}: no {part} scores{hint}")
     try:
-        scores = read_scores(run, part)
+        scores = read_scores(files.path, part)
     except IdentityError as err:
         raise FuseError(f"{path}: unreadable cache identity ({err})") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -78,18 +81,23 @@ def check_compatible(runs: list[RunScores]) -> None:
 
 def parse_weights(text: str | None) -> dict[str, float] | None:
     """--weights as written on the command line: 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5',
-    'rgb=1,flow=1.5', or up to three bare numbers for high, mid and low (eq. 10's order)."""
+    'rgb=1,flow=1.5', or one to three bare numbers, the weights of high, mid and low in that order (eq. 10's):
+    '0.7,0.3' weighs high and mid and gives low no weight, so a low run is then refused by ``weights_for``."""
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
         if all("=" in t for t in items):
             weights = {k.strip(): float(v) for k, v in (t.split("=", 1) for t in items)}
+        elif len(items) <= len(BARE_WEIGHT_LEVELS):
+            weights = dict(zip(BARE_WEIGHT_LEVELS, (float(t) for t in items)))
         else:
-            weights = dict(zip(("high", "mid", "low"), (float(t) for t in items), strict=True))
+            raise ValueError(f"{len(items)} numbers")
+        if not weights:
+            raise ValueError("no weights")
     except ValueError:
-        raise FuseError(f"--weights: expected 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5' or up to "
-                        f"three numbers, got {text!r}") from None
+        raise FuseError(f"--weights: expected 'high=0.7,mid=0.2,low=0.1', 'rgb:high=0.5,flow:high=0.5' or one to "
+                        f"three numbers for {', '.join(BARE_WEIGHT_LEVELS)} in that order, got {text!r}") from None
     bad = [f"{k}={v}" for k, v in weights.items() if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise FuseError(f"--weights: each weight must be a finite number >= 0, got {', '.join(bad)}")
@@ -125,8 +133,8 @@ def weights_for(streams: list[tuple[str, str]], weights: dict[str, float] | None
 
 
 def fuse(scores: list[np.ndarray], method: str, weights: list[float] | None = None) -> np.ndarray:
-    """Fuse per-run video scores, each (V, K), into (V, K) rows that sum to 1."""
-    stack = np.stack(scores)  # (R, V, K)
+    """Fuse per-run video scores, each (videos, K), into (videos, K) rows that sum to 1."""
+    stack = np.stack(scores)  # (runs, videos, K)
     if method == "weighted":
         fused = np.tensordot(np.asarray(weights, dtype=np.float64), stack, axes=1)
     elif method == "sum":
@@ -180,7 +188,7 @@ def summary_markdown(s: FuseSummary) -> str:
 
 def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighted",
              weights: dict[str, float] | None = None, search: bool = False) -> FuseSummary:
-    """Fuse the runs' test scores into ``out``: fused_scores.npz, summary.json, summary.md."""
+    """Fuse the runs' test scores into the fusion directory ``out`` (its files: ``layout.FusionFiles``)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FuseError(f"{out}: exists and is not a directory; --out names the fuse directory")
@@ -203,11 +211,12 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
     rows.append({"name": "fused", "run": str(out), **video_metrics(fused, labels, num_classes)})
     summary = FuseSummary(out=str(out), method=method, searched=search, rows=rows,
                           weights={r.name: w for r, w in zip(runs, run_weights)} if run_weights else None)
+    files = FusionFiles(out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out / "fused_scores.npz") as f:
+    with atomic_file(files.fused_scores_file) as f:
         np.savez(f, scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
                  classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
-    write_text(out / "summary.json", json.dumps(asdict(summary), indent=2, allow_nan=False) + "\n")
-    write_text(out / "summary.md", summary_markdown(summary))
+    write_text(files.summary_file, json.dumps(asdict(summary), indent=2, allow_nan=False) + "\n")
+    write_text(files.table_file, summary_markdown(summary))
     return summary

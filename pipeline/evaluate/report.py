@@ -1,7 +1,8 @@
 """Reports to look at: confusion matrix, per-class accuracy per level, training curves, report.md.
 
 Works on a fuse directory (``mrrn fuse`` output: fused scores and the runs it fused) or on a single
-run directory. Needs matplotlib (the ``report`` extra, installed by ``make install``).
+run directory; the files of each, and of the report, are named in ``layout.py``. Needs matplotlib (the
+``report`` extra, installed by ``make install``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from pipeline.atomic import write_text
 from pipeline.errors import MrrnError, writing
 from pipeline.evaluate.fuse import FuseSummary, load_scores, summary_markdown
+from pipeline.evaluate.layout import FUSED_SCORES, FusionFiles, ReportFiles, RunFiles, scores_name
 from pipeline.evaluate.metrics import video_metrics
 from pipeline.evaluate.scores import RunScores
 
@@ -109,7 +111,7 @@ def plot_per_class(accuracies: dict[str, np.ndarray], classes: tuple[str, ...], 
 
 def plot_curves(run: Path, path: Path) -> bool:
     """Loss and clip/video accuracy per epoch of one run; False when it has no metrics."""
-    metrics_file = run / "metrics.jsonl"
+    metrics_file = RunFiles(run).metrics_file
     if not metrics_file.is_file():
         return False
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
@@ -148,15 +150,16 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _fused_inputs(directory: Path) -> tuple[FuseSummary, list[RunScores], np.ndarray, np.ndarray]:
+def _fused_inputs(fusion: FusionFiles) -> tuple[FuseSummary, list[RunScores], np.ndarray, np.ndarray]:
+    """A fusion directory's summary, the runs it fused, and its fused scores (videos, K) and labels (videos,)."""
     try:
-        summary = FuseSummary(**json.loads((directory / "summary.json").read_text()))
-        with np.load(directory / "fused_scores.npz", allow_pickle=False) as z:
+        summary = FuseSummary(**json.loads(fusion.summary_file.read_text()))
+        with np.load(fusion.fused_scores_file, allow_pickle=False) as z:
             scores, labels = z["scores"], z["labels"]
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
-        raise ReportError(f"{directory}: damaged fuse directory ({type(err).__name__}: {err})") from None
+        raise ReportError(f"{fusion.path}: damaged fuse directory ({type(err).__name__}: {err})") from None
     if not np.isfinite(scores).all():
-        raise ReportError(f"{directory / 'fused_scores.npz'}: the fused scores are not finite; fuse again")
+        raise ReportError(f"{fusion.fused_scores_file}: the fused scores are not finite; fuse again")
     runs = [load_scores(row["run"]) for row in summary.rows if row["name"] != "fused"]
     return summary, runs, scores, labels
 
@@ -164,36 +167,39 @@ def _fused_inputs(directory: Path) -> tuple[FuseSummary, list[RunScores], np.nda
 def write_report(directory: str | Path) -> Path:
     """Write the PNGs and report.md into ``directory`` (a fuse or a run directory); returns report.md."""
     directory = Path(directory)
-    if (directory / "fused_scores.npz").is_file():
-        summary, runs, final_scores, labels = _fused_inputs(directory)
+    fusion, report_files = FusionFiles(directory), ReportFiles(directory)
+    if fusion.is_fusion():
+        summary, runs, final_scores, labels = _fused_inputs(fusion)
         title = "fused"
-    elif (directory / "scores_test.npz").is_file():
+    elif RunFiles(directory).scores_file("test").is_file():
         runs = [load_scores(directory)]
         summary = _single_run_summary(runs[0])
         final_scores, labels, title = runs[0].scores, runs[0].labels, runs[0].name
     else:
-        raise ReportError(f"{directory}: neither a fuse directory (fused_scores.npz) nor a finished run (scores_test.npz)")
+        raise ReportError(f"{directory}: neither a fuse directory ({FUSED_SCORES}) nor a finished run "
+                          f"({scores_name('test')})")
     classes = runs[0].classes
     matrix = confusion(final_scores, labels, len(classes))
-    plot_confusion(matrix, classes, directory / "confusion.png",
+    plot_confusion(matrix, classes, report_files.confusion_file,
                    f"Confusion matrix, {title} ({100 * np.trace(matrix) / matrix.sum():.1f}% of {matrix.sum()} videos)")
     accuracies = {r.name: per_class_accuracy(confusion(r.scores, labels, len(classes))) for r in runs}
     if len(runs) > 1:
         accuracies["fused"] = per_class_accuracy(matrix)
-    plot_per_class(accuracies, classes, directory / "per_class.png")
-    curves = [f"curves_{r.run.name}.png" for r in runs if plot_curves(r.run, directory / f"curves_{r.run.name}.png")]
+    plot_per_class(accuracies, classes, report_files.per_class_file)
+    curves = [report_files.curves_file(r.run.name) for r in runs]  # one image per run that has metrics
+    curves = [path for r, path in zip(runs, curves) if plot_curves(r.run, path)]
 
     lines = [f"# Report: {directory.name}", "", summary_markdown(summary), "## Confusion matrix", "",
-             "Rows are true classes, columns predicted classes.", "", "![confusion matrix](confusion.png)", "",
-             "## Per-class accuracy", "", "![per-class accuracy](per_class.png)", "", "## Most confused classes", ""]
+             "Rows are true classes, columns predicted classes.", "",
+             f"![confusion matrix]({report_files.confusion_file.name})", "", "## Per-class accuracy", "",
+             f"![per-class accuracy]({report_files.per_class_file.name})", "", "## Most confused classes", ""]
     pairs = most_confused(matrix, classes)
     if pairs:
         lines += ["| true class | predicted as | videos | share of the true class |", "|---|---|---|---|"]
         lines += [f"| {_cell(t)} | {_cell(p)} | {n} | {100 * share:.1f}% |" for t, p, n, share in pairs]
     else:
         lines.append("No test video was confused.")
-    lines += ["", "## Training curves", ""] + [f"![{name}]({name})" for name in curves]
-    report = directory / "report.md"
-    write_text(report, "\n".join(lines) + "\n")
-    return report
+    lines += ["", "## Training curves", ""] + [f"![{path.name}]({path.name})" for path in curves]
+    write_text(report_files.report_file, "\n".join(lines) + "\n")
+    return report_files.report_file
 

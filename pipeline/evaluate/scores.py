@@ -1,15 +1,15 @@
 """Score files: a run's video scores with everything fusion checks, written by training, read by fusion,
 reports and prediction. numpy only.
 
-``scores_<part>.npz`` (part: ``test``, or ``val`` with --val-fraction) holds::
+``scores_<part>.npz`` (part: ``test``, or ``val`` with --val-fraction; the name comes from ``layout.py``) holds::
 
-    scores          (V, K) float   each video's mean clip softmax
-    keys, labels    (V,)           the videos and their true classes
-    classes         (K,)           class names in label order
-    level, model    str            what was trained
-    streams         str            rgb, flow or rgb+flow (files from mrrn 0.1.0 call it ``modality``)
+    scores          (videos, K) float   each video's mean clip softmax
+    keys, labels    (videos,)           the videos and their true classes
+    classes         (K,)                class names in label order
+    level, model    str                 what was trained
+    streams         str                 rgb, flow or rgb+flow (files from mrrn 0.1.0 call it ``modality``)
     split           int
-    cache_identity  str            the cache's identity as canonical JSON
+    cache_identity  str                 the cache's identity as canonical JSON
 """
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ import numpy as np
 
 from pipeline.atomic import atomic_file
 from pipeline.cache.identity import CacheIdentity
+from pipeline.evaluate.layout import RunFiles
 
 
 @dataclass(frozen=True)
 class RunScores:
+    """One run's scores of one part's videos: what a score file holds, and the run directory it is in."""
+
     run: Path
     level: str
     model: str
@@ -31,9 +34,9 @@ class RunScores:
     split: int
     cache_identity: CacheIdentity
     classes: tuple[str, ...]
-    keys: tuple[str, ...]  # (V,)
-    labels: np.ndarray  # (V,) int64
-    scores: np.ndarray  # (V, K) softmax scores
+    keys: tuple[str, ...]  # (videos,)
+    labels: np.ndarray  # (videos,) int64
+    scores: np.ndarray  # (videos, K) softmax scores
 
     @property
     def name(self) -> str:
@@ -42,21 +45,19 @@ class RunScores:
         return name if self.model == "rrn" else f"{name} ({self.model})"
 
 
-def scores_path(run: Path, part: str) -> Path:
-    return Path(run) / f"scores_{part}.npz"
-
-
-def write_scores(path: Path, scores: np.ndarray, keys: list[str], labels: np.ndarray, classes: tuple[str, ...],
-                 level: str, model: str, streams: str, split: int, identity: CacheIdentity) -> None:
-    with atomic_file(path) as f:
-        np.savez(f, scores=scores, keys=np.array(keys), labels=labels, classes=np.array(classes), level=level,
-                 model=model, streams=streams, split=split, cache_identity=identity.canonical())
+def write_scores(run_scores: RunScores, part: str) -> None:
+    """``run_scores`` into its run directory's score file of ``part`` (test or val), replaced whole."""
+    with atomic_file(RunFiles(run_scores.run).scores_file(part)) as f:
+        np.savez(f, scores=run_scores.scores, keys=np.array(list(run_scores.keys)), labels=run_scores.labels,
+                 classes=np.array(list(run_scores.classes)), level=run_scores.level, model=run_scores.model,
+                 streams=run_scores.streams, split=run_scores.split,
+                 cache_identity=run_scores.cache_identity.canonical())
 
 
 def read_scores(run: str | Path, part: str = "test") -> RunScores:
     """A run's ``scores_<part>.npz``; older files' missing fields take their defaults."""
     run = Path(run)
-    with np.load(scores_path(run, part), allow_pickle=False) as z:
+    with np.load(RunFiles(run).scores_file(part), allow_pickle=False) as z:
         streams = z["streams"] if "streams" in z else z["modality"] if "modality" in z else "rgb"
         return RunScores(
             run=run, level=str(z["level"]), model=str(z["model"]) if "model" in z else "rrn",

@@ -14,9 +14,10 @@ import torch
 import torchvision
 
 from pipeline.extract.taps import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps, require_model
-from pipeline.config import BACKBONE, PAPER_CROP, Preprocess
+from pipeline.config import BACKBONE, PAPER_CROP, Preprocess, Resize
 from pipeline.errors import ConfigError, MrrnError
 from pipeline.cache.identity import LevelSpec
+from pipeline.precision import compute_dtype
 
 
 class WeightsError(MrrnError, ValueError):
@@ -28,7 +29,7 @@ class BackboneChoice:
     """What a backbone and its weights mean for a cache, known without loading any weights."""
 
     name: str
-    weights_identity: str  # torchvision:<Weights.NAME>, random:seed=N or sha256:<hex>
+    weights_id: str  # torchvision:<Weights.NAME>, random:seed=N or sha256:<hex>
     weights: object  # the torchvision weights enum, "random", or a Path
     taps: Taps
     preprocess: Preprocess  # the weights' own preprocessing (the paper's for random or local weights)
@@ -38,7 +39,7 @@ class BackboneChoice:
 @dataclass(frozen=True)
 class LoadedBackbone:
     model: MultiLevelNet
-    identity: str  # what the cache records: which weights, exactly
+    weights_id: str  # what the cache records: which weights, exactly
     levels: tuple[LevelSpec, ...]
 
 
@@ -68,9 +69,8 @@ def _torchvision_weights(name: str, spec: str):
 def preprocess_of(weights) -> Preprocess:
     """The preprocessing torchvision's ``weights`` were trained with (sizes, interpolation, mean, std)."""
     tf = weights.transforms()
-    interpolation = "bicubic" if "BICUBIC" in str(tf.interpolation) else "bilinear"
     return Preprocess(short_side=int(tf.resize_size[0]), crop=int(tf.crop_size[0]), mean=tuple(tf.mean),
-                      std=tuple(tf.std), resize=f"{interpolation}-antialias-uint8")
+                      std=tuple(tf.std), resize=Resize(interpolation=tf.interpolation.value))
 
 
 def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int = 0) -> BackboneChoice:
@@ -94,11 +94,11 @@ def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int =
     return BackboneChoice(name, f"torchvision:{enum}", enum, find_taps(name, pre.crop), pre, fixed)
 
 
-def weights_from_identity(identity: str, local: Path | None) -> tuple[str, int]:
-    """The inverse of a weights identity: ``load_backbone`` arguments (weights, seed) that rebuild the
-    backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` identity.
+def weights_from_id(weights_id: str, local: Path | None) -> tuple[str, int]:
+    """The inverse of a weights id: ``load_backbone`` arguments (weights, seed) that rebuild the
+    backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` weights id.
     Refused, naming what is missing, when those weights are not available."""
-    kind, _, value = identity.partition(":")
+    kind, _, value = weights_id.partition(":")
     if kind == "torchvision":
         return value, 0
     if kind == "random":
@@ -110,7 +110,7 @@ def weights_from_identity(identity: str, local: Path | None) -> tuple[str, int]:
         if sha256_file(local) != value:
             raise WeightsError(f"{local}: sha256 differs from the weights the runs' cache was made with ({value[:12]}...)")
         return str(local), 0
-    raise WeightsError(f"unknown weights identity {identity!r} in the runs' cache")
+    raise WeightsError(f"unknown weights {weights_id!r} in the runs' cache")
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
@@ -157,7 +157,7 @@ def load_backbone(weights: str = "imagenet", seed: int = 0, backbone: str = BACK
 def load_chosen(choice: BackboneChoice, seed: int = 0) -> LoadedBackbone:
     """The frozen multi-level backbone of a :func:`choose_backbone` result (its file hashed and its taps
     found already)."""
-    return LoadedBackbone(MultiLevelNet(_model(choice, seed), choice.taps), choice.weights_identity, choice.taps.levels)
+    return LoadedBackbone(MultiLevelNet(_model(choice, seed), choice.taps), choice.weights_id, choice.taps.levels)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -175,16 +175,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":  # bf16 where the GPU computes it natively (Ampere and later), not emulated
-        with torch.cuda.device(device):
-            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return "fp32"
-
-
 class FeatureExtractor:
     """The backbone placed on a device: frames (N, 3, H, W) -> {level: (N, C) float32 on the CPU}."""
 
@@ -193,13 +183,11 @@ class FeatureExtractor:
         self.precision = precision
         self.levels = {spec.name: spec.width for spec in backbone.levels}  # level -> width
         # weights cast once to the inference dtype (autocast would cast frozen weights at every call)
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.dtype = compute_dtype(precision)
         # channels-last: the faster layout for these convolutions on CPU (oneDNN) and GPU (cuDNN) alike
         self.model = backbone.model.to(device=device, dtype=self.dtype, memory_format=torch.channels_last)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest algorithms
-            if precision == "fp32":  # fp32 means fp32: no TF32 in the convolutions the cache says are fp32
-                torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        # the process-wide TF32 and cuDNN flags its precision needs are set around the work by the caller
+        # (precision.precision_flags), and put back after it
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -237,7 +237,7 @@ def video_features(paths: list[Path], source: FrameSource, extractor: FeatureExt
     on_gpu = extractor.device.type == "cuda"
     # a GPU resizes in float32; frames whose cache was made with the CPU's uint8 kernel are preprocessed
     # on the CPU, in the workers, even when the backbone runs on a GPU (prediction with such a cache)
-    preprocess_here = not on_gpu or source.preprocess.resize.endswith("-uint8")
+    preprocess_here = not on_gpu or source.preprocess.resize.uint8
     stream = DecodeStream(paths, source, chunk_frames, preprocess_here=preprocess_here)
     loader = DataLoader(
         stream, batch_size=None, num_workers=workers, pin_memory=on_gpu,

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -22,7 +23,6 @@ from pipeline.extract.backbone import (
     choose_backbone,
     load_chosen,
     resolve_device,
-    resolve_precision,
 )
 from pipeline.cache.reader import (
     FailedRecord,
@@ -34,32 +34,52 @@ from pipeline.cache.reader import (
     shard_path,
 )
 from pipeline.cache.writer import CacheWriter
-from pipeline.config import VIEW_SETS, ExtractConfig, default_workers, gpu_resize
+from pipeline.config import VIEW_SETS, ExtractConfig, Preprocess, default_workers
 from pipeline.datasets.index import VideoEntry, VideoSet, describe_missing, list_videos
 from pipeline.errors import ConfigError, MrrnError
-from pipeline.extract.features import DecodeWorkerDied, video_features
+from pipeline.extract.features import DecodeWorkerDied, VideoFeatures, video_features
 from pipeline.cache.identity import CacheIdentity
 from pipeline.extract.workers import start_early
+from pipeline.precision import extraction_precision, precision_flags
 
 
 class ExtractError(MrrnError):
     """The run as a whole failed (every video failed, or one failed under --strict)."""
 
 
+def preprocessing(cfg: ExtractConfig, choice: BackboneChoice) -> Preprocess:
+    """How ``cfg``'s frames become backbone inputs: the chosen weights' own preprocessing (the paper's for
+    random or local weights) with the short side and crop ``cfg`` sets (--short-side, --crop), each
+    replacing only itself, and ``cfg``'s views. Sizes that do not fit together are refused in one line."""
+    own = choice.preprocess
+    short_side = own.short_side if cfg.short_side is None else cfg.short_side
+    crop = own.crop if cfg.crop is None else cfg.crop
+    if crop > short_side:
+        raise ConfigError(f"{_size('--crop', 'crop', crop, cfg.crop)} is larger than "
+                          f"{_size('--short-side', 'short side', short_side, cfg.short_side)}: frames are resized "
+                          "to the short side, then cropped")
+    if choice.fixed_size and crop != choice.fixed_size:
+        raise ConfigError(f"--backbone {cfg.backbone} with these weights takes {choice.fixed_size} px frames only, "
+                          f"not --crop {crop}")
+    return replace(own, short_side=short_side, crop=crop, views=VIEW_SETS[cfg.views])
+
+
+def _size(option: str, what: str, value: int, given: int | None) -> str:
+    """'--crop 300' when the option set it, else 'the crop 224 (--crop's default for these weights)'."""
+    return f"{option} {value}" if given is not None else f"the {what} {value} ({option}'s default for these weights)"
+
+
 def cache_identity(cfg: ExtractConfig, videos: VideoSet, precision: str, device_type: str = "cpu",
                    choice: BackboneChoice | None = None) -> CacheIdentity:
     """What a cache made by ``cfg`` on ``device_type`` must agree on to be resumed or extended: the
-    backbone, its exact weights and levels, and the preprocessing (``cfg``'s, else the weights' own).
-    Frames preprocessed on a GPU are resized in float32 (rounded back), on the CPU by the uint8 kernel.
-    ``choice``: ``cfg``'s backbone already chosen (else chosen here)."""
+    backbone, its exact weights and levels, and the :func:`preprocessing`. Frames preprocessed on a GPU
+    are resized in float32 (rounded back), on the CPU by the uint8 kernel. ``choice``: ``cfg``'s backbone
+    already chosen (else chosen here)."""
     choice = choice or choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)
-    pre = replace(cfg.preprocess or choice.preprocess, views=VIEW_SETS[cfg.views])
-    if choice.fixed_size and pre.crop != choice.fixed_size:
-        raise ConfigError(f"--backbone {cfg.backbone} with these weights takes {choice.fixed_size} px frames only, "
-                          f"not --crop {pre.crop}")
+    pre = preprocessing(cfg, choice)
     return CacheIdentity(
-        backbone=cfg.backbone, backbone_weights=choice.weights_identity,
-        preprocess=replace(pre, resize=gpu_resize(pre.resize) if device_type == "cuda" else pre.resize),
+        backbone=cfg.backbone, backbone_weights=choice.weights_id,
+        preprocess=replace(pre, resize=pre.resize.on_gpu()) if device_type == "cuda" else pre,
         levels=choice.taps.levels, dtype=cfg.dtype, precision=precision, dataset=videos.dataset,
         classes=tuple(videos.classes), modality=cfg.modality, flow=cfg.flow if cfg.modality == "flow" else None,
     )
@@ -118,38 +138,60 @@ class _WriterThread:
 
 
 def _extract_into(writer: CacheWriter, todo: list[VideoEntry], classes: tuple[str, ...], cfg: ExtractConfig,
-                  extractor: FeatureExtractor, summary: ExtractSummary, progress: bool, log) -> None:
+                  extractor: FeatureExtractor, summary: ExtractSummary, *, progress: bool, log) -> None:
     """Extract ``todo`` into ``writer``'s journal, one finished video at a time, counting in ``summary``."""
     source = writer.identity.frame_source()  # as the cache records it (the resize of this device)
     bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     stream = video_features([v.path for v in todo], source, extractor, batch_size=cfg.batch_size,
                             workers=cfg.workers, chunk_frames=cfg.chunk_frames)
     try:
-        with _WriterThread() as background:
-            _consume(stream, todo, classes, cfg, writer, background, summary, bar, progress, log)
+        with _WriterThread() as journal:
+            handover = _Handover(todo, classes, writer, journal, summary, bar, say=tqdm.write if progress else log,
+                                 strict=cfg.strict)
+            _consume(stream, handover)
     except DecodeWorkerDied as err:
         raise ExtractError(f"{writer.path}: {err}") from None
     finally:
         bar.close()
 
 
-def _consume(stream, todo, classes, cfg, writer, background, summary, bar, progress, log) -> None:
-    """Hand each finished video (or failure) of ``stream`` to the journal thread, counting and reporting."""
-    started = time.perf_counter()
-    for result in stream:
-        entry = todo[result.index]
+@dataclass(frozen=True)
+class _Handover:
+    """Where each finished video (or failure) of a run goes: to ``writer`` through the journal thread,
+    counted in ``summary`` and on ``bar``; a failure is also said, and ends the run under --strict."""
+
+    todo: list[VideoEntry]  # the videos of the stream, by its indices
+    classes: tuple[str, ...]
+    writer: CacheWriter
+    journal: _WriterThread
+    summary: ExtractSummary
+    bar: tqdm
+    say: Callable[[str], None]  # tqdm.write while the bar shows, else the log
+    strict: bool
+
+    def take(self, result: VideoFeatures) -> None:
+        entry, summary, writer = self.todo[result.index], self.summary, self.writer
         if result.error is not None:
-            failure = FailedRecord(entry.key, entry.label, classes[entry.label], result.error)
-            background.submit(lambda failure=failure: writer.add_failure(failure))
+            failure = FailedRecord(entry.key, entry.label, self.classes[entry.label], result.error)
+            self.journal.submit(lambda: writer.add_failure(failure))
             summary.failed.append((entry.key, result.error))
-            (tqdm.write if progress else log)(f"skipped {entry.path}: {result.error}")
-            if cfg.strict:
+            self.say(f"skipped {entry.path}: {result.error}")
+            if self.strict:
                 raise ExtractError(f"{entry.path}: {result.error} (--strict)")
         else:
-            rec = VideoRecord(key=entry.key, label=entry.label, class_name=classes[entry.label], **result.info)
-            background.submit(lambda rec=rec, features=result.features: writer.add_video(rec, features))
+            rec = VideoRecord(key=entry.key, label=entry.label, class_name=self.classes[entry.label], **result.info)
+            features = result.features
+            self.journal.submit(lambda: writer.add_video(rec, features))
             summary.extracted += 1
             summary.frames += rec.frames
+
+
+def _consume(stream, handover: _Handover) -> None:
+    """Hand each finished video (or failure) of ``stream`` over, showing the progress."""
+    started = time.perf_counter()
+    summary, bar = handover.summary, handover.bar
+    for result in stream:
+        handover.take(result)
         bar.update(1)
         fps = summary.frames / (time.perf_counter() - started)
         bar.set_postfix(done=summary.extracted, failed=len(summary.failed), fps=f"{fps:.1f}", refresh=False)
@@ -182,7 +224,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
         log(f"warning: {describe_missing(videos.missing, videos.root)}")
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = extraction_precision(cfg.precision, device)
     if cfg.workers is None:  # the default depends on the device; on GPUs the ranks share the cores
         workers = default_workers(device.type)
         cfg = replace(cfg, workers=max(1, workers // rank.world) if workers else 0)
@@ -205,7 +247,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
                     log(f"note: --backbone-weights random (seed {cfg.seed}): features come from an untrained "
                         f"{'ResNet-34' if cfg.backbone == 'resnet34' else cfg.backbone}")
                 extractor = FeatureExtractor(load_chosen(choice, cfg.seed), device, precision)
-                _extract_into(writer, todo, videos.classes, cfg, extractor, summary, progress, log)
+                with precision_flags(precision, fixed_shapes=True):  # the flags it needs, put back after
+                    _extract_into(writer, todo, videos.classes, cfg, extractor, summary, progress=progress, log=log)
         finally:
             writer.finish()
     if rank.distributed:

@@ -12,7 +12,6 @@ read from the model, never written down. Batch norms that follow a convolution a
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Iterator, NamedTuple
 
@@ -20,6 +19,7 @@ import torch
 import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_conv_bn
+from torch.overrides import TorchFunctionMode
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from pipeline.errors import ConfigError
@@ -82,23 +82,18 @@ def _cnn_stages(model: nn.Module, size: int) -> list[tuple[str, tuple[int, ...]]
     raise ConfigError("no three stages at different resolutions")
 
 
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Every parameter moved to the meta device as it is registered: for the few models whose construction
-    computes with tensors (RegNet), which cannot be built under ``torch.device('meta')``; their weight
-    initialisation then costs nothing."""
-    register = nn.Module.register_parameter
+class _AllocateOnMeta(TorchFunctionMode):
+    """``torch.empty``, which modules allocate their parameters with before initialising them, on the meta
+    device; every other tensor where it was asked for. For the few models whose construction computes
+    with tensors (RegNet's widths), which cannot be built entirely under ``torch.device('meta')``: their
+    weights then take no memory and their initialisation no time. Like ``torch.device``, a torch function
+    mode: it holds in the thread that entered it, and only there."""
 
-    def on_meta(module, name, param):
-        if param is not None:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.empty and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
 
 
 def _skeleton(name: str) -> nn.Module:
@@ -106,8 +101,8 @@ def _skeleton(name: str) -> nn.Module:
     try:
         return build(name, device="meta")
     except NotImplementedError:
-        with _parameters_on_meta():
-            return build(name).to("meta")  # buffers (batch-norm statistics) follow
+        with _AllocateOnMeta():
+            return _constructed(name).to("meta")  # the few tensors made otherwise (batch-norm statistics) follow
 
 
 def find_taps(name: str, size: int) -> Taps:
@@ -139,8 +134,13 @@ def require_model(name: str) -> None:
 
 def build(name: str, weights=None, device: str | torch.device = "cpu") -> nn.Module:
     """torchvision's model ``name`` with ``weights`` (a weights enum, or None), refused when unknown."""
+    with torch.device(device):
+        return _constructed(name, weights)
+
+
+def _constructed(name: str, weights=None) -> nn.Module:
     require_model(name)
-    with torch.device(device), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's notes on initialisation and tracing modes
         return torchvision.models.get_model(name, weights=weights).eval()
 
@@ -185,5 +185,5 @@ def describe_all(names: list[str] | None = None) -> Iterator[str]:
         except Exception as err:  # a model whose stages cannot be told apart is left out, with why
             yield f"{name:<22} not supported ({type(err).__name__}: {str(err).splitlines()[0]})"
             continue
-        dims = " / ".join(f"{s.width} ({s.layer})" for s in taps.levels)
+        dims = " / ".join(f"{s.width} ({s.tap})" for s in taps.levels)
         yield f"{name:<22} {dims}; {size} px; {taps.pooling}"

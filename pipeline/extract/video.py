@@ -142,18 +142,18 @@ def preprocess(frames: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """RGB uint8 frames ``(T, H, W, 3)`` on any device -> normalised float32 ``(T * V, 3, crop, crop)``,
     the ``V = len(pre.views)`` views of each frame next to each other (frame-major).
 
-    Shorter side resized to ``pre.short_side`` (bilinear, antialiased, rounded to whole grey levels),
-    the views cropped (the centre crop ``pre.crop`` by default), scaled to [0, 1], normalised with
-    ``pre.mean`` / ``pre.std``. The resize
-    is ``pre.resize``: torchvision's native uint8 kernel (CPU only; 10-30x faster there than resizing
-    float frames) or float32 rounded back (what a GPU runs, and the CPU too when a cache says so).
+    Shorter side resized to ``pre.short_side`` (antialiased, with ``pre.resize``'s interpolation: bilinear,
+    or bicubic for weights trained with it), the views cropped (the centre crop ``pre.crop`` by default),
+    scaled to [0, 1], normalised with ``pre.mean`` / ``pre.std``. The resize runs as ``pre.resize`` says:
+    torchvision's native uint8 kernel (CPU only; 10-30x faster there than resizing float frames) or
+    float32 rounded back to whole grey levels (what a GPU runs, and the CPU too when a cache says so).
     The result is channels-last in memory, the layout the backbone runs fastest in.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
     x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, channels-last in memory: torch's fast path
-    mode = InterpolationMode.BICUBIC if pre.resize.startswith("bicubic") else InterpolationMode.BILINEAR
-    if pre.resize.endswith("float-rounded") or x.is_cuda:
+    mode = InterpolationMode(pre.resize.interpolation)
+    if not pre.resize.uint8 or x.is_cuda:
         x = TF.resize(x.float(), [pre.short_side], interpolation=mode, antialias=True).round_().clamp_(0, 255)
     else:
         x = TF.resize(x, [pre.short_side], interpolation=mode, antialias=True)

@@ -114,4 +114,4 @@ def _(u, bias, skip, c0):
 def _(grad_h, grad_c, u, bias, skip, c0, c):
     from pipeline.sru.kernels import backward
 
-    return backward(grad_h, grad_c, u, bias, skip, c0, c)
+    return backward(grad_h, grad_c, u, bias, skip, c0, c=c)

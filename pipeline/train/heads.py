@@ -12,7 +12,7 @@ class RRNHead(nn.Module):
     """The paper's recurrent residual network head: stacked SRU -> tanh -> dropout -> linear at every
     time step -> mean (eq. 8) or max (eq. 9) over time. Softmax is left to the loss / evaluation."""
 
-    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3,
+    def __init__(self, input_size: int, num_classes: int, *, hidden: int = 1024, layers: int = 3,
                  pool: str = "mean", dropout: float = 0.5, sru_dropout: float = 0.0):
         super().__init__()
         if pool not in ("mean", "max"):
@@ -34,7 +34,7 @@ def _pool(steps: torch.Tensor, pool: str) -> torch.Tensor:
 class LSTMHead(nn.Module):
     """The cLSTM / LRCN-style baseline (paper table 3): stacked LSTM with the RRN's per-step head."""
 
-    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3,
+    def __init__(self, input_size: int, num_classes: int, *, hidden: int = 1024, layers: int = 3,
                  pool: str = "mean", dropout: float = 0.5):
         super().__init__()
         self.pool = pool
@@ -51,7 +51,8 @@ class ResLSTMHead(nn.Module):
     """Residual stacked LSTM (Lakhal et al.): each layer's output is added to its input (through a
     learned projection where the sizes differ); the class comes from the top layer's last time step."""
 
-    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, dropout: float = 0.5):
+    def __init__(self, input_size: int, num_classes: int, *, hidden: int = 1024, layers: int = 3,
+                 dropout: float = 0.5):
         super().__init__()
         self.layers = nn.ModuleList(nn.LSTM(input_size if i == 0 else hidden, hidden, batch_first=True)
                                     for i in range(layers))
@@ -87,7 +88,7 @@ class TemporalResidualBlock(nn.Module):
 class TResNetHead(nn.Module):
     """A stack of causal temporal residual blocks on the features, then the RRN's per-step head."""
 
-    def __init__(self, input_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, pool: str = "mean",
+    def __init__(self, input_size: int, num_classes: int, *, hidden: int = 1024, layers: int = 3, pool: str = "mean",
                  dropout: float = 0.5, window: int = 5):
         super().__init__()
         self.pool = pool
@@ -107,7 +108,7 @@ class TwoStreamHead(nn.Module):
     residual connection from the motion stream into the appearance stream. The two top states are
     fused by sum or element-wise product (Res-LSTM's mid-level fusion), then the RRN's per-step head."""
 
-    def __init__(self, stream_size: int, num_classes: int, hidden: int = 1024, layers: int = 3, pool: str = "mean",
+    def __init__(self, stream_size: int, num_classes: int, *, hidden: int = 1024, layers: int = 3, pool: str = "mean",
                  dropout: float = 0.5, fusion: str = "sum"):
         super().__init__()
         if fusion not in STREAM_FUSIONS:
@@ -138,7 +139,7 @@ class TwoStreamHead(nn.Module):
 class MeanPoolHead(nn.Module):
     """The order-blind control: the average of the clip's features -> dropout -> linear."""
 
-    def __init__(self, input_size: int, num_classes: int, dropout: float = 0.5):
+    def __init__(self, input_size: int, num_classes: int, *, dropout: float = 0.5):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(input_size, num_classes)
@@ -162,8 +163,9 @@ class FeatureNorm(nn.Module):
         return (x - self.mean) / self.std  # (B, T, C)
 
 
-class Classifier(nn.Module):
-    """Feature normalisation followed by a head; what training, checkpoints and prediction use."""
+class NormalizedHead(nn.Module):
+    """The model a run trains: feature normalisation followed by a head; what training, checkpoints and
+    prediction use. Its state_dict keys (``norm.*``, ``head.*``) are the checkpoints' format."""
 
     def __init__(self, norm: FeatureNorm, head: nn.Module):
         super().__init__()
@@ -174,25 +176,27 @@ class Classifier(nn.Module):
 
 
 def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
-                mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> Classifier:
+                mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> NormalizedHead:
     """The head of ``cfg.model``; ``mean``/``std`` (C,), when given, standardise its inputs (--normalize).
     For twostream, ``input_size`` is both streams' width together (RGB | flow)."""
+    shape = dict(hidden=cfg.hidden, layers=cfg.layers)
     if cfg.model == "rrn":
-        head = RRNHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.sru_dropout)
+        head = RRNHead(input_size, num_classes, **shape, pool=cfg.pool, dropout=cfg.dropout,
+                       sru_dropout=cfg.sru_dropout)
     elif cfg.model == "lstm":
-        head = LSTMHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout)
+        head = LSTMHead(input_size, num_classes, **shape, pool=cfg.pool, dropout=cfg.dropout)
     elif cfg.model == "reslstm":
-        head = ResLSTMHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.dropout)
+        head = ResLSTMHead(input_size, num_classes, **shape, dropout=cfg.dropout)
     elif cfg.model == "tresnet":
-        head = TResNetHead(input_size, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout, cfg.window)
+        head = TResNetHead(input_size, num_classes, **shape, pool=cfg.pool, dropout=cfg.dropout, window=cfg.window)
     elif cfg.model == "meanpool":
-        head = MeanPoolHead(input_size, num_classes, cfg.dropout)
+        head = MeanPoolHead(input_size, num_classes, dropout=cfg.dropout)
     elif cfg.model == "twostream":  # input: RGB and flow features side by side
-        head = TwoStreamHead(input_size // 2, num_classes, cfg.hidden, cfg.layers, cfg.pool, cfg.dropout,
-                             cfg.stream_fusion)
+        head = TwoStreamHead(input_size // 2, num_classes, **shape, pool=cfg.pool, dropout=cfg.dropout,
+                             fusion=cfg.stream_fusion)
     else:
         raise ValueError(f"unknown model {cfg.model!r}")
-    return Classifier(FeatureNorm(input_size, mean, std), head)
+    return NormalizedHead(FeatureNorm(input_size, mean, std), head)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.cache.reader import FeatureCache
-from pipeline.train.clips import clip_frames
+from pipeline.train.clips import clip_frames, gather_clips
 from pipeline.config import TrainConfig
 from pipeline.datasets.index import hash_split
 from pipeline.errors import TrainError
@@ -35,10 +35,10 @@ class LevelTable:
 class ClipSet:
     """One part of a split (train, test or validation) as index arrays into the level's feature matrix."""
 
-    keys: list[str]  # (V,)
-    labels: torch.Tensor  # (V,) int64
-    clip_rows: torch.Tensor  # (N, L) int64 rows of the feature matrix
-    clip_video: torch.Tensor  # (N,) int64 index into keys
+    keys: list[str]  # (videos,)
+    labels: torch.Tensor  # (videos,) int64
+    clip_rows: torch.Tensor  # (clips, L) int64 rows of the feature matrix
+    clip_video: torch.Tensor  # (clips,) int64 index into keys
 
     @property
     def num_clips(self) -> int:
@@ -214,11 +214,6 @@ def make_batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device
     """Clips ``idx`` of ``clips`` as model input (B, L, C) float32 on ``device``, with their labels (B,).
     ``features`` (frames, V, C); ``view``: one view for every clip (0, the centre crop, by default), or
     each clip's own (B,), the same for all of a clip's frames."""
-    rows = clips.clip_rows[idx].to(features.device)  # (B, L)
-    if isinstance(view, int):
-        x = features[:, view][rows]  # (B, L, C)
-    else:
-        x = features[rows, view.to(features.device)[:, None]]  # (B, L, C)
-    x = x.to(device, non_blocking=True).float()
+    x = gather_clips(features, clips.clip_rows[idx], view, device)  # (B, L, C)
     y = clips.labels[clips.clip_video[idx]]  # (B,)
     return x, y

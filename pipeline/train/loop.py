@@ -1,13 +1,12 @@
 """Stage 2's loop: ``fit`` trains a head on one level of the cache, epoch by epoch, in the shape of
 torchvision's video classification reference (``train_one_epoch``, ``evaluate``, ``fit``).
 
-The data is ``level_data.py``, the run directory ``rundir.py``, the heads ``heads.py``. Under torchrun every
-rank calls ``fit``: each trains on its share of every batch (DDP), evaluation adds up the ranks'
-scores, and rank 0 alone writes the run directory and logs.
+The data is ``level_data.py``, the run directory ``rundir.py``, the heads ``heads.py``, the arithmetic
+``pipeline/precision.py``. Under torchrun every rank calls ``fit``: each trains on its share of every batch
+(DDP), evaluation adds up the ranks' scores, and rank 0 alone writes the run directory and logs.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -19,14 +18,16 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.extract.backbone import resolve_device
-from pipeline.train.clips import VideoScores
+from pipeline.train.clips import VideoScores, score_clips
 from pipeline.config import TrainConfig
 from pipeline.train.level_data import ClipSet, LevelData, load_level_data, make_batch
-from pipeline.errors import TrainError  # noqa: F401  (the error training raises; callers import it from here)
+from pipeline.errors import TrainError
 from pipeline.evaluate.metrics import video_metrics
-from pipeline.train.heads import build_model, count_parameters
-from pipeline.train.rundir import RunDir, RunSummary, run_config
-from pipeline.evaluate.scores import write_scores
+from pipeline.train.heads import NormalizedHead, build_model, count_parameters
+from pipeline.train.rundir import RunDir, RunSummary, run_record
+from pipeline.evaluate.layout import BEST_CHECKPOINT, LAST_CHECKPOINT
+from pipeline.evaluate.scores import RunScores, write_scores
+from pipeline.precision import autocast, precision_flags, training_precision
 
 
 class NonFiniteLoss(TrainError):
@@ -37,9 +38,18 @@ class NonFiniteLoss(TrainError):
         self.batch, self.batches = batch, batches
 
 
-def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int, generator: torch.Generator,
-                    device: torch.device, progress: bool = False, desc: str = "",
-                    rank: distributed.Rank = distributed.Rank(), precision: str = "fp32", views: str = "random") -> dict:
+@dataclass(frozen=True)
+class StepContext:
+    """Where and how training and evaluation steps compute: the device, this process's rank among those
+    training together, and the arithmetic (resolved: ``precision.training_precision``)."""
+
+    device: torch.device
+    rank: distributed.Rank = distributed.Rank()
+    precision: str = "fp32"
+
+
+def train_one_epoch(step_model, optimizer, features, clips: ClipSet, step: StepContext, *, batch_size: int,
+                    generator: torch.Generator, views: str = "random", progress: bool = False, desc: str = "") -> dict:
     """One epoch in batches of ``batch_size`` clips of ``features`` (frames, V, C). With a cache of several
     views and ``views='random'`` each clip is read through one view drawn from ``generator`` (the same
     for all of its frames); otherwise through the centre crop. With several ranks, every rank draws the same order
@@ -50,10 +60,11 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
     step on a GPU. A non-finite loss raises :class:`NonFiniteLoss` naming the first such batch: at once
     in one CPU process (where looking costs nothing); otherwise at the end of the epoch, so that no step
     waits for the host and every rank stops at the same point."""
-    model.train()
+    step_model.train()
+    device, rank = step.device, step.rank
     stop_at_once = device.type == "cpu" and not rank.distributed
     order = torch.randperm(clips.num_clips, generator=generator).to(clips.clip_rows.device)
-    view_of = None  # (N,) each clip's view this epoch
+    view_of = None  # (clips,) each clip's view this epoch
     if views == "random" and features.shape[1] > 1:
         view_of = torch.randint(features.shape[1], (clips.num_clips,), generator=generator).to(clips.clip_rows.device)
     bar = tqdm(range(0, clips.num_clips, batch_size), desc=desc, leave=False, disable=not progress,
@@ -67,8 +78,8 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
         if len(idx) == 0:  # fewer clips than ranks in the last batch: take part in the all-reduce with 0
             idx, weight = batch[:1], 0.0
         x, y = make_batch(features, clips, idx, device, 0 if view_of is None else view_of[idx])
-        with autocast(precision, device):
-            logits = model(x)  # (B, K)
+        with autocast(step.precision, device):
+            logits = step_model(x)  # (B, K)
         if rank.distributed:
             summed = F.cross_entropy(logits, y, reduction="sum")
             loss = summed * (weight * rank.world / len(batch))  # DDP then divides the summed gradient by world
@@ -91,42 +102,24 @@ def train_one_epoch(model, optimizer, features, clips: ClipSet, batch_size: int,
     return {"loss": loss_sum / clips.num_clips, "train_acc": correct / clips.num_clips}
 
 
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast of the projections on CUDA (``--precision bf16``); otherwise nothing (fp32, or TF32
-    matrix products switched on once for the run)."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
-def evaluate(model, features, clips: ClipSet, num_classes: int, batch_size: int, device: torch.device,
-             rank: distributed.Rank = distributed.Rank(), precision: str = "fp32", views: str = "all") -> dict:
-    """One pass: clip accuracy, and video scores = mean of each video's clip softmax -> top-1/5, class acc.
-    ``features`` (frames, V, C): with ``views='all'`` every clip is scored through each view and a video's
-    score is the mean over its clips and views (every view has the same clips, so this is the mean over
-    views of the per-view video scores: ten-crop testing); ``'center'`` reads the centre crop only.
-    With several ranks each scores a contiguous share of the clips and the sums are added up, so every
-    clip, and so every video, is counted exactly once."""
-    model.eval()
-    videos = VideoScores(len(clips.keys), num_classes, device)
-    clip_correct = torch.zeros(1, device=device)
-    first, last = (clips.num_clips * r // rank.world for r in (rank.rank, rank.rank + 1))
-    scored_views = range(features.shape[1]) if views == "all" else range(1)
-    for view in scored_views:
-        for start in range(first, last, batch_size):
-            idx = torch.arange(start, min(start + batch_size, last), device=clips.clip_rows.device)
-            x, y = make_batch(features, clips, idx, device, view)
-            with autocast(precision, device):
-                logits = model(x)
-            probs = F.softmax(logits.float(), dim=1)  # (B, K)
-            clip_correct += (probs.argmax(1) == y).sum()
-            videos.add(probs, clips.clip_video[idx].to(device))
+def evaluate(model, features, clips: ClipSet, step: StepContext, *, num_classes: int, batch_size: int,
+             views: str = "all") -> dict:
+    """One pass: clip accuracy, and each video's scores (``clips.score_clips``: the mean of its clips'
+    softmax, over every view of ``features`` (frames, V, C) or the centre one, as ``views`` says) -> top-1/5,
+    class accuracy. With several ranks each scores a contiguous share of the clips and the sums are added
+    up, so every clip, and so every video, is counted exactly once."""
+    videos = VideoScores(len(clips.keys), num_classes, step.device)
+    first, last = (clips.num_clips * r // step.rank.world for r in (step.rank.rank, step.rank.rank + 1))
+    video_of = clips.clip_video[first:last]  # (n,) this rank's share of the clips
+    top = score_clips(model, features, clips.clip_rows[first:last], video_of, videos, test_views=views,
+                      batch_size=batch_size, device=step.device, precision=step.precision)  # (views scored, n)
+    clip_correct = (top == clips.labels[video_of]).sum().float().reshape(1)  # (1,)
     for total in (*videos.parts(), clip_correct):
         distributed.all_sum(total)
-    scores = videos.scores().cpu().numpy()  # (V, K)
+    scores = videos.scores().cpu().numpy()  # (videos, K)
     metrics = video_metrics(scores, clips.labels.cpu().numpy(), num_classes)
-    return {"clip_acc": float(clip_correct) / (clips.num_clips * len(scored_views)), **metrics, "scores": scores}
+    return {"clip_acc": float(clip_correct) / (clips.num_clips * len(top)), **metrics, "scores": scores}
 
 
 @dataclass
@@ -137,13 +130,28 @@ class _Progress:
     best: float = -1.0
 
 
-def _resume(rundir: RunDir, model, optimizer, device: torch.device, log) -> _Progress:
+@dataclass(frozen=True)
+class _Training:
+    """What every epoch of a run works with."""
+
+    cfg: TrainConfig
+    data: LevelData
+    model: NormalizedHead  # what is evaluated and checkpointed
+    step_model: torch.nn.Module  # what training steps call: the DDP wrapper of ``model`` under torchrun, else it
+    optimizer: torch.optim.Optimizer
+    step: StepContext
+    rundir: RunDir
+    record: dict  # the run record (config.json), with the precision this device computes in
+
+
+def _resume(training: _Training, log) -> _Progress:
     """Model, optimiser and RNG state from last.pt (a fresh start when there is none)."""
-    if not (rundir.path / "last.pt").is_file():
+    rundir, device = training.rundir, training.step.device
+    if not rundir.checkpoint_file(LAST_CHECKPOINT).is_file():
         return _Progress()
-    ckpt = rundir.load_checkpoint("last.pt")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    ckpt = rundir.load_checkpoint(LAST_CHECKPOINT)
+    training.model.load_state_dict(ckpt["model"])
+    training.optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["cpu"])
     if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -151,28 +159,25 @@ def _resume(rundir: RunDir, model, optimizer, device: torch.device, log) -> _Pro
     return _Progress(ckpt["epoch"], ckpt["best_video_top1"])
 
 
-def _train_and_evaluate(epoch: int, cfg: TrainConfig, data: LevelData, trained, model, optimizer,
-                        device: torch.device, rank: distributed.Rank, progress: bool) -> tuple[dict, dict]:
+def _train_and_evaluate(training: _Training, epoch: int, *, progress: bool) -> tuple[dict, dict]:
     """One epoch: set the rate, train, evaluate on test (and validation) videos. Returns the metrics line
     and the video scores by part."""
-    precision = cfg.precision_on(device.type)
+    cfg, data, step = training.cfg, training.data, training.step
     started = time.perf_counter()
     lr = cfg.lr_at(epoch)
-    for group in optimizer.param_groups:
+    for group in training.optimizer.param_groups:
         group["lr"] = lr
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's clip order
-    if rank.distributed:  # dropout: each rank its own stream, reproducible on resume without saved state
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + rank.rank)
-    train_stats = train_one_epoch(trained, optimizer, data.features, data.train, cfg.batch_size, generator,
-                                  device, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}", rank=rank,
-                                  precision=precision, views=cfg.train_views)
-    num_classes = len(data.classes)
-    result = evaluate(model, data.features, data.test, num_classes, cfg.eval_batch_size, device, rank, precision,
-                      cfg.test_views)
+    if step.rank.distributed:  # dropout: each rank its own stream, reproducible on resume without saved state
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + step.rank.rank)
+    train_stats = train_one_epoch(training.step_model, training.optimizer, data.features, data.train, step,
+                                  batch_size=cfg.batch_size, generator=generator, views=cfg.train_views,
+                                  progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+    scoring = dict(num_classes=len(data.classes), batch_size=cfg.eval_batch_size, views=cfg.test_views)
+    result = evaluate(training.model, data.features, data.test, step, **scoring)
     scores, val = {"test": result.pop("scores")}, {}
     if data.val is not None:
-        val = evaluate(model, data.features, data.val, num_classes, cfg.eval_batch_size, device, rank, precision,
-                       cfg.test_views)
+        val = evaluate(training.model, data.features, data.val, step, **scoring)
         scores["val"] = val.pop("scores")
     metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
@@ -185,10 +190,10 @@ def _epoch_line(m: dict, epochs: int) -> str:
             f"class {m['mean_class_acc']:.1%}  lr {m['lr']:.0e}  {m['seconds']:.1f} s")
 
 
-def _save_epoch(rundir: RunDir, cfg: TrainConfig, config: dict, data: LevelData, model, optimizer,
-                device: torch.device, metrics: dict, scores: dict, state: _Progress) -> None:
+def _save_epoch(training: _Training, metrics: dict, scores: dict, state: _Progress) -> None:
     """Rank 0 after each epoch: the metrics line, the scores after the last epoch, then the checkpoints
     (scores first: a resumed run never lacks its scores)."""
+    rundir, cfg, data, device = training.rundir, training.cfg, training.data, training.step.device
     not_finite = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if not_finite or not all(np.isfinite(s).all() for s in scores.values()):
         raise TrainError(f"{rundir.path}: epoch {metrics['epoch']} gave non-finite results "
@@ -198,25 +203,18 @@ def _save_epoch(rundir: RunDir, cfg: TrainConfig, config: dict, data: LevelData,
     if metrics["epoch"] == cfg.epochs:
         for part, clips in (("test", data.test), ("val", data.val)):
             if clips is not None:
-                write_scores(rundir.path / f"scores_{part}.npz", scores[part], clips.keys, clips.labels.cpu().numpy(),
-                             data.classes, cfg.level, cfg.model, cfg.streams, cfg.split, data.cache_identity)
-    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": metrics["epoch"],
-                  "config": config, "best_video_top1": max(state.best, chosen_by),
+                write_scores(RunScores(run=rundir.path, level=cfg.level, model=cfg.model, streams=cfg.streams,
+                                       split=cfg.split, cache_identity=data.cache_identity, classes=data.classes,
+                                       keys=tuple(clips.keys), labels=clips.labels.cpu().numpy(), scores=scores[part]),
+                             part)
+    checkpoint = {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+                  "epoch": metrics["epoch"], "config": training.record, "best_video_top1": max(state.best, chosen_by),
                   "rng": {"cpu": torch.get_rng_state(),
                           "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
     if chosen_by > state.best:
-        rundir.save_checkpoint({k: v for k, v in checkpoint.items() if k != "rng"}, "best.pt")
-    rundir.save_checkpoint(checkpoint, "last.pt")
+        rundir.save_checkpoint({k: v for k, v in checkpoint.items() if k != "rng"}, BEST_CHECKPOINT)
+    rundir.save_checkpoint(checkpoint, LAST_CHECKPOINT)
     state.best = max(state.best, chosen_by)
-
-
-def use_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """The run's arithmetic on ``device`` (``cfg.precision_on``), with TF32 matrix products switched on
-    for the process when that is ``tf32``."""
-    precision = cfg.precision_on(device.type)
-    if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return precision
 
 
 def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -227,43 +225,51 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
 
 def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool = True) -> RunSummary:
     """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint.
-    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``."""
+    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``. The
+    process-wide flags of the run's arithmetic (TF32 on CUDA by default) hold while it trains and are put
+    back when it ends."""
     rank = distributed.current()
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
     if not rank.is_main:
         log, progress = _silent, False
-    rundir, config = RunDir(cfg.out), run_config(cfg)  # the caches' headers only
-    config["precision"] = use_precision(cfg, device)  # what this device computes in, for the record
-    finished = rundir.check(config, cfg.epochs, resume, log)
+    rundir, record = RunDir(cfg.out), run_record(cfg)  # the caches' headers only
+    record["precision"] = training_precision(cfg.precision, device)  # what this device computes in, for the record
+    finished = rundir.check(record, cfg.epochs, resume, log)
     if finished is not None:
         return finished
-    data = load_level_data(cfg, device, log)
-    distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
-    if rank.is_main:
-        rundir.start(config)
+    with precision_flags(record["precision"]):
+        data = load_level_data(cfg, device, log)
+        distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
+        if rank.is_main:
+            rundir.start(record)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
+        step_model = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
+        training = _Training(cfg, data, model, step_model, make_optimizer(model, cfg, device),
+                             StepContext(device, rank, record["precision"]), rundir, record)
+        state = _resume(training, log) if resume else _Progress()
+        if rank.is_main:
+            rundir.keep_metrics_until(state.start_epoch)
+        return _epochs(training, state, progress=progress, log=log if epoch_lines else _silent)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
-    trained = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
-    optimizer = make_optimizer(model, cfg, device)
-    state = _resume(rundir, model, optimizer, device, log) if resume else _Progress()
-    if rank.is_main:
-        rundir.keep_metrics_until(state.start_epoch)
 
+def _epochs(training: _Training, state: _Progress, *, progress: bool, log) -> RunSummary:
+    """The epochs from ``state.start_epoch`` on, each saved by rank 0 and logged through ``log``; the summary."""
+    cfg, rundir, rank = training.cfg, training.rundir, training.step.rank
     seconds, metrics = [], {}
     for epoch in range(state.start_epoch, cfg.epochs):
         try:
-            metrics, scores = _train_and_evaluate(epoch, cfg, data, trained, model, optimizer, device, rank, progress)
+            metrics, scores = _train_and_evaluate(training, epoch, progress=progress)
         except NonFiniteLoss as err:
             raise _diverged(rundir, cfg, epoch, err) from None
         seconds.append(metrics["seconds"])
         if rank.is_main:
-            _save_epoch(rundir, cfg, config, data, model, optimizer, device, metrics, scores, state)
-            (log if epoch_lines else _silent)(_epoch_line(metrics, cfg.epochs))
+            _save_epoch(training, metrics, scores, state)
+            log(_epoch_line(metrics, cfg.epochs))
     distributed.barrier()  # rank 0 has written the last epoch
     summary = RunSummary(out=str(rundir.path), epochs=cfg.epochs, final=metrics or rundir.last_metrics(),
-                         parameters=count_parameters(model),
+                         parameters=count_parameters(training.model),
                          seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=state.start_epoch)
     if rank.is_main:
         rundir.write_summary(summary)

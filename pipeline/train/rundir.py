@@ -1,15 +1,5 @@
-"""A training run's directory: what it holds, how each file is written, and how a run is loaded again.
-
-::
-
-    config.json        the training configuration and the identity of each cache read
-    metrics.jsonl      one line per epoch: loss, train acc, clip acc, video top-1/top-5, mean class acc, lr, s
-    last.pt, best.pt   model + optimiser + epoch + config (+ RNG state in last.pt, for --resume); best.pt is
-                       the epoch with the best video top-1 on the validation videos when there are some
-                       (--val-fraction), else on the test videos
-    scores_test.npz    the test videos' softmax scores (V, K) with keys and labels: what fusion reads
-    scores_val.npz     the same for the validation videos, with --val-fraction (fusion's weight search)
-    summary.json       written last; its presence marks the run complete
+"""A training run's directory: how each of its files is written and read, and how a run is loaded again.
+Which files it holds, their names and when a run is finished: ``pipeline/evaluate/layout.py``.
 
 Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded with
 ``torch.load(weights_only=True)``: opening a run directory never runs code from it.
@@ -30,6 +20,7 @@ from pipeline.cache.reader import read_identity
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainError, writing
 from pipeline.cache.identity import CacheIdentity, IdentityError, flat_settings, word_differences
+from pipeline.evaluate.layout import LAST_CHECKPOINT, RUN_RECORD, RunFiles
 from pipeline.train.heads import build_model
 
 # Settings that may change when a run is resumed: they do not change what the run computes (the cache
@@ -48,22 +39,22 @@ class RunSummary:
     already_complete: bool = False
 
 
-def run_config(cfg: TrainConfig) -> dict:
-    """config.json: the training settings and the identity of each cache read (headers only)."""
-    config = {"train": cfg.to_json(), "cache": read_identity(Path(cfg.cache)).to_json(), "mrrn_version": __version__}
+def run_record(cfg: TrainConfig) -> dict:
+    """The run record (config.json): the training settings and the identity of each cache read (headers only)."""
+    record = {"train": cfg.to_json(), "cache": read_identity(Path(cfg.cache)).to_json(), "mrrn_version": __version__}
     if cfg.flow_cache is not None:
-        config["flow_cache"] = read_identity(Path(cfg.flow_cache)).to_json()
-    return config
+        record["flow_cache"] = read_identity(Path(cfg.flow_cache)).to_json()
+    return record
 
 
-def _comparable(config: dict) -> dict:
+def _comparable(record: dict) -> dict:
     """The settings that decide what a run computes, flat, so a refusal can name each difference.
-    Fields added to the configuration after a run was made take their defaults."""
-    train = TrainConfig.from_json(config["train"]).to_json()
+    Fields added to the settings after a run was made take their defaults."""
+    train = TrainConfig.from_json(record["train"]).to_json()
     flat = flat_settings({k: v for k, v in train.items() if k not in RESUMABLE_FIELDS})
     for name, prefix in (("cache", "cache "), ("flow_cache", "flow cache ")):
-        if name in config:
-            flat.update(flat_settings(CacheIdentity.from_json(config[name]).to_json(), prefix))
+        if name in record:
+            flat.update(flat_settings(CacheIdentity.from_json(record[name]).to_json(), prefix))
     return flat
 
 
@@ -71,42 +62,34 @@ def _write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")  # strict JSON: never NaN or Infinity
 
 
-class RunDir:
-    """The files of one run directory (see the module docstring)."""
+class RunDir(RunFiles):
+    """One run directory: reading and writing its files (where they are: ``RunFiles``)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.config_file = self.path / "config.json"
-        self.metrics_file = self.path / "metrics.jsonl"
-        self.summary_file = self.path / "summary.json"
-
-    def is_complete(self) -> bool:
-        return self.summary_file.is_file()
-
-    def read_config(self) -> dict | None:
-        if not self.config_file.is_file():
+    def read_record(self) -> dict | None:
+        """The run record, None when there is none yet; a damaged one is refused."""
+        if not self.record_file.is_file():
             return None
         try:
-            config = json.loads(self.config_file.read_text())
-            _comparable(config)  # every field it needs is there and readable
-            return config
+            record = json.loads(self.record_file.read_text())
+            _comparable(record)  # every field it needs is there and readable
+            return record
         except (ValueError, KeyError, TypeError, IdentityError) as err:
-            raise TrainError(f"{self.config_file}: damaged run configuration ({type(err).__name__}: {err}); "
+            raise TrainError(f"{self.record_file}: damaged run configuration ({type(err).__name__}: {err}); "
                              "use another --out") from None
 
-    def check(self, config: dict, epochs: int, resume: bool, log) -> RunSummary | None:
+    def check(self, record: dict, epochs: int, resume: bool, log) -> RunSummary | None:
         """Before training into this directory: the finished run's summary when it already holds this run
         with these epochs; None when training may start (or resume); a refusal otherwise."""
         if self.path.exists() and not self.path.is_dir():
             raise TrainError(f"{self.path}: exists and is not a directory; --out names a run directory")
-        old = self.read_config()
+        old = self.read_record()
         if old is None:
             return None
-        if _comparable(old) != _comparable(config):
+        if _comparable(old) != _comparable(record):
             raise TrainError(f"{self.path}: holds a run of another configuration "
-                             f"({word_differences(_comparable(old), _comparable(config))}); use another --out")
+                             f"({word_differences(_comparable(old), _comparable(record))}); use another --out")
         done = old["train"]["epochs"]
-        if self.is_complete():
+        if self.is_finished():
             if epochs == done:
                 log(f"{self.path}: already complete ({epochs} epochs); nothing to do")
                 return RunSummary(**{**self.read_summary(), "already_complete": True})
@@ -120,19 +103,19 @@ class RunDir:
         if not resume:
             raise TrainError(f"{self.path}: holds an unfinished run of this configuration; pass --resume to continue "
                              "it or use another --out")
-        reached = self.load_checkpoint("last.pt")["epoch"] if (self.path / "last.pt").is_file() else 0
+        reached = self.load_checkpoint(LAST_CHECKPOINT)["epoch"] if self.checkpoint_file(LAST_CHECKPOINT).is_file() else 0
         if reached > epochs:
             raise TrainError(f"{self.path}: its last checkpoint is of epoch {reached}; a run is extended, never "
                              f"shortened: use another --out for {epochs} epochs")
         return None
 
-    def start(self, config: dict) -> None:
-        """Training begins (or goes on): the configuration is written and the run is unfinished until
-        summary.json is written again."""
+    def start(self, record: dict) -> None:
+        """Training begins (or goes on): the run record is written and the run is unfinished until its
+        summary is written again."""
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             self.summary_file.unlink(missing_ok=True)
-        _write_json(self.config_file, config)
+        _write_json(self.record_file, record)
 
     # -- metrics and summary
 
@@ -164,13 +147,13 @@ class RunDir:
     def save_checkpoint(self, state: dict, name: str) -> None:
         buffer = io.BytesIO()  # serialised first, so a failed write is an OS error naming its cause
         torch.save(state, buffer)
-        with atomic_file(self.path / name) as f:
+        with atomic_file(self.checkpoint_file(name)) as f:
             f.write(buffer.getbuffer())
 
     def load_checkpoint(self, name: str) -> dict:
         """A checkpoint of plain data (tensors, numbers, strings, lists, dicts), on the CPU; anything that
         would need code to unpickle is refused."""
-        path = self.path / name
+        path = self.checkpoint_file(name)
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a damaged or unsafe file
@@ -187,16 +170,17 @@ class TrainedRun:
     identities: tuple[CacheIdentity, ...]  # the caches it reads: one, or RGB and flow (twostream)
 
 
-def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt") -> TrainedRun:
+def load_run(run: str | Path, device: torch.device, checkpoint: str = LAST_CHECKPOINT) -> TrainedRun:
     """A finished run's model (the last epoch's, which produced its reported scores) ready for inference."""
     rundir = RunDir(run)
-    config = rundir.read_config()
-    if not (rundir.path / checkpoint).is_file() or config is None:
-        raise TrainError(f"{rundir.path}: not a run directory with {checkpoint} and config.json")
-    if not rundir.is_complete():
-        raise TrainError(f"{rundir.path}: not a finished run (no summary.json); finish it with `mrrn train ... --resume`")
-    cfg = TrainConfig.from_json(config["train"])
-    identities = tuple(CacheIdentity.from_json(config[c]) for c in ("cache", "flow_cache") if c in config)
+    record = rundir.read_record()
+    if not rundir.checkpoint_file(checkpoint).is_file() or record is None:
+        raise TrainError(f"{rundir.path}: not a run directory with {checkpoint} and {RUN_RECORD}")
+    unfinished = rundir.unfinished_reason()
+    if unfinished:
+        raise TrainError(unfinished)
+    cfg = TrainConfig.from_json(record["train"])
+    identities = tuple(CacheIdentity.from_json(record[c]) for c in ("cache", "flow_cache") if c in record)
     width = sum(identity.level_widths[cfg.level] for identity in identities)
     classes = identities[0].classes
     model = build_model(cfg, width, len(classes))
@@ -204,7 +188,7 @@ def load_run(run: str | Path, device: torch.device, checkpoint: str = "last.pt")
     try:
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as err:
-        raise TrainError(f"{rundir.path / checkpoint}: does not fit the run's model ({str(err).splitlines()[0]})") from None
+        raise TrainError(f"{rundir.checkpoint_file(checkpoint)}: does not fit the run's model ({str(err).splitlines()[0]})") from None
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
-        raise TrainError(f"{rundir.path / checkpoint}: the model's weights are not finite; retrain the run")
+        raise TrainError(f"{rundir.checkpoint_file(checkpoint)}: the model's weights are not finite; retrain the run")
     return TrainedRun(rundir.path, cfg, model.to(device).eval(), classes, identities)

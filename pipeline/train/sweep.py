@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_text
 from pipeline.cache.reader import read_identity
-from pipeline.config import LEVELS, TrainConfig, caches_for_run, views_option
+from pipeline.config import LEVELS, TrainConfig, caches_for_runs, views_option
 from pipeline.errors import ConfigError, writing
 from pipeline.train.rundir import RunSummary
 from pipeline.train.loop import fit
@@ -33,24 +33,38 @@ def run_name(cfg: TrainConfig) -> str:
     return f"{prefix}{cfg.level}_{model}_h{cfg.hidden}_l{cfg.layers}_{cfg.pool}"
 
 
-def grid(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, modalities=None, flow_cache=None,
-         stream_fusions=("sum",)) -> list[TrainConfig]:
-    """Every combination, as configs with their own run directory under ``out`` (duplicates dropped).
-    Single-stream heads run once per modality (flow runs read ``flow_cache`` when given, else
-    ``base.cache``); twostream runs once per stream fusion, on ``base.cache`` (RGB) and ``flow_cache``."""
-    modalities = modalities or [base.modality]
-    if "twostream" in models and flow_cache is None:
-        raise ConfigError("--models twostream needs --flow-cache beside the RGB --cache")
-    if set(modalities) == {"rgb", "flow"} and flow_cache is None:
-        raise ConfigError("--modalities rgb,flow needs --flow-cache beside the RGB --cache")
+@dataclasses.dataclass(frozen=True)
+class SweepAxes:
+    """What a sweep varies: every combination is one run. An empty axis holds the base settings' value."""
+
+    levels: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    hiddens: tuple[int, ...] = ()
+    layers: tuple[int, ...] = ()
+    pools: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()  # single-stream heads run once per modality; twostream on RGB | flow
+    stream_fusions: tuple[str, ...] = ()  # twostream only
+
+    def combinations(self, base: TrainConfig) -> list[tuple]:
+        """(modality, level, model, hidden, layers, pool, stream fusion) of every run, in the tables' order."""
+        axes = [(self.modalities, base.modality), (self.levels, base.level), (self.models, base.model),
+                (self.hiddens, base.hidden), (self.layers, base.layers), (self.pools, base.pool),
+                (self.stream_fusions, base.stream_fusion)]
+        return list(itertools.product(*(tuple(values) or (default,) for values, default in axes)))
+
+
+def grid(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str | Path | None = None) -> list[TrainConfig]:
+    """Every combination of ``axes``, as settings with their own run directory under ``out`` (duplicates
+    dropped). Single-stream heads run once per modality; twostream once per stream fusion, on RGB. Which
+    caches each reads, ``base.cache`` and ``flow_cache``: ``config.caches_for_runs``."""
+    runs = [dict(modality="rgb" if model == "twostream" else modality, level=level, model=model, hidden=hidden,
+                 layers=n_layers, pool=pool, stream_fusion=fusion if model == "twostream" else base.stream_fusion)
+            for modality, level, model, hidden, n_layers, pool, fusion in axes.combinations(base)]
+    reads = caches_for_runs([(run["model"], run["modality"]) for run in runs], base.cache,
+                            None if flow_cache is None else str(flow_cache))
     configs: dict[str, TrainConfig] = {}
-    for modality, level, model, hidden, n_layers, pool, fusion in itertools.product(
-            modalities, levels, models, hiddens, layers, pools, stream_fusions):
-        modality = "rgb" if model == "twostream" else modality
-        cache, run_flow_cache = caches_for_run(model, modality, base.cache, None if flow_cache is None else str(flow_cache))
-        cfg = dataclasses.replace(base, cache=cache, flow_cache=run_flow_cache, modality=modality, level=level,
-                                  model=model, hidden=hidden, layers=n_layers, pool=pool,
-                                  stream_fusion=fusion if model == "twostream" else base.stream_fusion)
+    for run, (cache, run_flow_cache) in zip(runs, reads):
+        cfg = dataclasses.replace(base, cache=cache, flow_cache=run_flow_cache, **run)
         configs.setdefault(run_name(cfg), dataclasses.replace(cfg, out=str(out / run_name(cfg))))
     return sorted(configs.values(), key=lambda c: c.model == "twostream")  # single streams first
 
@@ -167,22 +181,21 @@ def _one_cache(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run_sweep(base: TrainConfig, out: Path, levels, models, hiddens, layers, pools, modalities=None, flow_cache=None,
-              stream_fusions=("sum",), progress=True, log=print, caches: list[str] | None = None):
+def run_sweep(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str | Path | None = None,
+              caches: list[str] | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train every configuration of the grid (resuming unfinished runs, skipping finished ones), then
     write ``results.csv`` and ``results.md`` in ``out``. With several ``caches`` (of one dataset) the grid
     runs on each, in ``out/<cache name>/``. Returns the rows."""
     out = Path(out)
     caches = caches or [base.cache]
-    if len(caches) > 1 and (flow_cache is not None or "twostream" in models):
+    if len(caches) > 1 and (flow_cache is not None or "twostream" in axes.models):
         raise ConfigError("--caches compares RGB caches; sweep flow and twostream runs with --cache and --flow-cache")
     described = check_caches(caches)
     configs = []
     for label, cache in described.items():
         where = out / label if len(caches) > 1 else out
-        configs += [(cache | {"label": label}, cfg) for cfg in grid(
-            dataclasses.replace(base, cache=cache["path"]), where, levels, models, hiddens, layers, pools, modalities,
-            flow_cache, stream_fusions)]
+        configs += [(cache | {"label": label}, cfg)
+                    for cfg in grid(dataclasses.replace(base, cache=cache["path"]), where, axes, flow_cache=flow_cache)]
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     rows = []

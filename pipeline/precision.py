@@ -1,0 +1,74 @@
+"""Arithmetic precision, decided here once: what ``--precision`` means on a device for extraction and for
+training, the autocast a precision computes under, and the process-wide TF32 and cuDNN flags it needs,
+set for a piece of work and put back after it.
+
+Extraction runs the frozen backbone in fp32, bf16 or fp16 (its weights cast once); training computes its
+heads in fp32, with TF32 matrix products (tf32), or with bf16 projections under autocast (bf16). The
+choices the command line offers are ``config.PRECISIONS`` and ``config.TRAIN_PRECISIONS``.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+REDUCED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precisions that compute in 16 bits
+TF32_ALLOWED = {"fp32": False, "tf32": True}  # fp32 means IEEE float32; bf16 and fp16 leave the switches alone
+
+
+def extraction_precision(requested: str, device: torch.device) -> str:
+    """What `mrrn extract --precision` computes in on ``device``: ``auto`` is bf16 on CUDA GPUs that compute
+    it natively (Ampere and later), fp16 on older ones, fp32 on the CPU; any other value as asked."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":  # bf16 where the GPU computes it natively, not emulated
+        with torch.cuda.device(device):
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return "fp32"
+
+
+def prediction_precision(recorded: str, device: torch.device) -> str:
+    """What `mrrn predict` extracts new videos in: on CUDA the precision the runs' cache records, so that
+    their features are computed as the cache's were; on the CPU fp32."""
+    return recorded if device.type == "cuda" else "fp32"
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    """What `mrrn train --precision` computes in on ``device``: the CPU always in fp32; on CUDA ``auto``
+    is tf32, any other value as asked."""
+    if device.type != "cuda":
+        return "fp32"
+    return "tf32" if requested == "auto" else requested
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a resolved precision computes in: bfloat16, float16, else float32 (fp32 and tf32)."""
+    return REDUCED_DTYPES.get(precision, torch.float32)
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast a resolved precision computes under on ``device``: bf16 or fp16 autocast; nothing for
+    fp32 and tf32 (TF32 is a flag, see :func:`precision_flags`)."""
+    if precision not in REDUCED_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=REDUCED_DTYPES[precision])
+
+
+@contextlib.contextmanager
+def precision_flags(precision: str, *, fixed_shapes: bool = False) -> Iterator[None]:
+    """Within the block, the process-wide CUDA flags a resolved ``precision`` needs: TF32 matrix products
+    and cuDNN convolutions off for fp32, on for tf32, as they were for bf16 and fp16; with
+    ``fixed_shapes`` (every batch the same shape, as in extraction) cuDNN benchmarks its algorithms and
+    keeps the fastest. The previous values are put back on leaving the block, also on an error, so that
+    code calling mrrn keeps its own settings."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark
+    try:
+        if precision in TF32_ALLOWED:
+            matmul.allow_tf32 = cudnn.allow_tf32 = TF32_ALLOWED[precision]
+        if fixed_shapes:
+            cudnn.benchmark = True
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = saved
