@@ -2,7 +2,8 @@
 # Variables (override on the command line, e.g. `make index DATASET=hmdb51 ROOT=... SPLITS=...`):
 PYTHON  ?= python3
 CONSTRAINTS ?= constraints.txt
-VENV    := .venv
+LOCK_PYTHONS ?= python3.10 python3.11 python3.12
+VENV    ?= .venv
 PY      := $(VENV)/bin/python
 MRRN    := $(VENV)/bin/mrrn
 STAMP   := $(VENV)/.mrrn-installed
@@ -42,7 +43,7 @@ DEMO_FLIP_CACHE := data/sample_flip.h5
 
 help:
 	@echo "make install   create .venv and install mrrn (editable) with test + report extras, at constraints.txt's versions"
-	@echo "make lock      rewrite constraints.txt from a fresh install of the newest allowed releases"
+	@echo "make lock      rewrite constraints.txt: the newest allowed releases for each of LOCK_PYTHONS"
 	@echo "make test      run the test suite (installs first if needed)"
 	@echo "make demo      run the pipeline end to end on the bundled sample dataset"
 	@echo "make sample    generate the sample dataset into $(SAMPLE)"
@@ -60,20 +61,15 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,report]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+	$(PY) -m pip install -e '.[test,report]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) || { echo "Error: $(CONSTRAINTS): the pinned\
+	 releases did not install on $$($(PY) --version) (pip's reason above); make install CONSTRAINTS= installs the newest allowed" >&2; exit 1; }
 	touch $(STAMP)
 
-# A fresh environment with the newest releases setup.cfg allows, frozen into constraints.txt.
-# Run `make install test demo` afterwards and commit constraints.txt only if both pass.
+# The newest releases setup.cfg allows, resolved on each of LOCK_PYTHONS (nothing is installed), frozen into
+# constraints.txt with a python_version marker where they differ. Run `rm -rf .venv && make test demo`
+# afterwards and commit constraints.txt only if both pass.
 lock:
-	rm -rf .venv-lock
-	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install --upgrade pip
-	.venv-lock/bin/python -m pip install -e '.[test,report]'
-	head -3 constraints.txt > constraints.txt.new
-	.venv-lock/bin/python -m pip freeze --exclude-editable >> constraints.txt.new
-	mv constraints.txt.new constraints.txt
-	rm -rf .venv-lock
+	$(PYTHON) .ci/lock.py constraints.txt $(LOCK_PYTHONS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

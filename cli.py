@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from pipeline.config import (
     default,
     default_workers,
 )
-from pipeline.errors import MrrnError
+from pipeline.errors import MrrnError, first_line
 
 
 class _Number(click.FloatRange):
@@ -64,8 +65,28 @@ def user_errors():
     """Turn the pipeline's errors about the user's input and world into ``Error: ...`` and exit status 1."""
     try:
         yield
-    except MrrnError as err:
-        raise click.ClickException(str(err)) from None
+    except MrrnError as err:  # one line, even where a library's text of many lines slipped into the message
+        raise click.ClickException(first_line(err)) from None
+
+
+INTERRUPTED = 130  # the exit status after Ctrl-C: 128 + SIGINT, as a shell gives
+
+
+@contextlib.contextmanager
+def interrupted(kept, *, resume: bool = False):
+    """Ctrl-C during a long command: once the pipeline has put its finished work on disk, say how much
+    ``kept()`` holds and the command that continues (this one, with --resume when ``resume``), and exit
+    with status :data:`INTERRUPTED`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if "WORLD_SIZE" not in os.environ:  # not a rank under torchrun (whose command line is not the user's)
+            args = sys.argv[1:] + (["--resume"] if resume and "--resume" not in sys.argv else [])
+            program = sys.argv[0] if Path(sys.argv[0]).name == "mrrn" else "mrrn"
+            with contextlib.suppress(MrrnError, OSError):
+                _log(f"interrupted: {kept()}")
+            _log(f"continue with: {shlex.join([program, *args])}")
+        raise click.exceptions.Exit(INTERRUPTED) from None
 
 
 def _nproc_option(f):
@@ -79,7 +100,7 @@ def _relaunch_under_torchrun(nproc: int, device: str) -> None:
     """``--nproc N`` outside torchrun: run this same command line under torchrun with N processes and exit
     with its status. Under torchrun (WORLD_SIZE set) the option is ignored: torchrun decides."""
     if nproc < 1:
-        raise click.BadParameter("must be >= 1", param_hint="--nproc")
+        raise click.BadParameter(f"{nproc} is not in the range x>=1", param_hint="--nproc")
     if nproc == 1 or "WORLD_SIZE" in os.environ:
         return
     from pipeline.distributed import check_gpus, launch
@@ -115,7 +136,62 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100, "max_content_width": 100})
+def _count(n: int, noun: str) -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _videos_in(cache: str) -> str:
+    """What an interrupted extraction kept."""
+    from pipeline.cache.reader import FeatureCache
+
+    if not Path(cache).is_file():
+        return "no video was finished; nothing was written"
+    with FeatureCache(cache) as done:
+        return f"{_count(len(done.videos), 'finished video')} kept in {cache}"
+
+
+def _epochs_in(run: str) -> str:
+    """What an interrupted training run kept."""
+    from pipeline.train.rundir import RunDir
+
+    epochs = RunDir(run).checkpoint_epoch() if Path(run).is_dir() else 0
+    return f"{_count(epochs, 'finished epoch')} kept in {run}" if epochs else "no epoch was finished; nothing was kept"
+
+
+def _runs_in(out: Path) -> str:
+    """What an interrupted sweep kept: its finished runs (the unfinished one keeps its finished epochs)."""
+    from pipeline.evaluate.layout import RunFiles
+
+    finished = sum(RunFiles(d).is_finished() for d in [*out.glob("*"), *out.glob("*/*")] if d.is_dir())
+    return f"{_count(finished, 'finished run')} kept in {out} (an unfinished run keeps its finished epochs)"
+
+
+def _old_weights_option(ctx, param, value):
+    if value is not None:
+        _log("warning: --weights is now --backbone-weights; the old spelling still works for now "
+             "(fusion weights keep --weights in `mrrn fuse`)")
+    return value
+
+
+class _Commands(click.Group):
+    """The command group; an option value out of range or of the wrong kind is a user error like any other:
+    one line, ``Error: --option: reason`` naming the value, and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.MissingParameter:
+            raise  # a usage error, shown with the usage
+        except click.BadParameter as err:
+            param = err.param
+            name = err.param_hint or (param.opts[0] if isinstance(param, click.Option) else
+                                      param.human_readable_name if param is not None else "value")
+            raise click.ClickException(f"{name}: {err.message.rstrip('.')}") from None
+
+
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 100, "max_content_width": 100})
 @click.version_option(__version__, prog_name="mrrn")
 def main():
     """MRRN: multi-level recurrent residual networks for action recognition.
@@ -142,6 +218,8 @@ def index(dataset, root, splits, split, test_fraction, strict, as_json):
         idx = datasets.build_index(dataset, root, splits, split, test_fraction=test_fraction, strict=strict)
     if idx.missing:
         _log(f"warning: {datasets.describe_missing(idx.missing, idx.root)}")
+    if datasets.one_class_warning(idx.classes):
+        _log(f"warning: {datasets.one_class_warning(idx.classes)}")
     s = idx.summary()
     if as_json:
         click.echo(json.dumps(s))
@@ -178,8 +256,7 @@ def _list_backbones(ctx, param, value):
               help="'imagenet' (the backbone's default torchvision weights, download/cache), a torchvision weights "
                    "name (e.g. ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1), 'random' (seeded; tests and the demo) or a "
                    f"state_dict path [default: {default(ExtractConfig, 'backbone_weights')}].")
-@click.option("--weights", "legacy_weights", default=None, hidden=True,
-              deprecated="--weights is now --backbone-weights (fusion weights keep --weights in `mrrn fuse`)")
+@click.option("--weights", "legacy_weights", default=None, hidden=True, callback=_old_weights_option)
 @click.option("--seed", type=int, default=default(ExtractConfig, "seed"), show_default=True,
               help="Seed for --backbone-weights random.")
 @click.option("--device", default=default(ExtractConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -218,7 +295,10 @@ def _list_backbones(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_nproc_option
 def extract(*, backbone_weights, legacy_weights, flow_method, flow_bound, flow_size, quiet, nproc, **settings):
-    """Stage 1: frozen backbone features (ResNet-34 by default) of every video into an HDF5 cache (resumable)."""
+    """Stage 1: extract every video's backbone features into an HDF5 cache.
+
+    The backbone is a frozen ResNet-34 by default. Extraction is resumable: the same command continues an
+    interrupted run."""
     _relaunch_under_torchrun(nproc, settings["device"])
     if _workers_likely(settings["workers"], settings["device"]):
         from pipeline.extract.workers import start_early
@@ -234,11 +314,13 @@ def extract(*, backbone_weights, legacy_weights, flow_method, flow_bound, flow_s
             **settings, backbone_weights=backbone_weights or legacy_weights or default(ExtractConfig, "backbone_weights"),
             flow=FlowSpec(method=flow_method, bound=flow_bound, size=flow_size),
         )
-        s = run_extract(cfg, progress=not quiet, log=_log)
+        with interrupted(lambda: _videos_in(cfg.out)):
+            s = run_extract(cfg, progress=not quiet, log=_log)
     click.echo(
         (f"rank {rank.rank}/{rank.world}: " if rank.distributed else "") +
-        f"extracted {s.extracted} videos ({s.frames} frames) in {s.seconds:.1f} s, {s.frames_per_second:.1f} frames/s "
-        f"on {s.device}; {s.already_done} were already done, {len(s.failed)} failed, {s.missing} missing; "
+        f"extracted {_count(s.extracted, 'video')} ({_count(s.frames, 'frame')}) in {s.seconds:.1f} s, "
+        f"{s.frames_per_second:.1f} frames/s on {s.device}; {s.already_done} {'was' if s.already_done == 1 else 'were'} "
+        f"already done, {len(s.failed)} failed, {s.missing} missing; "
         f"weights {s.weights} -> {s.out}"
     )
     for key, reason in s.failed:
@@ -298,7 +380,8 @@ def _train_options(f):
                      show_default=True, help="Arithmetic of the projections on CUDA: auto = tf32; bf16 autocasts them. "
                                              "CPU runs stay in float32. The run's config.json records what was used."),
         click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
-                     help="Train even if some split videos are not in the cache."),
+                     help="Train even if some split videos are not in the cache (missing on disk, failed to "
+                          "decode); every number then says what it is over ('over 31 of 32 test videos')."),
         click.option("--val-fraction", type=FRACTION, default=default(TrainConfig, "val_fraction"), show_default=True,
                      help="Hold out this share of each class's training videos for validation (fusion --search)."),
         click.option("--train-views", type=_choice(TRAIN_VIEWS), default=default(TrainConfig, "train_views"),
@@ -314,11 +397,24 @@ def _train_options(f):
     return f
 
 
+def _not_a_directory(option: str, path) -> None:
+    """A cache option naming a directory is refused saying what the directory is (a run, sweep or fusion)."""
+    if path is None or not Path(path).is_dir():
+        return
+    from pipeline.evaluate.layout import KIND_COMMANDS, directory_kind
+
+    kind = directory_kind(path)
+    what = f"a {kind} directory (made by `mrrn {KIND_COMMANDS[kind]}`)" if kind else "a directory"
+    raise click.ClickException(f"{path}: {what}, not a cache; {option} names the .h5 file `mrrn extract` wrote")
+
+
 def _train_config(settings: dict) -> TrainConfig:
     """A TrainConfig from train/sweep options named after its fields, reading the caches
     ``config.caches_for_runs`` gives the run."""
     if settings["cache"] is None:
         raise click.UsageError("Missing option '--cache'.")
+    for option in ("--cache", "--flow-cache"):
+        _not_a_directory(option, settings[option[2:].replace("-", "_")])
     clip = ClipSpec(settings.pop("length"), settings.pop("stride"), settings.pop("max_clips"))
     flow_cache = None if settings["flow_cache"] is None else str(settings["flow_cache"])
     [(cache, flow_cache)] = caches_for_runs([(settings["model"], settings["modality"])], str(settings["cache"]),
@@ -343,32 +439,43 @@ def _train_config(settings: dict) -> TrainConfig:
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out from its last checkpoint.")
 @_nproc_option
 def train(resume, quiet, nproc, **settings):
-    """Stage 2: train one level's classifier on the cache; writes metrics, checkpoints and test scores."""
+    """Stage 2: train one level's classifier on a cache.
+
+    The run directory gets the metrics, checkpoints and the test videos' scores."""
     _relaunch_under_torchrun(nproc, settings["device"])
     from pipeline import distributed
     from pipeline.train.loop import fit
 
     with user_errors():
         cfg = _train_config(settings)
-        s = fit(cfg, resume=resume, progress=not quiet, log=_log)
+        with interrupted(lambda: _epochs_in(cfg.out), resume=True):
+            s = fit(cfg, resume=resume, progress=not quiet, log=_log)
     if not distributed.current().is_main:
         return
     f = s.final
     click.echo(f"{cfg.model} {cfg.streams} {cfg.level}: video top-1 {f['video_top1']:.1%}, top-5 {f['video_top5']:.1%}, "
-               f"mean class {f['mean_class_acc']:.1%}, clip {f['clip_acc']:.1%} after {s.epochs} epochs "
+               f"mean class {f['mean_class_acc']:.1%}, clip {f['clip_acc']:.1%}"
+               + (f" {s.computed_on['statement']}" if s.computed_on and not s.computed_on["complete"] else "")
+               + f" after {_count(s.epochs, 'epoch')} "
                f"({s.parameters:,} parameters, {s.seconds_per_epoch:.1f} s/epoch) -> {s.out}")
 
 
-def _csv(kind, choices=None):
-    """A click callback turning 'a,b,c' into a list of ``kind``, checked against ``choices`` (None passes)."""
+def _csv(kind, choices=None, minimum=None):
+    """A click callback turning 'a,b,c' into a list of ``kind``, checked against ``choices`` (None passes) and
+    ``minimum``; a refusal names the value that is wrong."""
 
     def parse(ctx, param, value):
         if value is None:
             return None
-        try:
-            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected a comma-separated list, got {value!r}") from None
+        items = []
+        for text in (v.strip() for v in value.split(",")):
+            try:
+                item = kind(text) if text else None
+            except ValueError:
+                raise click.BadParameter(f"{text!r} in {value!r} is not {'an integer' if kind is int else 'valid'}") from None
+            if item is not None and minimum is not None and item < minimum:
+                raise click.BadParameter(f"{item} in {value!r} is not in the range x>={minimum}")
+            items += [] if item is None else [item]
         bad = [v for v in items if choices is not None and v not in choices]
         if bad or not items:
             raise click.BadParameter(f"{', '.join(map(str, bad)) or 'nothing'} not in {', '.join(choices or [])}")
@@ -384,9 +491,9 @@ def _csv(kind, choices=None):
               callback=_csv(str, list(LEVELS)), help="Comma-separated levels.")
 @click.option("--models", "--model", "models", default=default(TrainConfig, "model"), show_default=True,
               callback=_csv(str, list(MODELS)), help="Comma-separated heads.")
-@click.option("--hidden", default=str(default(TrainConfig, "hidden")), show_default=True, callback=_csv(int),
+@click.option("--hidden", default=str(default(TrainConfig, "hidden")), show_default=True, callback=_csv(int, minimum=1),
               help="Comma-separated hidden sizes.")
-@click.option("--layers", default=str(default(TrainConfig, "layers")), show_default=True, callback=_csv(int),
+@click.option("--layers", default=str(default(TrainConfig, "layers")), show_default=True, callback=_csv(int, minimum=1),
               help="Comma-separated depths.")
 @click.option("--pool", default=default(TrainConfig, "pool"), show_default=True, callback=_csv(str, list(POOLS)),
               help="Comma-separated temporal poolings.")
@@ -401,19 +508,24 @@ def _csv(kind, choices=None):
                    "with a column for the cache. Instead of --cache.")
 def sweep(*, out, levels, models, hidden, layers, pool, modalities, stream_fusion, quiet, flow_cache, caches,
           **settings):
-    """Train a grid of runs on one cache, on RGB and flow caches, or on several caches (finished runs are
-    skipped), and write results.csv and results.md: one comparison table."""
+    """Train a grid of runs and write one comparison table.
+
+    The grid runs on one cache, on RGB and flow caches, or on several caches; finished runs are skipped.
+    The table is written to results.csv and results.md."""
     from pipeline.train.sweep import SweepAxes, run_sweep
 
     if caches and settings["cache"] is not None:
         raise click.UsageError("give either --cache or --caches")
+    for cache in caches or ():
+        _not_a_directory("--caches", cache)
     axes = SweepAxes(levels=tuple(levels), models=tuple(models), hiddens=tuple(hidden), layers=tuple(layers),
                      pools=tuple(pool), modalities=tuple(modalities or ()), stream_fusions=tuple(stream_fusion))
     with user_errors():
         base = _train_config({**settings, "cache": caches[0] if caches else settings["cache"], "out": out / "_",
                               "level": levels[0], "model": "rrn", "hidden": hidden[0], "layers": layers[0],
                               "pool": pool[0], "flow_cache": None})
-        run_sweep(base, out, axes, flow_cache=flow_cache, caches=caches, progress=not quiet, log=_log)
+        with interrupted(lambda: _runs_in(out)):
+            run_sweep(base, out, axes, flow_cache=flow_cache, caches=caches, progress=not quiet, log=_log)
     click.echo((out / "results.md").read_text(), nl=False)
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
 
@@ -430,7 +542,9 @@ def sweep(*, out, levels, models, hidden, layers, pool, modalities, stream_fusio
                    f"{','.join(f'{k}={v:g}' for k, v in PAPER_FUSION_WEIGHTS.items())}].")
 @click.option("--search", is_flag=True, help="Choose the weights on the runs' validation videos (--val-fraction).")
 def fuse(runs, out, method, weights, search):
-    """Fuse several runs' video scores (eq. 10, or sum / product) and write the summary and report."""
+    """Fuse the video scores of several runs and write a summary and a report.
+
+    By default the paper's weighted average of the levels (eq. 10); or --method sum or product."""
     from pipeline.evaluate.fuse import parse_weights, run_fuse, summary_markdown
     from pipeline.evaluate.layout import FusionFiles
 
@@ -455,7 +569,9 @@ def _report(directory: Path):
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 def report(directory):
-    """Write confusion matrix, per-class accuracy and training-curve PNGs and report.md for a run or fuse directory."""
+    """Write the report of a run or fusion directory.
+
+    The confusion matrix, per-class accuracy and training curves as PNGs, and report.md."""
     from pipeline.evaluate.report import write_report
 
     with user_errors():
@@ -475,7 +591,9 @@ def report(directory):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of {video, top: [{class, probability}], error}.")
 def predict(videos, run_dirs, top, method, backbone_weights, device, as_json):
-    """Classify new videos with trained runs (the backbone is rebuilt exactly as the runs' cache was made)."""
+    """Classify new videos with trained runs.
+
+    The backbone is rebuilt exactly as the runs' cache was made."""
     from pipeline.predict import predict as run_predict
 
     with user_errors():
@@ -546,14 +664,16 @@ def run() -> None:
     that skips the interpreter's teardown once output is flushed. Every file is closed by then, and
     torch's teardown alone takes over a second, which a short extraction or training run would pay
     every time. A failure leaves the usual way, so that every clean-up handler runs."""
+    status = 0
     try:
         main()
     except SystemExit as done:
-        if done.code not in (None, 0):
+        if done.code not in (None, 0, INTERRUPTED):  # after Ctrl-C the work is on disk and said: leave as fast
             raise
+        status = done.code or 0
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,10 @@ class ClipSpec:
             raise ConfigError(f"clip length, stride and max clips must be >= 1, got {self}")
 
 
+ADAM_BETA1 = 0.9  # torch's default, which training uses: Adam's first step divides the rate by 1 - beta1
+FLOAT32_MAX = 3.4028234663852886e38  # the optimiser computes its steps in float32
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """`mrrn train`: the paper's defaults, all overridable. ``lr=None`` means the level's paper rate."""
@@ -285,6 +289,9 @@ class TrainConfig:
         _require_fraction("SRU dropout", self.sru_dropout)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"the learning rate must be a finite number > 0, got {self.lr}")
+        if self.lr is not None and self.lr / (1 - ADAM_BETA1) > FLOAT32_MAX:  # Adam's first step, in float32
+            raise ConfigError(f"--lr {self.lr:g}: too large: Adam's first step is {1 / (1 - ADAM_BETA1):g} times the "
+                              f"rate, beyond float32's range ({FLOAT32_MAX:.1e}); rates that train are far below 1")
         if not (math.isfinite(self.lr_gamma) and self.lr_gamma > 0):
             raise ConfigError(f"the learning-rate factor must be a finite number > 0, got {self.lr_gamma}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

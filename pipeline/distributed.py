@@ -73,6 +73,9 @@ def check_gpus(nproc: int, device: str) -> None:
     """Refuse, before any process starts, more processes on this machine than it has GPUs when they
     would run on GPUs (each rank needs its own)."""
     count = gpu_count()
+    if nproc > 1 and device.startswith("cuda") and count == 0:  # auto runs on the CPU then
+        raise ConfigError(f"--device {device}: this machine has no GPU that CUDA can use, so --nproc {nproc} cannot "
+                          "put a process on each; use --device cpu (or auto)")
     if nproc > 1 and device != "cpu" and 0 < count < nproc:
         raise ConfigError(f"--nproc {nproc}: each process needs its own GPU and this machine has {count}; "
                           f"use --nproc {count}, or --device cpu")
@@ -154,6 +157,10 @@ def launch(nproc: int, script: str | Path, args: list[str]) -> int:
     the library never imports it."""
     from torch.distributed.run import get_args_parser, run
 
+    # torchrun gives each process one thread unless OMP_NUM_THREADS is set, and says so in a banner on
+    # every launch; setting the same value here keeps its choice without the banner (set the variable
+    # yourself to give each process more threads: docs/distributed.md).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     options = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", str(script), *args])
     try:
         run(options)

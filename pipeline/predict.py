@@ -15,7 +15,8 @@ from pipeline.train.level_data import stack_streams
 from pipeline.extract.features import video_features
 from pipeline.evaluate.fuse import FuseError, default_method, fuse, weights_for
 from pipeline.cache.identity import CacheIdentity
-from pipeline.train.rundir import TrainedRun, load_run
+from pipeline.cache.contents import conflict
+from pipeline.train.rundir import RunDir, TrainedRun, load_run
 from pipeline.precision import precision_flags, prediction_precision
 
 VIDEOS_AT_ONCE = 32  # videos whose features are held in memory together
@@ -65,6 +66,9 @@ def predict(videos: list[str | Path], run_dirs: list[str | Path], *, top: int = 
     for run in runs:
         if any(i.without_stream() != first.without_stream() for i in run.identities):
             raise FuseError(f"{run.run} and {runs[0].run} were trained on caches of different datasets or backbones")
+    clash = conflict([(str(run.run), RunDir(run.run).read_record()) for run in runs])  # one cache, other contents
+    if clash:
+        raise FuseError(clash)
     streams = [(r.cfg.streams, r.cfg.level) for r in runs]
     method = method or default_method(streams)
     fusion = (method, weights_for(streams, None) if method == "weighted" else None)

@@ -96,6 +96,19 @@ def test_a_second_writer_is_refused(tmp_path):
         pass
 
 
+def test_a_finished_cache_leaves_no_files_beside_it(tmp_path):
+    path = tmp_path / "c.h5"
+    with CacheWriter(path, IDENTITY) as w:
+        assert (tmp_path / "c.h5.lock").exists()  # while it writes
+        w.add_video(record("a/1.avi", 3), features(3, 0))
+        w.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+    (tmp_path / "c.h5.lock").touch()  # left by a writer killed with kill -9: the OS released its lock
+    with CacheWriter(path, IDENTITY) as w:
+        w.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
 def test_verify_catches_a_corrupted_entry(tmp_path):
     path = tmp_path / "c.h5"
     with CacheWriter(path, IDENTITY) as w:

@@ -79,6 +79,17 @@ def test_cli_runs_as_a_script():
     assert "index" in out.stdout and "sample-data" in out.stdout
 
 
+def test_the_command_list_shows_each_summary_as_a_whole_sentence():
+    text = run("--help").output
+    listed = text[text.index("Commands:"):].splitlines()[1:]
+    names = sorted(n for n, c in main.commands.items() if not c.hidden)
+    assert [line.split()[0] for line in listed if line.strip()] == names
+    for line in listed:
+        if line.strip():
+            assert line.rstrip().endswith(".") and not line.rstrip().endswith("..."), line
+            assert "(eq." not in line and line.count("(") == line.count(")"), line
+
+
 def test_cli_reference_matches_the_commands():
     from cli import reference_markdown
 

@@ -79,6 +79,7 @@ def test_two_process_extraction_joins_into_the_single_process_cache(videos, sing
     assert result.returncode == 0, result.stderr
     assert "rank 0/2: extracted" in result.stdout and "rank 1/2: extracted" in result.stdout
     assert "joined 2 shard(s)" in result.stderr
+    assert "OMP_NUM_THREADS" not in result.stderr  # no torchrun banner
     assert_same_cache(single_cache, out)
     assert not shard_dir(out).exists()  # the shards are gone once joined
     again = mrrn(*extract_args(videos, out), "--nproc", "2")  # a finished cache: nothing to do

@@ -97,8 +97,7 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_writes_no_scores
 def test_options_out_of_range_are_refused_when_parsed(args, message, tmp_path):
     if args[0] == "train":
         args = [*args, "--cache", "c.h5", "--level", "high", "--out", str(tmp_path / "r")]
-    result = run(*args)
-    assert result.exit_code == 2 and message in result.stderr, result.output
+    one_line_error(run(*args), message)  # a user error like any other: one line, exit status 1
 
 
 @pytest.mark.parametrize("weights, message", [("0,0,0", "add up to 0"), ("high=nan,mid=0.2,low=0.1", "high=nan"),
@@ -145,6 +144,7 @@ def test_a_finished_run_is_extended_never_shortened(sample_cache, tmp_path):
     before = {name: (out / name).read_bytes() for name in ("config.json", "summary.json", "metrics.jsonl")}
     one_line_error(run(*base, "--epochs", "2"), "holds a finished run of 4 epochs; a run is extended, never shortened")
     one_line_error(run(*base, "--epochs", "2", "--resume"), "never shortened")
+    assert run(*base, "--epochs", "1").stderr.rstrip().endswith("use another --out for 1 epoch")  # not "1 epochs"
     one_line_error(run(*base, "--epochs", "6"), "pass --resume to extend it to 6")
     assert {name: (out / name).read_bytes() for name in before} == before  # untouched
     extended = run(*base, "--epochs", "6", "--resume")
@@ -315,7 +315,7 @@ def test_a_damaged_journal_entry_is_set_aside_and_its_video_extracted_again(vide
     assert "damaged     1 journal entry" in inspect.output
     result = run(*extract_args(videos, out))
     assert result.exit_code == 0, result.output
-    assert f"{entry}: damaged journal entry" in result.stderr and "extracted 1 videos" in result.output
+    assert f"{entry}: damaged journal entry" in result.stderr and "extracted 1 video" in result.output
     assert (Path(f"{out}.journal") / "damaged" / entry.name).is_file()
     assert_same_cache(whole, out)
 

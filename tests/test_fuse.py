@@ -33,8 +33,10 @@ def write_run(path, level, scores, part="test", keys=KEYS, labels=LABELS, classe
     path.mkdir(parents=True, exist_ok=True)
     write_scores(RunScores(run=path, level=level, model="rrn", streams=streams, split=split, cache_identity=cache,
                            classes=tuple(classes), keys=tuple(keys), labels=labels, scores=scores), part)
-    for finished in ("config.json", "summary.json"):
-        (path / finished).write_text("{}\n")
+    (path / "config.json").write_text("{}\n")
+    summary = {"out": str(path), "epochs": 1, "final": {"epoch": 1, "loss": 0.5, "video_top1": 0.5}, "parameters": 1,
+               "seconds_per_epoch": 0.1, "resumed_from": 0}
+    (path / "summary.json").write_text(json.dumps(summary) + "\n")
     return path
 
 

@@ -65,3 +65,17 @@ def test_class_names_with_line_breaks_and_bars_keep_the_tables_whole(tmp_path):
     rows = [line for line in (run / "report.md").read_text().splitlines() if line.startswith("| ") and "%" in line]
     assert "| Run\\|Fast | Jump High | 2 | 100.0% |" in rows
     assert all(line.count(" | ") == 3 for line in rows if "Fast" in line)
+
+
+def test_the_per_class_chart_marks_zero_bars_and_keeps_the_legend_off_the_title():
+    from pipeline.evaluate.report import per_class_figure
+
+    accuracies = {"low": np.array([1.0, 0.0, 0.5]), "high": np.array([0.5, 0.0, np.nan]), "fused": np.array([1.0, 0.5, 1.0])}
+    fig = per_class_figure(accuracies, ("a", "b", "c"))
+    ax = fig.axes[0]
+    marks = sorted((t.get_text(), round(t.get_position()[1])) for t in ax.texts)
+    assert marks == [("0%", 1), ("0%", 1), ("n/a", 2)]  # class b at 0% in two series, c without test videos
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend, title = fig.legends[0].get_window_extent(renderer), ax.title.get_window_extent(renderer)
+    assert not legend.overlaps(title) and not legend.overlaps(ax.get_window_extent(renderer))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pipeline.config import ClipSpec, default
 from pipeline.datasets.index import index_ucf101
 from pipeline.datasets.sample import CLASSES, HEIGHT, WIDTH, write_sample_dataset
+from tests.conftest import REPO
 
 
 def decode_all(path) -> np.ndarray:
@@ -65,3 +67,27 @@ def test_another_seed_gives_other_videos(tmp_path, sample_dir):
     key = "Checkerboard/v_Checkerboard_g01_c01.avi"
     a, b = decode_all(sample_dir / "videos" / key), decode_all(tmp_path / "videos" / key)
     assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+
+
+def test_what_the_docs_say_of_the_sample_dataset_is_true(sample_dir):
+    """docs/datasets.md describes the sample dataset in numbers: each of them is measured here."""
+    lengths, per_class_short, rates = [], {}, set()
+    for path in sorted((sample_dir / "videos").rglob("*.avi")):
+        cap = cv2.VideoCapture(str(path))
+        rates.add(cap.get(cv2.CAP_PROP_FPS))
+        cap.release()
+        lengths.append(len(decode_all(path)))
+        per_class_short[path.parent.name] = per_class_short.get(path.parent.name, 0) + (lengths[-1] < 30)
+    clip = default(ClipSpec, "length")
+    short = sum(n < clip for n in lengths)
+    assert len(rates) == 1 and len(set(per_class_short.values())) == 1
+    idx = index_ucf101(sample_dir / "videos", sample_dir / "ucfTrainTestlist", 1, strict=True)
+    doc = " ".join((REPO / "docs" / "datasets.md").read_text().split())
+    assert (f"writes {len(lengths)} short, seeded `.avi` files (MJPG, {WIDTH}x{HEIGHT}, {rates.pop():g} fps, "
+            f"{min(lengths)}-{max(lengths)} frames; {short} of them shorter than {clip} frames, "
+            f"{WORDS[short // len(CLASSES)]} per class)") in doc
+    assert f"groups 3-5 train = {len(idx.train)} videos, groups 1-2 test = {len(idx.test)})" in doc
+    assert f"{WORDS[len(CLASSES)].capitalize()} classes:" in doc

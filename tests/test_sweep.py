@@ -26,7 +26,7 @@ def test_sweep_runs_the_grid_once_and_writes_tables(sample_cache, tmp_path):
         "high_rrn_h16_l1_mean", "high_rrn_h16_l2_mean", "high_rrn_h32_l1_mean", "high_rrn_h32_l2_mean"]
     table = (tmp_path / "results.md").read_text()
     assert "(paper table 1 shape)" in table
-    assert "| setting | 1 layers | 2 layers |" in table and "| 32 hidden units |" in table
+    assert "| setting | 1 layer | 2 layers |" in table and "| 32 hidden units |" in table
 
     second = CliRunner().invoke(main, args)  # nothing left to train
     assert second.exit_code == 0
@@ -47,7 +47,7 @@ def test_sweep_over_levels_and_pooling_gives_the_table_2_shape(sample_cache, tmp
 
 def test_sweep_rejects_unknown_values(sample_cache, tmp_path):
     result = CliRunner().invoke(main, ["sweep", "--cache", str(sample_cache), "--levels", "low,top", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "top not in low, mid, high" in result.stderr
+    assert result.exit_code == 1 and result.stderr == "Error: --levels: top not in low, mid, high\n"
 
 
 def test_a_flow_cache_that_no_run_reads_is_refused_before_anything_is_trained(sample_cache, tmp_path):

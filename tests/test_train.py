@@ -172,7 +172,7 @@ def test_resume_after_kill_ends_where_an_uninterrupted_run_ends(sample_cache, tm
 def test_a_finished_run_is_not_redone_and_another_configuration_is_refused(trained, sample_cache):
     again = fit(small(sample_cache, trained / "rrn"), **QUIET)
     assert again.already_complete
-    with pytest.raises(TrainError, match=r"holds a run of another configuration \(.*hidden: cache 128, this run 64"):
+    with pytest.raises(TrainError, match=r"holds a run of another configuration \(.*hidden: that run 128, this run 64"):
         fit(small(sample_cache, trained / "rrn", hidden=64), **QUIET)
 
 
@@ -191,7 +191,7 @@ def test_a_moved_cache_is_the_same_cache_but_another_one_is_refused(sample_cache
         identity = replace(c.identity, backbone_weights="random:seed=9")
     with CacheWriter(other, identity) as w:
         w.finish()
-    with pytest.raises(TrainError, match="cache weights: cache random:seed=0, this run random:seed=9"):
+    with pytest.raises(TrainError, match="cache weights: that run random:seed=0, this run random:seed=9"):
         fit(small(other, tmp_path / "r", epochs=1), **QUIET)
 
 
@@ -223,7 +223,7 @@ def test_refuses_split_videos_missing_from_the_cache_unless_allowed(tmp_path):
     run_extract(small_extract_config(root, cache, test_fraction=0.25), **QUIET)
     cfg = small(cache, tmp_path / "r", epochs=1)
     with pytest.raises(TrainError, match=r"1 of the \d+ (train|test) videos of split 1 are not in the cache "
-                                         r"\(failed or not extracted\): walk/walk3.avi; --allow-missing"):
+                                         r"\(1 failed to decode\): walk/walk3.avi; --allow-missing"):
         fit(cfg, **QUIET)
     warnings = []
     fit(small(cache, tmp_path / "r", epochs=1, allow_missing=True), progress=False, log=warnings.append)

@@ -13,13 +13,12 @@ import json
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from pipeline.config import FlowSpec, FrameSource, Preprocess, Resize, default
+from pipeline.config import LEVELS, FlowSpec, FrameSource, Preprocess, Resize, default
 from pipeline.errors import MrrnError
 
 # Files written before a field existed: what the field meant then.
 LEGACY_DEFAULTS = {"modality": "rgb"}  # caches from before the motion stream hold RGB features
 STREAM_FIELDS = ("modality", "flow")  # what RGB and flow caches of one dataset and backbone differ in
-LEVEL_ORDER = ("low", "mid", "high")  # the order of a cache's levels (not their widths: a ViT's are equal)
 
 
 class IdentityError(MrrnError):
@@ -62,7 +61,7 @@ class CacheIdentity:
             if "resize" in pre:
                 pre["resize"] = Resize.parse(pre["resize"])
             levels = sorted((LevelSpec(name, tap, int(width)) for name, (tap, width) in d["levels"].items()),
-                            key=lambda spec: LEVEL_ORDER.index(spec.name))
+                            key=lambda spec: LEVELS.index(spec.name))  # by name: a ViT's widths are equal
             return cls(
                 backbone=d["backbone"], backbone_weights=d["weights"], preprocess=Preprocess(**pre),
                 levels=tuple(levels), dtype=d["dtype"], precision=d["precision"], dataset=d["dataset"],

@@ -16,6 +16,8 @@ import numpy as np
 
 from pipeline.errors import MrrnError
 from pipeline.cache.identity import CacheIdentity, IdentityError
+from pipeline.cache.contents import split_problems
+from pipeline.cache.schema import schema_problem, version_problem
 
 SCHEMA_VERSION = 1
 IDENTITY_ATTR = "config"  # the file attribute holding the cache identity (its name kept from the first format)
@@ -111,8 +113,14 @@ class FeatureCache:
         version = f.attrs.get("schema_version")
         if version is None or IDENTITY_ATTR not in f.attrs:
             raise CacheError(f"{self.path}: not an mrrn feature cache (no schema_version/{IDENTITY_ATTR} attributes)")
+        problem = version_problem(f)
+        if problem:
+            raise CacheError(f"{self.path}: damaged cache ({problem})")
         if int(version) != SCHEMA_VERSION:
             raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads {SCHEMA_VERSION}")
+        problem = schema_problem(f)  # every group and column of the right kind and length; no value read yet
+        if problem:
+            raise CacheError(f"{self.path}: damaged cache ({problem}); extract the dataset again into another --out")
         self.identity = CacheIdentity.from_json(str(self.attrs[IDENTITY_ATTR]))
         # level -> columns per frame: its width times the views (view-major; docs/cache-format.md)
         self.levels: dict[str, int] = self.identity.stored_widths
@@ -127,6 +135,8 @@ class FeatureCache:
         self.splits: Splits = {
             int(n): (tuple(g["train"].asstr()[:]), tuple(g["test"].asstr()[:])) for n, g in f["splits"].items()
         }
+        self.missing: tuple[str, ...] = _keys_of(f, "missing/key")  # named by split files, not on disk; () in older caches
+        self.digests: tuple[str, ...] = _keys_of(f, "videos/digest") or ("",) * len(self.videos)  # "" when not stored
 
     def close(self):
         self._file.close()
@@ -148,6 +158,10 @@ class FeatureCache:
     @property
     def total_frames(self) -> int:
         return int(sum(v.frames for v in self.videos))
+
+    def stored_levels(self) -> list[str]:
+        """The levels of the identity that the file holds (a damaged file may lack one)."""
+        return [name for name in self.levels if name in self._file["features"]]
 
     def level_shape(self, level: str) -> tuple[int, ...]:
         return tuple(self._features(level).shape)
@@ -181,7 +195,7 @@ class FeatureCache:
     def verify(self) -> list[str]:
         """Check every entry: table consistency, offsets, frame counts, shapes, stored checksums (caches
         written with them) and finite values."""
-        problems = self.table_problems()
+        problems = self.table_problems() + self.split_problems()
         problems += [f"features/{level}: missing" for level in self.levels if level not in self._file["features"]]
         for level, mask in self._row_problems().items():
             for what, bad in mask.items():
@@ -192,7 +206,11 @@ class FeatureCache:
         return problems
 
     def damaged_keys(self) -> list[str]:
-        """The videos with rows that fail their checksum or are not finite, in any level."""
+        """The videos with rows that fail their checksum or are not finite, in any level; every video when
+        a level is missing or of the wrong shape."""
+        if any(p.startswith("features/") for p in self.table_problems()) or \
+                any(level not in self._file["features"] for level in self.levels):
+            return [rec.key for rec in self.videos]
         bad = np.zeros(self.total_frames, dtype=bool)
         for mask in self._row_problems().values():
             for rows in mask.values():
@@ -210,6 +228,12 @@ class FeatureCache:
             if ds.shape == (self.total_frames, dim):
                 masks[level] = dict(zip(("are not finite", "are damaged (checksum mismatch)"), _scan(ds)))
         return masks
+
+    def split_problems(self, *, unaccounted: bool = True) -> list[str]:
+        """Every split list checked: no key in both parts or listed twice, (``unaccounted``) each key extracted,
+        missing or failed."""
+        return split_problems(self.splits, set(self.index), set(self.missing), {f.key for f in self.failed},
+                              unaccounted=unaccounted)
 
     def table_problems(self) -> list[str]:
         """The cheap part of :meth:`verify`: the video table against itself, the class list and the shapes
@@ -260,6 +284,11 @@ def _scan(ds: h5py.Dataset) -> tuple[np.ndarray, np.ndarray]:
             except OSError:
                 damaged[a:b] = True
     return not_finite, damaged
+
+
+def _keys_of(f: h5py.File, name: str) -> tuple[str, ...]:
+    """A string dataset that newer caches hold, () where the file has none."""
+    return tuple(str(k) for k in f[name].asstr()[:]) if name in f else ()
 
 
 def _read_videos(v: h5py.Group) -> tuple[VideoRecord, ...]:

@@ -4,13 +4,13 @@ Crash safety. ``FILE.h5`` is never modified in place: a commit writes ``FILE.h5.
 over ``FILE.h5`` (atomic), so the file is always a complete, valid cache. While extraction runs, each
 finished video goes to the journal at once (``journal.py``), so no finished work exists only in
 memory; a killed run loses at most the videos in flight, and the next run merges the journal.
-``FILE.h5.lock`` (an OS file lock, released when the process dies) keeps a second writer out.
+``FILE.h5.lock`` (an OS file lock, released when the process dies) keeps a second writer out; the writer
+removes the file when it is done (``locks.py`` says why that is safe).
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,61 +34,28 @@ from pipeline.cache.reader import (
     Splits,
     VideoRecord,
     lock_path,
+    remove_cache_files,
     require_identity,
 )
 from pipeline.errors import writing
+from pipeline.locks import ExclusiveLock
 from pipeline.cache.identity import CacheIdentity
 from pipeline.cache.journal import Journal
 
 CHUNK_BYTES = 1 << 20  # a level's storage unit: one checksum per MiB of features
 
-# POSIX locks never conflict within one process, so this process's own writers are tracked here.
-_HELD_BY_THIS_PROCESS: set[str] = set()
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class CacheLock:
-    """The exclusive right to write the cache at ``path``: a POSIX record lock on ``FILE.h5.lock``, owned
-    by this process alone (forked decoding workers do not inherit it) and released by the OS the
-    moment the process dies, kill -9 included."""
+class CacheLock(ExclusiveLock):
+    """The exclusive right to write the cache at ``path``: the OS lock of ``FILE.h5.lock`` (``locks.py``)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._fd: int | None = None
-        self._held = str(path.resolve())
-
-    def __enter__(self) -> CacheLock:
-        busy = CacheLockedError(
-            f"{self.path}: another mrrn process is writing this cache (lock {lock_path(self.path)} is held); "
-            "wait for it to finish or use another --out"
-        )
-        if self._held in _HELD_BY_THIS_PROCESS:
-            raise busy
-        with writing(lock_path(self.path)):
-            fd = os.open(lock_path(self.path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EACCES, errno.EAGAIN):
-                raise busy from None
-            raise
-        self._fd = fd
-        _HELD_BY_THIS_PROCESS.add(self._held)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-            _HELD_BY_THIS_PROCESS.discard(self._held)
+        super().__init__(lock_path(path), lambda: CacheLockedError(
+            f"{path}: another mrrn process is writing this cache (lock {lock_path(path)} is held); "
+            "wait for it to finish or use another --out"), remove=True)  # no lock file left once done
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,15 +116,18 @@ def merge(sources: list[RecordSource]) -> tuple[list[tuple[VideoRecord, Rows]], 
 
 
 def write_cache_file(path: Path, identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]],
-                     failed: list[FailedRecord], splits: Splits, created: str) -> None:
-    """Write a complete cache to ``path.tmp``, flush it to disk and rename it over ``path`` (atomic)."""
+                     failed: list[FailedRecord], splits: Splits, created: str, *, missing: tuple[str, ...] = ()) -> None:
+    """Write a complete cache to ``path.tmp``, flush it to disk and rename it over ``path`` (atomic).
+    ``missing``: the keys the split lists name that were not on disk."""
     tmp = tmp_path(path)
     ensure_room(path, _expected_size(identity, videos, failed))
     try:
         with writing(path), h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
             _write_header(f, identity, created)
             offsets = _write_tables(f, [rec for rec, _ in videos], failed, splits)
-            _write_features(f, identity, videos, offsets)
+            f.create_group("missing").create_dataset("key", data=_strings(sorted(missing)), dtype=STR)
+            digests = _write_features(f, identity, videos, offsets)
+            f["videos"].create_dataset("digest", data=_strings(digests), dtype=STR)
         publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -221,8 +191,9 @@ def _checksummed_chunks(rows: int, width: int, itemsize: int) -> dict:
 
 
 def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[VideoRecord, Rows]],
-                    offsets: np.ndarray) -> None:
-    """Every video's rows of every level, video by video (each origin is opened once, in order)."""
+                    offsets: np.ndarray) -> list[str]:
+    """Every video's rows of every level, video by video (each origin is opened once, in order); returns each
+    video's digest of its rows (BLAKE2b of every level's bytes, 16 hex digits), computed as they are copied."""
     total = sum(rec.frames for rec, _ in videos)
     group = f.create_group("features")
     widths = identity.stored_widths  # level -> V * C
@@ -231,10 +202,16 @@ def _write_features(f: h5py.File, identity: CacheIdentity, videos: list[tuple[Vi
            for spec in identity.levels}
     for spec in identity.levels:
         out[spec.name].attrs["layer"] = spec.tap  # the attribute keeps its first name
+    digests = []
     for (rec, rows), offset in zip(videos, offsets):
+        digest = hashlib.blake2b(digest_size=8)
         with rows.reading():
             for level, ds in out.items():
-                ds[offset : offset + rec.frames] = rows.rows(level)
+                block = np.ascontiguousarray(rows.rows(level), dtype=ds.dtype)  # (frames, V * C)
+                ds[offset : offset + rec.frames] = block
+                digest.update(block.tobytes())
+        digests.append(digest.hexdigest())
+    return digests
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,19 +225,23 @@ class CacheWriter:
     creates an empty valid file if there is none, and loads the journal left by a killed run.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: CacheIdentity, splits: Splits | None = None, log=print):
+    def __init__(self, path: str | os.PathLike, identity: CacheIdentity, splits: Splits | None = None, log=print, *,
+                 missing: tuple[str, ...] | None = None):
         self.path = Path(path)
         self.log = log
         self.identity = identity
         self.splits = splits  # None keeps the file's own
+        self.missing = None if missing is None else tuple(sorted(missing))  # None keeps the file's own
         self.journal = Journal(self.path, identity)
         self.lock = CacheLock(self.path)
         self.complete: set[str] = set()  # keys extracted, in the file or the journal
+        self.discard: set[str] = set()  # keys whose stored rows are damaged: a new failure of theirs drops them
+        self.created = False  # this writer made the file: there was no cache at path
 
     def __enter__(self) -> CacheWriter:
         if self.path.is_dir():
             raise CacheError(f"{self.path}: is a directory; --out names the cache file (for example data/ucf101.h5)")
-        with writing(self.path.parent):
+        with writing(self.path):  # a parent that is a file is named as the reason
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock.__enter__()
         try:
@@ -270,8 +251,12 @@ class CacheWriter:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.lock.release()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is not None and self.created and not self.complete:
+                remove_cache_files(self.path)  # it holds nothing, and would refuse the corrected command's settings
+        finally:
+            self.lock.release()
 
     def _open_state(self) -> None:
         if self.path.exists():
@@ -280,9 +265,12 @@ class CacheWriter:
                 self.complete = {v.key for v in cache.videos}
                 if self.splits is None:
                     self.splits = cache.splits
+                if self.missing is None:
+                    self.missing = cache.missing
         else:
-            self.splits = self.splits or {}
-            write_cache_file(self.path, self.identity, [], [], self.splits, created=_now())
+            self.splits, self.missing = self.splits or {}, self.missing or ()
+            write_cache_file(self.path, self.identity, [], [], self.splits, created=_now(), missing=self.missing)
+            self.created = True
         self.complete |= {entry.key for entry in self.journal.open(self.log) if entry.ok}
 
     def add_video(self, rec: VideoRecord, features: dict[str, np.ndarray]) -> None:
@@ -297,13 +285,16 @@ class CacheWriter:
         """Merge the journal (and the current split lists) into FILE.h5, then empty the journal."""
         entries = self.journal.entries()
         with FeatureCache(self.path) as old:
-            if not entries and old.splits == self.splits:
+            if not entries and old.splits == self.splits and old.missing == self.missing:
                 return
             records = [(entry.record(), entry) for entry in entries]
             journalled = RecordSource([(r, e) for r, e in records if isinstance(r, VideoRecord)],
                                       [r for r, _ in records if isinstance(r, FailedRecord)])
-            videos, failed = merge([RecordSource.of_cache(old), journalled])
-            write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""))
+            stored, failed_now = RecordSource.of_cache(old), {r.key for r in journalled.failed}
+            stored.videos = [(r, rows) for r, rows in stored.videos if r.key not in self.discard & failed_now]
+            videos, failed = merge([stored, journalled])
+            write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""),
+                             missing=self.missing)
         for entry in entries:
             entry.path.unlink()
 
@@ -322,7 +313,8 @@ class CacheWriter:
                                               f"({part.identity.diff(old.identity, 'shard', 'cache')})")
                 sources.append(RecordSource.of_cache(part))
             videos, failed = merge(sources)
-            write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""))
+            write_cache_file(self.path, self.identity, videos, failed, self.splits, old.attrs.get("created_utc", ""),
+                             missing=self.missing)
 
     def finish(self) -> None:
         """Commit and remove the (then empty) journal folder."""

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 from pipeline.config import DATASET_CHOICES, DEFAULT_TEST_FRACTION
 from pipeline.errors import ConfigError, MrrnError
-from pipeline.datasets.splitfiles import SplitFileError, check_disjoint, read_class_index, read_hmdb_lists, read_ucf_list
+from pipeline.datasets.splitfiles import (SplitFileError, check_disjoint, read_class_index, read_hmdb_lists, read_ucf_list,
+                                          split_numbers, ucf_list_file)
 
 DATASETS = DATASET_CHOICES
 VIDEO_EXTENSIONS = frozenset(
@@ -50,6 +51,7 @@ class SplitIndex:
     train: tuple[VideoEntry, ...]
     test: tuple[VideoEntry, ...]
     missing: tuple[str, ...]  # keys named by the split files but absent under root
+    listed: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # (train, test) keys as the split files list them
 
     def summary(self) -> dict[str, int]:
         return {
@@ -65,6 +67,12 @@ def describe_missing(missing: tuple[str, ...] | list[str], root: Path, limit: in
     shown = ", ".join(missing[:limit])
     more = f", ... (+{len(missing) - limit} more)" if len(missing) > limit else ""
     return f"{len(missing)} video(s) named by the split files are missing under {root}: {shown}{more}"
+
+
+def one_class_warning(classes: tuple[str, ...]) -> str | None:
+    """The warning for a dataset of one class, which a classifier cannot learn anything from; else None."""
+    return (f"the dataset has one class ({classes[0]}): every video is of it, so every accuracy is 100% and "
+            "means nothing; a classifier needs two classes or more") if len(classes) == 1 else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,11 +130,14 @@ def _refuse_one_file_under_two_keys(root: Path, located: list[tuple[str, Path, i
             raise SplitFileError(file, line, f"{key!r} is the same file as {first[0]!r} ({first[1].name}:{first[2]})")
 
 
-def _split_index(dataset, split, root, classes, train, test, *, missing, strict: bool) -> SplitIndex:
-    """The index of one split; under ``strict``, refused when split files name videos not on disk."""
+def _split_index(dataset, split, root, classes, train, test, *, missing, strict: bool, listed=None) -> SplitIndex:
+    """The index of one split; under ``strict``, refused when split files name videos not on disk.
+    ``listed``: (train, test) keys as the split files list them, missing ones included (default: those on disk)."""
     if strict and missing:
         raise MissingVideosError(describe_missing(missing, root))
-    return SplitIndex(dataset, split, root, tuple(classes), tuple(train), tuple(test), tuple(missing))
+    listed = listed or (tuple(e.key for e in train), tuple(e.key for e in test))
+    return SplitIndex(dataset, split, root, tuple(classes), tuple(train), tuple(test), tuple(missing),
+                      (tuple(listed[0]), tuple(listed[1])))
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -147,7 +158,7 @@ def index_ucf101(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
 
 
 def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> SplitIndex:
-    train_file, test_file = splits / f"trainlist{split:02d}.txt", splits / f"testlist{split:02d}.txt"
+    train_file, test_file = ucf_list_file(splits, "trainlist", split), ucf_list_file(splits, "testlist", split)
     train_entries = read_ucf_list(train_file, classes)
     test_entries = read_ucf_list(test_file, classes)
     check_disjoint(train_file, train_entries, test_file, test_entries)
@@ -156,7 +167,8 @@ def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> Spli
     test, missing_test = _split_present(root, test_entries, lister)
     _refuse_one_file_under_two_keys(root, [(e.key, train_file, train_entries[e.key][1]) for e in train] +
                                     [(e.key, test_file, test_entries[e.key][1]) for e in test])
-    return _split_index(dataset, split, root, classes, train, test, missing=missing_train + missing_test, strict=strict)
+    return _split_index(dataset, split, root, classes, train, test, missing=missing_train + missing_test, strict=strict,
+                        listed=(tuple(train_entries), tuple(test_entries)))
 
 
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
@@ -185,7 +197,7 @@ def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
     _refuse_one_file_under_two_keys(root, [(e.key, files[e.label], parts[part][e.key][1])
                                            for part, present in (("train", train), ("test", test)) for e in present])
     return _split_index("hmdb51", split, root, classes, train, test, missing=missing_train + missing_test,
-                        strict=strict)
+                        strict=strict, listed=(tuple(parts["train"]), tuple(parts["test"])))
 
 
 def stable_fraction(key: str) -> float:
@@ -285,12 +297,7 @@ class VideoSet:
     classes: tuple[str, ...]
     videos: tuple[VideoEntry, ...]  # sorted by key
     missing: tuple[str, ...]
-    splits: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]  # split -> (train keys, test keys) on disk
-
-
-def _split_numbers(splits: Path, pattern: str) -> list[int]:
-    found = {int(m[1]) for p in splits.iterdir() if (m := re.match(pattern, p.name))}
-    return sorted(found)
+    splits: dict[int, tuple[tuple[str, ...], tuple[str, ...]]]  # split -> (train keys, test keys) as listed, ``missing`` included
 
 
 def _keys(index: SplitIndex) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -316,7 +323,7 @@ def list_videos(
         raise ConfigError(f"{dataset} needs its split folder (--splits)")
     splits = _require_dir(Path(splits), "split folder")
     pattern = r"^.+_test_split(\d+)\.txt$" if dataset == "hmdb51" else r"^trainlist(\d+)\.txt$"
-    numbers = _split_numbers(splits, pattern)
+    numbers = split_numbers(splits, pattern)
     if not numbers:
         raise SplitFileError(splits, None, f"no {dataset} split files found")
     entries: dict[str, VideoEntry] = {}
@@ -331,7 +338,7 @@ def list_videos(
         for e in idx.train + idx.test:
             entries.setdefault(e.key, e)
         missing.update(dict.fromkeys(idx.missing))
-        split_keys[n] = _keys(idx)
+        split_keys[n] = idx.listed
     missing_keys = tuple(sorted(missing))
     if strict and missing_keys:
         raise MissingVideosError(describe_missing(missing_keys, root))

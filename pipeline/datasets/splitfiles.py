@@ -7,6 +7,7 @@ A bad line, an unknown class, a duplicate entry or a video in both train and tes
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pipeline.errors import MrrnError
@@ -38,6 +39,11 @@ def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _is_integer(text: str) -> bool:
+    """An integer as a class id column holds one: ASCII digits, perhaps after a minus sign."""
+    return _is_number(text.removeprefix("-"))
+
+
 def normalise_key(key: str) -> str | None:
     """A key as split files may write it (``\\`` separators tolerated) -> ``<Class>/<video>``; None when it
     holds '.', '..' or empty components, which could name one file twice or leave its class folder."""
@@ -51,6 +57,28 @@ def normalise_key(key: str) -> str | None:
 def _plain_name(name: str) -> bool:
     """A file name inside its class folder: no separators, not '.' or '..'."""
     return "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def split_numbers(splits: Path, pattern: str) -> list[int]:
+    """The split numbers of the files in ``splits`` whose names match ``pattern`` (group 1: the number);
+    splits are numbered from 1, so a file of split 0 (``trainlist00.txt``) is refused by name."""
+    found: dict[int, Path] = {}
+    for path in sorted(splits.iterdir()):
+        if m := re.match(pattern, path.name):
+            found.setdefault(int(m[1]), path)
+    if 0 in found:
+        raise SplitFileError(found[0], None, "split numbers start at 1 (trainlist01.txt is split 1); rename it")
+    return sorted(found)
+
+
+def ucf_list_file(splits: Path, kind: str, split: int) -> Path:
+    """The ``kind`` (trainlist or testlist) file of ``split``: ``trainlist01.txt`` as UCF-101 names it, or
+    unpadded, ``trainlist1.txt``; both at once are refused, since either could be the one meant."""
+    padded, unpadded = splits / f"{kind}{split:02d}.txt", splits / f"{kind}{split}.txt"
+    if padded != unpadded and padded.is_file() and unpadded.is_file():
+        raise SplitFileError(unpadded, None, f"two files for split {split}: {padded.name} and {unpadded.name}; "
+                                             "keep one")
+    return unpadded if unpadded.is_file() and not padded.is_file() else padded
 
 
 def read_class_index(path: Path) -> tuple[str, ...]:
@@ -83,9 +111,14 @@ def read_ucf_list(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, 
     class_ids = {name: i for i, name in enumerate(classes)}
     entries: dict[str, tuple[int, int]] = {}
     for n, line in read_lines(path):
-        parts = line.split()
-        if len(parts) not in (1, 2):
-            raise SplitFileError(path, n, f"bad line {line!r}: expected '<Class>/<video> [<class id>]'")
+        parts = line.rsplit(maxsplit=1)  # a video's name may hold spaces: 'Class/v_my video.avi 3'
+        if len(parts) == 2 and not _is_integer(parts[1]):
+            if "." in parts[1]:  # no class id: the whole line names the video
+                parts = [line]
+            elif " " not in parts[0]:
+                raise SplitFileError(path, n, f"bad class id {parts[1]!r}: expected an integer")
+            else:
+                raise SplitFileError(path, n, f"bad line {line!r}: expected '<Class>/<video> [<class id>]'")
         key = normalise_key(parts[0])
         if key is None:
             raise SplitFileError(path, n, f"bad line {line!r}: the video must be given as <Class>/<video>, "
@@ -95,8 +128,9 @@ def read_ucf_list(path: Path, classes: tuple[str, ...]) -> dict[str, tuple[int, 
             raise SplitFileError(path, n, f"unknown class {folder!r} (not in the class index)")
         label = class_ids[folder]
         if len(parts) == 2:
-            if not _is_number(parts[1]):
-                raise SplitFileError(path, n, f"bad class id {parts[1]!r}: expected an integer")
+            if not 1 <= int(parts[1]) <= len(classes):
+                raise SplitFileError(path, n, f"class id {parts[1]} is not one of the class index's ids "
+                                              f"(1 to {len(classes)})")
             if int(parts[1]) - 1 != label:
                 raise SplitFileError(
                     path, n, f"class id {parts[1]} contradicts the folder {folder!r} (id {label + 1})"

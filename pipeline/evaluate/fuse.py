@@ -22,10 +22,12 @@ import numpy as np
 
 from pipeline.atomic import atomic_file, write_text
 from pipeline.config import FUSION_METHODS, LEVELS, PAPER_FUSION_WEIGHTS
-from pipeline.errors import MrrnError, writing
+from pipeline.errors import MrrnError
+from pipeline.cache.contents import conflict
 from pipeline.cache.identity import IdentityError
-from pipeline.evaluate.layout import FusionFiles, RunFiles
+from pipeline.evaluate.layout import FusionFiles, RunFiles, claimed, kind_refusal, mark_made_by
 from pipeline.evaluate.metrics import video_metrics
+from pipeline.evaluate.runfiles import read_run_summary
 from pipeline.evaluate.scores import RunScores, read_scores
 
 SEARCH_STEP = 0.05  # weight grid on the simplex for --search
@@ -77,6 +79,21 @@ def check_compatible(runs: list[RunScores]) -> None:
             raise FuseError(f"{pair} score different videos: {what}")
         if not np.array_equal(other.labels, first.labels):
             raise FuseError(f"{pair} give the same videos different labels")
+
+
+def check_same_contents(run_dirs: list[str | Path]) -> None:
+    """Refuse runs that read one cache with different contents (their run records' fingerprints); runs
+    recorded before fingerprints existed pass."""
+    records = []
+    for run in run_dirs:
+        path = RunFiles(run).record_file
+        try:
+            records.append((str(run), json.loads(path.read_text())))
+        except (OSError, ValueError) as err:
+            raise FuseError(f"{path}: damaged run record ({type(err).__name__}: {err})") from None
+    clash = conflict([(name, r) for name, r in records if isinstance(r, dict)])
+    if clash:
+        raise FuseError(clash)
 
 
 def parse_weights(text: str | None) -> dict[str, float] | None:
@@ -171,6 +188,7 @@ class FuseSummary:
     weights: dict[str, float] | None  # per run name, for weighted fusion
     searched: bool
     rows: list[dict]  # one per run and one for the fusion: name, video_top1, video_top5, mean_class_acc
+    computed_on: dict | None = None  # the test videos the numbers are over (``scores.Coverage``); None in older files
 
 
 def summary_markdown(s: FuseSummary) -> str:
@@ -183,7 +201,9 @@ def summary_markdown(s: FuseSummary) -> str:
     if s.weights:
         how += " with weights " + ", ".join(f"{k} {v:g}" for k, v in s.weights.items())
         how += " (chosen on validation videos)" if s.searched else ""
-    return "\n".join(lines) + f"\n\nFusion: {how}.\n"
+    on = s.computed_on
+    over = f"Every number is {on['statement']}.\n" if on and not on["complete"] else ""
+    return "\n".join(lines) + f"\n\nFusion: {how}.\n" + over
 
 
 def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighted",
@@ -192,8 +212,14 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FuseError(f"{out}: exists and is not a directory; --out names the fuse directory")
+    refusal = kind_refusal(out, "fusion") or given_twice(run_dirs)  # before anything is read or written
+    if refusal:
+        raise FuseError(refusal)
     runs = [load_scores(r, "test") for r in run_dirs]
+    for r in run_dirs:  # every input read back before anything is written: a damaged summary is named
+        read_run_summary(RunFiles(r).summary_file)
     check_compatible(runs)
+    check_same_contents(run_dirs)
     run_weights = None
     if search:
         if method != "weighted":
@@ -210,13 +236,25 @@ def run_fuse(run_dirs: list[str | Path], out: str | Path, method: str = "weighte
     rows = [{"name": r.name, "run": str(r.run), **video_metrics(r.scores, labels, num_classes)} for r in order]
     rows.append({"name": "fused", "run": str(out), **video_metrics(fused, labels, num_classes)})
     summary = FuseSummary(out=str(out), method=method, searched=search, rows=rows,
-                          weights={r.name: w for r, w in zip(runs, run_weights)} if run_weights else None)
+                          weights={r.name: w for r, w in zip(runs, run_weights)} if run_weights else None,
+                          computed_on=runs[0].coverage.to_json())
     files = FusionFiles(out)
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(files.fused_scores_file) as f:
-        np.savez(f, scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
-                 classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
-    write_text(files.summary_file, json.dumps(asdict(summary), indent=2, allow_nan=False) + "\n")
-    write_text(files.table_file, summary_markdown(summary))
+    with claimed(out, "fusion"):  # one writer: a second fusion into ``out`` at once is refused
+        mark_made_by(out, "fusion")
+        with atomic_file(files.fused_scores_file) as f:
+            np.savez(f, scores=fused, keys=np.array(runs[0].keys), labels=runs[0].labels,
+                     classes=np.array(runs[0].classes), runs=np.array([str(r.run) for r in runs]), method=method)
+        write_text(files.summary_file, json.dumps(asdict(summary), indent=2, allow_nan=False) + "\n")
+        write_text(files.table_file, summary_markdown(summary))
     return summary
+
+
+def given_twice(run_dirs: list[str | Path]) -> str | None:
+    """The refusal of a run given twice (under one name or two): a run is not fused with itself."""
+    seen: dict[Path, str | Path] = {}
+    for run in run_dirs:
+        where = Path(run).resolve()
+        if where in seen:
+            return f"{run}: the same run as {seen[where]}, given twice; a run is fused with other runs, not with itself"
+        seen[where] = run
+    return None

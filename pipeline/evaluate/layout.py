@@ -25,10 +25,22 @@ A fusion directory::
 
 A directory is a fusion directory when it holds fused_scores.npz. A report on a single run writes the
 report's files into the run directory.
+
+Every directory mrrn writes says what made it: ``made_by.json`` (a run, a sweep or a fusion), written
+before anything else; a sweep directory holds results.csv, results.md and one run directory per grid
+point. A directory written before that record existed is known by its files. While a command writes a
+directory it holds the directory's lock, ``.lock`` (``pipeline/locks.py``), removed when it is done.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
+
+from pipeline import __version__
+from pipeline.atomic import write_text
+from pipeline.errors import MrrnError, writing
+from pipeline.locks import ExclusiveLock
 
 RUN_RECORD = "config.json"
 METRICS = "metrics.jsonl"
@@ -36,6 +48,11 @@ LAST_CHECKPOINT = "last.pt"  # the last epoch's: what --resume continues and wha
 BEST_CHECKPOINT = "best.pt"
 RUN_SUMMARY = "summary.json"
 SCORE_PARTS = ("test", "val")
+
+SWEEP_TABLES = ("results.csv", "results.md")
+MADE_BY = "made_by.json"  # {"kind": "run" | "sweep" | "fusion", "command": "train" | "sweep" | "fuse", "mrrn_version"}
+DIRECTORY_LOCK = ".lock"
+KIND_COMMANDS = {"run": "train", "sweep": "sweep", "fusion": "fuse"}  # what makes each kind of directory
 
 FUSED_SCORES = "fused_scores.npz"
 FUSION_SUMMARY = "summary.json"
@@ -105,3 +122,74 @@ class ReportFiles:
     def curves_file(self, run_name: str) -> Path:
         """The training curves of the run whose directory is called ``run_name``."""
         return self.path / f"curves_{run_name}.png"
+
+
+def directory_kind(path: str | Path) -> str | None:
+    """What made the directory ``path``: 'run', 'sweep' or 'fusion' as its ``made_by.json`` says or, for a
+    directory written before that record, as its files show; None for a new, empty or other directory."""
+    path = Path(path)
+    try:
+        kind = json.loads((path / MADE_BY).read_text()).get("kind")
+        if kind in KIND_COMMANDS:
+            return kind
+    except (OSError, ValueError, AttributeError):
+        pass  # no record (an older directory) or an unreadable one: known by its files
+    if FusionFiles(path).is_fusion():
+        return "fusion"
+    if (path / RUN_RECORD).is_file():
+        return "run"
+    if any((path / name).is_file() for name in SWEEP_TABLES):
+        return "sweep"
+    return None
+
+
+def kind_refusal(path: str | Path, kind: str) -> str | None:
+    """None when ``mrrn {KIND_COMMANDS[kind]}`` may write a ``kind`` directory at ``path`` (new, empty, of
+    no known kind, or of this kind); otherwise the one-line refusal: another command's results are never
+    overwritten."""
+    found = directory_kind(path) if Path(path).is_dir() else None
+    if found is None or found == kind:
+        return None
+    return (f"{path}: a {found} directory (made by `mrrn {KIND_COMMANDS[found]}`), not a {kind} directory; "
+            f"`mrrn {KIND_COMMANDS[kind]}` never writes over another command's results: use another --out")
+
+
+class DirectoryError(MrrnError):
+    """A directory another command made, or one another mrrn process is writing now."""
+
+
+def mark_made_by(path: str | Path, kind: str) -> None:
+    """Record that ``path`` is a ``kind`` directory (``made_by.json``), unless it says so already."""
+    if directory_kind(path) != kind or not (Path(path) / MADE_BY).is_file():
+        record = {"kind": kind, "command": KIND_COMMANDS[kind], "mrrn_version": __version__}
+        write_text(Path(path) / MADE_BY, json.dumps(record) + "\n")
+
+
+@contextlib.contextmanager
+def claimed(path: str | Path, kind: str | None = None):
+    """``with claimed(out, "run"):`` this process alone writes the directory ``path``: refused in one line,
+    before anything is written, when it holds another command's results (``kind_refusal``; ``kind`` None:
+    any directory, as a report writes into a run or a fusion) or another mrrn process holds its lock.
+    The directory is created if need be, and removed again if nothing was written into it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DirectoryError(f"{path}: exists and is not a directory; --out names a {kind or 'run or fusion'} directory")
+    refusal = kind and kind_refusal(path, kind)
+    if refusal:
+        raise DirectoryError(refusal)
+    created = not path.exists()
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+    lock_file = path / DIRECTORY_LOCK
+    try:
+        with ExclusiveLock(lock_file, lambda: DirectoryError(
+                f"{path}: another mrrn process is writing this directory (lock {lock_file} is held); wait for it to "
+                "finish" + (" or use another --out" if kind else "")), remove=True):
+            refusal = kind and kind_refusal(path, kind)  # again, now that no other writer can change it
+            if refusal:
+                raise DirectoryError(refusal)
+            yield path
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty: a refused or failed first command leaves nothing behind

@@ -15,8 +15,9 @@ import numpy as np
 from pipeline.atomic import write_text
 from pipeline.errors import MrrnError, writing
 from pipeline.evaluate.fuse import FuseSummary, load_scores, summary_markdown
-from pipeline.evaluate.layout import FUSED_SCORES, FusionFiles, ReportFiles, RunFiles, scores_name
+from pipeline.evaluate.layout import FUSED_SCORES, FusionFiles, ReportFiles, RunFiles, claimed, scores_name
 from pipeline.evaluate.metrics import video_metrics
+from pipeline.evaluate.runfiles import REPAIR, read_metrics
 from pipeline.evaluate.scores import RunScores
 
 
@@ -87,26 +88,36 @@ def plot_confusion(matrix: np.ndarray, classes: tuple[str, ...], path: Path, tit
     plt.close(fig)
 
 
-def plot_per_class(accuracies: dict[str, np.ndarray], classes: tuple[str, ...], path: Path) -> None:
+def per_class_figure(accuracies: dict[str, np.ndarray], classes: tuple[str, ...]):
     """One bar per level (and the fusion) for every class, like the paper's figure 4. Horizontal, one
-    row per class, so 101 classes stay readable (the figure grows in height)."""
+    row per class, so 101 classes stay readable (the figure grows in height). A bar of 0% is marked
+    "0%" in its colour, and a class without test videos "n/a", so that neither reads as a missing bar.
+    The legend sits under the axis, clear of the title."""
     plt = _pyplot()
     k, n = len(classes), len(accuracies)
     height = 0.8 / n
-    fig, ax = plt.subplots(figsize=(9, max(4.0, 0.055 * k * n + 1.5)))
+    fig, ax = plt.subplots(figsize=(9, max(4.0, 0.055 * k * n + 2.0)), layout="constrained")
     for i, (name, acc) in enumerate(accuracies.items()):
-        ax.barh(np.arange(k) + (i - (n - 1) / 2) * height, 100 * np.nan_to_num(acc), height, label=name)
+        rows = np.arange(k) + (i - (n - 1) / 2) * height
+        bars = ax.barh(rows, 100 * np.nan_to_num(acc), height, label=name)
+        for row, value in zip(rows, acc):
+            if not value > 0:  # 0, or nan for a class without test videos
+                ax.text(0.5, row, "0%" if value == 0 else "n/a", va="center", fontsize=6,
+                        color=bars.patches[0].get_facecolor() if value == 0 else "0.4")
     ax.set_yticks(range(k), classes, fontsize=8)
-    ax.invert_yaxis()  # first class at the top
-    ax.set_ylim(k - 0.5, -0.5)
+    ax.set_ylim(k - 0.5, -0.5)  # first class at the top
     ax.set_xlabel("video accuracy (%)")
     ax.set_xlim(0, 100)
     ax.set_title("Per-class accuracy")
-    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=n, fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncol=n, fontsize=8, frameon=False)
+    return fig
+
+
+def plot_per_class(accuracies: dict[str, np.ndarray], classes: tuple[str, ...], path: Path) -> None:
+    fig = per_class_figure(accuracies, classes)
     with writing(path):
         fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_curves(run: Path, path: Path) -> bool:
@@ -114,7 +125,10 @@ def plot_curves(run: Path, path: Path) -> bool:
     metrics_file = RunFiles(run).metrics_file
     if not metrics_file.is_file():
         return False
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line]
+    metrics = read_metrics(metrics_file)
+    if metrics.damaged:
+        raise ReportError(f"{metrics.problem(metrics_file)}; {REPAIR}")
+    rows = metrics.rows
     if not rows:
         return False
     plt = _pyplot()
@@ -142,7 +156,7 @@ def plot_curves(run: Path, path: Path) -> bool:
 def _single_run_summary(run: RunScores) -> FuseSummary:
     m = video_metrics(run.scores, run.labels, len(run.classes))
     return FuseSummary(out=str(run.run), method="single run", weights=None, searched=False,
-                       rows=[{"name": run.name, "run": str(run.run), **m}])
+                       rows=[{"name": run.name, "run": str(run.run), **m}], computed_on=run.coverage.to_json())
 
 
 def _cell(text: str) -> str:
@@ -154,6 +168,10 @@ def _fused_inputs(fusion: FusionFiles) -> tuple[FuseSummary, list[RunScores], np
     """A fusion directory's summary, the runs it fused, and its fused scores (videos, K) and labels (videos,)."""
     try:
         summary = FuseSummary(**json.loads(fusion.summary_file.read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise ReportError(f"{fusion.summary_file}: damaged fusion summary ({type(err).__name__}: {err}); "
+                          "fuse again") from None
+    try:
         with np.load(fusion.fused_scores_file, allow_pickle=False) as z:
             scores, labels = z["scores"], z["labels"]
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
@@ -165,8 +183,16 @@ def _fused_inputs(fusion: FusionFiles) -> tuple[FuseSummary, list[RunScores], np
 
 
 def write_report(directory: str | Path) -> Path:
-    """Write the PNGs and report.md into ``directory`` (a fuse or a run directory); returns report.md."""
+    """Write the PNGs and report.md into ``directory`` (a fuse or a run directory); returns report.md. The
+    directory is claimed meanwhile: a report is refused while another mrrn process writes there."""
     directory = Path(directory)
+    if not directory.is_dir():
+        return _write_report(directory)  # refused there, saying what the directory should be
+    with claimed(directory):
+        return _write_report(directory)
+
+
+def _write_report(directory: Path) -> Path:
     fusion, report_files = FusionFiles(directory), ReportFiles(directory)
     if fusion.is_fusion():
         summary, runs, final_scores, labels = _fused_inputs(fusion)

@@ -10,6 +10,8 @@ reports and prediction. numpy only.
     streams         str                 rgb, flow or rgb+flow (files from mrrn 0.1.0 call it ``modality``)
     split           int
     cache_identity  str                 the cache's identity as canonical JSON
+    videos_listed   int                 how many videos of this part the split lists (absent in older files:
+                                        as many as were scored); fewer scored means some were missing
 """
 from __future__ import annotations
 
@@ -21,6 +23,46 @@ import numpy as np
 from pipeline.atomic import atomic_file
 from pipeline.cache.identity import CacheIdentity
 from pipeline.evaluate.layout import RunFiles
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What test numbers were computed on: the videos scored of those the split lists, and how many of the
+    classes still have a test video (mean class accuracy averages over those alone)."""
+
+    videos: int
+    listed: int
+    classes: int  # classes with at least one video scored
+    num_classes: int
+
+    @classmethod
+    def of(cls, labels: np.ndarray, listed: int, num_classes: int) -> Coverage:
+        """``labels`` (videos,): the true classes of the videos scored."""
+        return cls(len(labels), int(listed), len(np.unique(np.asarray(labels))), int(num_classes))
+
+    @classmethod
+    def from_json(cls, d: dict) -> Coverage:
+        return cls(*(int(d[k]) for k in ("test_videos", "test_videos_listed", "classes_with_test_videos", "classes")))
+
+    @property
+    def complete(self) -> bool:
+        return self.videos >= self.listed and self.classes == self.num_classes
+
+    def statement(self) -> str:
+        """'over 31 of 32 test videos (1 missing)', and '; mean class over 7 of 8 classes (1 has no test video
+        left)' when a class has none."""
+        text = f"over {self.videos} of {self.listed} test videos ({self.listed - self.videos} missing)"
+        if self.videos >= self.listed:
+            text = f"over {self.videos} of {self.listed} test videos"
+        if self.classes < self.num_classes:
+            gone = self.num_classes - self.classes
+            text += (f"; mean class over {self.classes} of {self.num_classes} classes ({gone} "
+                     f"{'has' if gone == 1 else 'have'} no test video left)")
+        return text
+
+    def to_json(self) -> dict:
+        return {"test_videos": self.videos, "test_videos_listed": self.listed, "classes_with_test_videos": self.classes,
+                "classes": self.num_classes, "complete": self.complete, "statement": self.statement()}
 
 
 @dataclass(frozen=True)
@@ -37,6 +79,11 @@ class RunScores:
     keys: tuple[str, ...]  # (videos,)
     labels: np.ndarray  # (videos,) int64
     scores: np.ndarray  # (videos, K) softmax scores
+    listed: int | None = None  # videos of this part the split lists; None: as many as were scored
+
+    @property
+    def coverage(self) -> Coverage:
+        return Coverage.of(self.labels, len(self.keys) if self.listed is None else self.listed, len(self.classes))
 
     @property
     def name(self) -> str:
@@ -51,7 +98,7 @@ def write_scores(run_scores: RunScores, part: str) -> None:
         np.savez(f, scores=run_scores.scores, keys=np.array(list(run_scores.keys)), labels=run_scores.labels,
                  classes=np.array(list(run_scores.classes)), level=run_scores.level, model=run_scores.model,
                  streams=run_scores.streams, split=run_scores.split,
-                 cache_identity=run_scores.cache_identity.canonical())
+                 cache_identity=run_scores.cache_identity.canonical(), videos_listed=run_scores.coverage.listed)
 
 
 def read_scores(run: str | Path, part: str = "test") -> RunScores:
@@ -65,4 +112,5 @@ def read_scores(run: str | Path, part: str = "test") -> RunScores:
             cache_identity=CacheIdentity.from_json(str(z["cache_identity"])),
             classes=tuple(str(c) for c in z["classes"]), keys=tuple(str(k) for k in z["keys"]),
             labels=z["labels"].astype(np.int64), scores=z["scores"].astype(np.float64),
+            listed=int(z["videos_listed"]) if "videos_listed" in z else None,
         )

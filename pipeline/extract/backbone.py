@@ -15,7 +15,7 @@ import torchvision
 
 from pipeline.extract.taps import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps, require_model
 from pipeline.config import BACKBONE, PAPER_CROP, Preprocess, Resize
-from pipeline.errors import ConfigError, MrrnError
+from pipeline.errors import ConfigError, MrrnError, first_line
 from pipeline.cache.identity import LevelSpec
 from pipeline.precision import compute_dtype
 
@@ -98,6 +98,9 @@ def weights_from_id(weights_id: str, local: Path | None) -> tuple[str, int]:
     """The inverse of a weights id: ``load_backbone`` arguments (weights, seed) that rebuild the
     backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` weights id.
     Refused, naming what is missing, when those weights are not available."""
+    if local is not None and not Path(local).is_file():
+        raise WeightsError(f"{local}: weights file not found (--backbone-weights names the state_dict file the "
+                           "runs' cache was made with)")
     kind, _, value = weights_id.partition(":")
     if kind == "torchvision":
         return value, 0
@@ -114,16 +117,21 @@ def weights_from_id(weights_id: str, local: Path | None) -> tuple[str, int]:
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    """The trunk's tensors of a local state_dict file (also nested as {"state_dict": ...} or {"model": ...},
+    with DDP's "module." prefixes). The classifier's keys are dropped: it is never used for features, so
+    a fine-tuned model with another number of classes is as good as any."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file; report it as one line
-        raise WeightsError(f"{path}: cannot read a state_dict ({type(err).__name__}: {err})") from None
+    except Exception as err:  # torch raises many types, with many lines, for a bad file; report it as one line
+        raise WeightsError(f"{path}: cannot read a state_dict ({type(err).__name__}: {first_line(err)})") from None
     for nested in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(nested), dict):
             obj = obj[nested]
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: expected a state_dict (dict of tensors), got {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        got = type(obj).__name__ if not isinstance(obj, dict) else "a dict holding other things than named tensors"
+        raise WeightsError(f"{path}: not a state_dict (a dict of named tensors, as model.state_dict() gives); got {got}")
+    return {k.removeprefix("module."): v for k, v in obj.items()
+            if k.removeprefix("module.").split(".")[0] not in HEAD_NAMES}
 
 
 def _model(choice: BackboneChoice, seed: int):
@@ -133,8 +141,12 @@ def _model(choice: BackboneChoice, seed: int):
             return build(choice.name)
     if isinstance(choice.weights, Path):
         model = build(choice.name)
-        missing, unexpected = model.load_state_dict(_state_dict_from_file(choice.weights), strict=False)
-        missing = [k for k in missing if k.split(".")[0] not in HEAD_NAMES]  # the classifier may be absent
+        try:
+            missing, unexpected = model.load_state_dict(_state_dict_from_file(choice.weights), strict=False)
+        except RuntimeError as err:  # tensors of other shapes: torch lists each on a line of its own
+            raise WeightsError(f"{choice.weights}: not a torchvision {choice.name} state_dict "
+                               f"({first_line(err, skip='Error(s) in loading')})") from None
+        missing = [k for k in missing if k.split(".")[0] not in HEAD_NAMES]  # the classifier is not loaded
         if missing or unexpected:
             raise WeightsError(
                 f"{choice.weights}: not a torchvision {choice.name} state_dict "
@@ -144,7 +156,7 @@ def _model(choice: BackboneChoice, seed: int):
     try:
         return build(choice.name, weights=choice.weights)
     except Exception as err:  # network errors come in many types
-        raise WeightsError(f"cannot load torchvision's {choice.weights} ({type(err).__name__}: {err}); without "
+        raise WeightsError(f"cannot load torchvision's {choice.weights} ({type(err).__name__}: {first_line(err)}); without "
                            "internet, put the file in $TORCH_HOME/hub/checkpoints/ or pass --backbone-weights PATH"
                            ) from None
 

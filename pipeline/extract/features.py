@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.config import FrameSource
-from pipeline.errors import MrrnError
+from pipeline.errors import MrrnError, first_line
 from pipeline.extract.flow import flow_chunks
 from pipeline.extract.video import VideoDecodeError, VideoReader, preprocess
 from pipeline.extract.workers import exit_with, worker_context
@@ -85,7 +85,7 @@ class DecodeStream(IterableDataset):
             yield {"index": index, "frames": None, "info": None, "error": str(err)}
             return
         except Exception as err:  # an unexpected decoder failure must not end the whole run
-            yield {"index": index, "frames": None, "info": None, "error": f"{type(err).__name__}: {err}"}
+            yield {"index": index, "frames": None, "info": None, "error": f"{type(err).__name__}: {first_line(err)}"}
             return
         info = dict(reader.info.__dict__)
         if self.source.flow is not None:  # T frames give T - 1 flow images

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from pipeline.config import FlowSpec
-from pipeline.extract.video import VideoDecodeError
+from pipeline.errors import ConfigError
+from pipeline.extract.video import VideoDecodeError, cv2  # OpenCV as video.py sets it up: its own log lines off
 
 
 def render_flow(flow: np.ndarray, bound: float) -> np.ndarray:
@@ -26,11 +26,20 @@ def render_flow(flow: np.ndarray, bound: float) -> np.ndarray:
     return np.rint(image).astype(np.uint8)
 
 
+TVL1_NEEDS = "TV-L1 flow needs OpenCV's contrib build (pip install opencv-contrib-python-headless)"
+
+
+def require_method(method: str) -> None:
+    """Refuse, before any video is read, a flow method this OpenCV build lacks."""
+    if method == "tvl1" and not hasattr(cv2, "optflow"):
+        raise ConfigError(f"--flow-method tvl1: {TVL1_NEEDS}, which is not installed; or use --flow-method farneback")
+
+
 def _engine(method: str):
     if method == "farneback":
         return lambda prev, nxt: cv2.calcOpticalFlowFarneback(prev, nxt, None, 0.5, 3, 15, 3, 5, 1.2, 0)
     if not hasattr(cv2, "optflow"):
-        raise VideoDecodeError("TV-L1 flow needs opencv-contrib (pip install opencv-contrib-python-headless)")
+        raise VideoDecodeError(TVL1_NEEDS)
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
     return lambda prev, nxt: tvl1.calc(prev, nxt, None)
 

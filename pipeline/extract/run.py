@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from tqdm import tqdm
 
 from pipeline import distributed
@@ -35,9 +36,10 @@ from pipeline.cache.reader import (
 )
 from pipeline.cache.writer import CacheWriter
 from pipeline.config import VIEW_SETS, ExtractConfig, Preprocess, default_workers
-from pipeline.datasets.index import VideoEntry, VideoSet, describe_missing, list_videos
+from pipeline.datasets.index import VideoEntry, VideoSet, describe_missing, list_videos, one_class_warning
 from pipeline.errors import ConfigError, MrrnError
 from pipeline.extract.features import DecodeWorkerDied, VideoFeatures, video_features
+from pipeline.extract.flow import require_method
 from pipeline.cache.identity import CacheIdentity
 from pipeline.extract.workers import start_early
 from pipeline.precision import extraction_precision, precision_flags
@@ -45,6 +47,9 @@ from pipeline.precision import extraction_precision, precision_flags
 
 class ExtractError(MrrnError):
     """The run as a whole failed (every video failed, or one failed under --strict)."""
+
+
+_ALL_FAILED = "every video failed to decode; nothing was extracted"
 
 
 def preprocessing(cfg: ExtractConfig, choice: BackboneChoice) -> Preprocess:
@@ -95,6 +100,7 @@ class ExtractSummary:
     frames: int = 0  # decoded this run
     seconds: float = 0.0
     missing: int = 0  # named by split files but not on disk
+    non_finite: list[tuple[str, str]] = field(default_factory=list)  # (key, detail): failed for NaN or inf features
     weights: str = ""
     device: str = ""
 
@@ -147,7 +153,7 @@ def _extract_into(writer: CacheWriter, todo: list[VideoEntry], classes: tuple[st
     try:
         with _WriterThread() as journal:
             handover = _Handover(todo, classes, writer, journal, summary, bar, say=tqdm.write if progress else log,
-                                 strict=cfg.strict)
+                                 strict=cfg.strict, kept_on_failure=frozenset(set(cfg.redo) & writer.complete - writer.discard))
             _consume(stream, handover)
     except DecodeWorkerDied as err:
         raise ExtractError(f"{writer.path}: {err}") from None
@@ -168,22 +174,40 @@ class _Handover:
     bar: tqdm
     say: Callable[[str], None]  # tqdm.write while the bar shows, else the log
     strict: bool
+    kept_on_failure: frozenset[str] = frozenset()  # --redo keys whose stored features stay if they fail now
 
     def take(self, result: VideoFeatures) -> None:
         entry, summary, writer = self.todo[result.index], self.summary, self.writer
-        if result.error is not None:
+        bad = result.error is None and _non_finite(result.features, writer.identity.dtype)
+        if bad:
+            summary.non_finite.append((entry.key, bad))
+            result = VideoFeatures(result.index, error=f"the backbone's features are not finite ({bad})")
+        if result.error is not None and entry.key in self.kept_on_failure:
+            self.say(f"--redo {entry.key}: {result.error}; the old features were kept")
+        elif result.error is not None:
             failure = FailedRecord(entry.key, entry.label, self.classes[entry.label], result.error)
             self.journal.submit(lambda: writer.add_failure(failure))
             summary.failed.append((entry.key, result.error))
             self.say(f"skipped {entry.path}: {result.error}")
-            if self.strict:
-                raise ExtractError(f"{entry.path}: {result.error} (--strict)")
         else:
             rec = VideoRecord(key=entry.key, label=entry.label, class_name=self.classes[entry.label], **result.info)
             features = result.features
             self.journal.submit(lambda: writer.add_video(rec, features))
             summary.extracted += 1
             summary.frames += rec.frames
+        if result.error is not None and self.strict:
+            raise ExtractError(f"{entry.path}: {result.error} (--strict)")
+
+
+def _non_finite(features: dict, dtype: str) -> str:
+    """'level high: 12 of 5120 values' for the first level with NaN or infinity once stored as ``dtype``
+    (float16 overflows past 65504); '' when every value is finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for level, rows in features.items():  # (T, V * C)
+            bad = int((~np.isfinite(rows.astype(dtype, copy=False))).sum())
+            if bad:
+                return f"level {level}: {bad} of {rows.size} values as {dtype}"
+    return ""
 
 
 def _consume(stream, handover: _Handover) -> None:
@@ -218,10 +242,14 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     videos (balanced by file size) into its own shard, resumable on its own, and rank 0 joins the
     shards into ``cfg.out`` once every rank is done."""
     started = time.perf_counter()
+    if cfg.modality == "flow":
+        require_method(cfg.flow.method)  # not one skipped video after another
     videos = list_videos(cfg.dataset, cfg.root, cfg.splits, test_fraction=cfg.test_fraction, strict=cfg.strict)
     rank = distributed.current()
     if videos.missing and rank.is_main:
         log(f"warning: {describe_missing(videos.missing, videos.root)}")
+    if one_class_warning(videos.classes) and rank.is_main:
+        log(f"warning: {one_class_warning(videos.classes)}")
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
     precision = extraction_precision(cfg.precision, device)
@@ -233,8 +261,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)  # a local weights file is hashed once
     identity = cache_identity(cfg, videos, precision, device.type, choice)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)
-    with CacheWriter(target, identity, videos.splits, log=log) as writer:
-        redo = _redo_keys(cfg, Path(cfg.out), {v.key for v in videos.videos}, log)
+    with CacheWriter(target, identity, videos.splits, log=log, missing=videos.missing) as writer:
+        redo, writer.discard = _redo_keys(cfg, Path(cfg.out), {v.key for v in videos.videos}, log)
         todo = [v for v in mine if v.key in redo or (v.key not in writer.complete and v.key not in joined)]
         summary = ExtractSummary(out=str(target), videos=len(mine), already_done=len(mine) - len(todo),
                                  missing=len(videos.missing), weights=identity.backbone_weights,
@@ -251,21 +279,29 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
                     _extract_into(writer, todo, videos.classes, cfg, extractor, summary, progress=progress, log=log)
         finally:
             writer.finish()
+        if summary.non_finite:  # never a cache that training refuses, and never exit 0 with one
+            key, detail = summary.non_finite[0]
+            raise ExtractError(f"{target}: the backbone's features are not finite (NaN or infinity) for "
+                               f"{len(summary.non_finite)} video(s), first {key} ({detail}); they are listed as failed. "
+                               "Check --backbone-weights, or extract with --precision fp32 and --dtype float32")
+        if not writer.complete and not rank.distributed:  # raised inside: the empty cache it made goes too
+            raise ExtractError(f"{cfg.out}: {_ALL_FAILED}")
     if rank.distributed:
         distributed.barrier()  # every shard is finished
         if rank.is_main:
-            join_shards(Path(cfg.out), identity, videos.splits, log)
+            join_shards(Path(cfg.out), identity, videos.splits, log, missing=videos.missing)
         distributed.barrier()
     with FeatureCache(cfg.out) as done:
         if not done.videos:
-            raise ExtractError(f"{cfg.out}: every video failed to decode; nothing was extracted")
+            raise ExtractError(f"{cfg.out}: {_ALL_FAILED}")
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _redo_keys(cfg: ExtractConfig, out: Path, known: set[str], log) -> set[str]:
+def _redo_keys(cfg: ExtractConfig, out: Path, known: set[str], log) -> tuple[set[str], set[str]]:
     """The videos to extract again although the cache holds them: --redo KEY..., and with --redo-damaged
-    every video whose rows fail their checksum or are not finite."""
+    every video whose rows fail their checksum or are not finite (all of them for a missing level);
+    and those damaged ones, whose stored rows go if they fail again."""
     unknown = sorted(set(cfg.redo) - known)
     if unknown:
         raise ExtractError(f"--redo {unknown[0]}: not a video of this dataset (keys look like Class/video.avi)")
@@ -276,7 +312,8 @@ def _redo_keys(cfg: ExtractConfig, out: Path, known: set[str], log) -> set[str]:
         log(f"--redo-damaged: {len(damaged)} video(s) with damaged or non-finite features"
             + (f": {', '.join(damaged[:5])}{', ...' if len(damaged) > 5 else ''}" if damaged else ""))
         redo |= set(damaged)
-    return redo
+        return redo, set(damaged)
+    return redo, set()
 
 
 def _file_size(path: Path) -> int:
@@ -286,14 +323,14 @@ def _file_size(path: Path) -> int:
         return 0  # it will fail to decode and be listed as failed like any unreadable video
 
 
-def join_shards(out: Path, identity: CacheIdentity, splits: dict, log=print) -> int:
+def join_shards(out: Path, identity: CacheIdentity, splits: dict, log=print, *, missing: tuple[str, ...] = ()) -> int:
     """Join every shard in ``out``.shards/ into ``out`` (atomically), then remove them. A shard left by
     a killed run has its journal committed first, so nothing finished is lost. Returns the shard count."""
     shards = sorted(shard_dir(out).glob("*.h5"))
     for shard in shards:
-        with CacheWriter(shard, identity, splits, log=log) as writer:
+        with CacheWriter(shard, identity, splits, log=log, missing=missing) as writer:
             writer.finish()
-    with CacheWriter(out, identity, splits, log=log) as writer:
+    with CacheWriter(out, identity, splits, log=log, missing=missing) as writer:
         writer.absorb(shards)
         writer.finish()
     for shard in shards:

@@ -23,7 +23,8 @@ from torch.overrides import TorchFunctionMode
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from pipeline.errors import ConfigError
-from pipeline.cache.identity import LEVEL_ORDER, LevelSpec
+from pipeline.cache.identity import LevelSpec
+from pipeline.config import LEVELS
 
 _HEADS = (nn.Linear, nn.Dropout, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d)
 HEAD_NAMES = ("fc", "classifier", "head", "heads", "avgpool", "aux_logits", "AuxLogits", "aux1", "aux2", "dropout")
@@ -122,8 +123,8 @@ def find_taps(name: str, size: int) -> Taps:
     else:
         stages = _cnn_stages(model, size)
         nodes, widths, pooling = [n for n, _ in stages], [s[1] for _, s in stages], "spatial"
-    levels = tuple(LevelSpec(level, node, int(w)) for level, node, w in zip(LEVEL_ORDER, nodes, widths))
-    return Taps(dict(zip(nodes, LEVEL_ORDER)), pooling, levels)
+    levels = tuple(LevelSpec(level, node, int(w)) for level, node, w in zip(LEVELS, nodes, widths))
+    return Taps(dict(zip(nodes, LEVELS)), pooling, levels)
 
 
 def require_model(name: str) -> None:
@@ -170,10 +171,10 @@ class MultiLevelNet(nn.Module):
         out = self.trunk(x)
         # in float32 even under reduced precision (mean is on no autocast list)
         if self.taps.pooling == "spatial":
-            return {lvl: out[lvl].mean(dim=(2, 3), dtype=torch.float32) for lvl in LEVEL_ORDER}
+            return {lvl: out[lvl].mean(dim=(2, 3), dtype=torch.float32) for lvl in LEVELS}
         if self.taps.pooling == "tokens":
-            return {lvl: out[lvl].mean(dim=(1, 2), dtype=torch.float32) for lvl in LEVEL_ORDER}
-        return {lvl: out[lvl][:, 0].float() for lvl in LEVEL_ORDER}
+            return {lvl: out[lvl].mean(dim=(1, 2), dtype=torch.float32) for lvl in LEVELS}
+        return {lvl: out[lvl][:, 0].float() for lvl in LEVELS}
 
 
 def describe_all(names: list[str] | None = None) -> Iterator[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # keep FFmpeg's own warnings off the progress bar
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # mrrn says itself, in one line, why a video cannot be read
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -6,12 +6,15 @@ it, so a training batch is a single gather, with no per-batch I/O.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from pipeline.cache.contents import absent_reason
 from pipeline.cache.reader import FeatureCache
+from pipeline.evaluate.scores import Coverage
 from pipeline.train.clips import clip_frames, gather_clips
 from pipeline.config import TrainConfig
 from pipeline.datasets.index import hash_split
@@ -29,6 +32,8 @@ class LevelTable:
     identity: CacheIdentity
     split: tuple[tuple[str, ...], tuple[str, ...]]  # (train keys, test keys)
     name: str  # what a message calls it: the cache path, or both
+    missing: frozenset[str] = frozenset()  # keys the split files name that were not on disk
+    failed: frozenset[str] = frozenset()  # keys that failed to decode
 
 
 @dataclass
@@ -55,6 +60,12 @@ class LevelData:
     cache_identity: CacheIdentity
     mean: torch.Tensor | None  # (C,) per-dimension mean of the training videos' frames; with --normalize only
     std: torch.Tensor | None  # (C,)
+    listed: dict[str, int] = field(default_factory=dict)  # part -> videos the split lists (train, test)
+
+    @property
+    def coverage(self) -> Coverage:
+        """What the test numbers are computed on: the test videos scored of those the split lists."""
+        return Coverage.of(self.test.labels.cpu().numpy(), self.listed.get("test", len(self.test.keys)), len(self.classes))
 
 
 def read_level_table(path: str, modality: str, cfg: TrainConfig) -> LevelTable:
@@ -72,10 +83,16 @@ def read_level_table(path: str, modality: str, cfg: TrainConfig) -> LevelTable:
         if cfg.split not in cache.splits:
             known = ", ".join(str(n) for n in sorted(cache.splits)) or "none"
             raise TrainError(f"{path}: no split {cfg.split} in this cache (it has: {known})")
+        broken = cache.split_problems(unaccounted=False)  # a key of this split with no features: _split_parts
+        if broken:
+            more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+            raise TrainError(f"{path}: damaged split lists ({broken[0]}{more}); run the same `mrrn extract` again "
+                             "to write them from the split files")
         return LevelTable(
             features=cache.load_level(cfg.level),  # raises if the cache has no such level
             videos={r.key: (r.offset, r.frames, r.label) for r in cache.videos},
             classes=cache.classes, identity=cache.identity, split=cache.splits[cfg.split], name=str(path),
+            missing=frozenset(cache.missing), failed=frozenset(f.key for f in cache.failed),
         )
 
 
@@ -112,7 +129,8 @@ def join_streams(rgb: LevelTable, flow: LevelTable) -> LevelTable:
             offset += len(both)
     width = rgb.features.shape[1] + flow.features.shape[1]
     features = np.concatenate(pieces) if pieces else np.zeros((0, width), rgb.features.dtype)
-    return LevelTable(features, videos, rgb.classes, rgb.identity, rgb.split, f"{rgb.name} + {flow.name}")
+    return LevelTable(features, videos, rgb.classes, rgb.identity, rgb.split, f"{rgb.name} + {flow.name}",
+                      rgb.missing | flow.missing, rgb.failed | flow.failed)
 
 
 def _clip_set(table: LevelTable, keys: list[str], cfg: TrainConfig, device: torch.device) -> ClipSet:
@@ -166,8 +184,9 @@ def _split_parts(table: LevelTable, cfg: TrainConfig, log) -> dict[str, list[str
         missing = [k for k in keys if k not in table.videos]
         if missing:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            why = Counter(absent_reason(k, table.missing, table.failed) for k in missing)
             message = (f"{table.name}: {len(missing)} of the {len(keys)} {name} videos of split {cfg.split} "
-                       f"are not in {where} (failed or not extracted): {shown}")
+                       f"are not in {where} ({', '.join(f'{n} {r}' for r, n in sorted(why.items()))}): {shown}")
             if not cfg.allow_missing:
                 raise TrainError(message + "; --allow-missing trains without them")
             log(f"warning: {message}; going on without them (--allow-missing)")
@@ -175,9 +194,24 @@ def _split_parts(table: LevelTable, cfg: TrainConfig, log) -> dict[str, list[str
             raise TrainError(f"{table.name}: split {cfg.split} has no {name} videos in {where}")
         parts[name] = present
     if cfg.val_fraction > 0:
-        kept, held = hash_split([(k, table.videos[k][2]) for k in parts["train"]], cfg.val_fraction)
-        parts["train"], parts["val"] = [k for k, _ in kept], [k for k, _ in held]
+        parts["train"], parts["val"] = _hold_out(table, parts["train"], cfg)
     return parts
+
+
+def _hold_out(table: LevelTable, train: list[str], cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(training keys kept, validation keys) of --val-fraction: only classes with two or more training
+    videos give any (a class's only video stays in training); a part left empty is refused in one line."""
+    labels = [table.videos[k][2] for k in train]
+    counts = np.bincount(labels, minlength=len(table.classes)) if labels else np.zeros(0, np.int64)
+    _, held = hash_split([(k, lab) for k, lab in zip(train, labels) if counts[lab] >= 2], cfg.val_fraction)
+    held_keys = {k for k, _ in held}
+    kept_keys = [k for k in train if k not in held_keys]
+    if not held_keys or not kept_keys:
+        empty = "validation" if not held_keys else "training"
+        raise TrainError(f"--val-fraction {cfg.val_fraction:g}: leaves no {empty} videos in split {cfg.split} "
+                         f"({len(train)} training videos; a class's only video is never held out); "
+                         "use another fraction, or 0 for no validation")
+    return sorted(kept_keys), sorted(held_keys)
 
 
 def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelData:
@@ -206,6 +240,7 @@ def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelD
         val=_clip_set(table, parts["val"], cfg, device) if parts.get("val") else None,
         classes=table.classes,
         cache_identity=table.identity,
+        listed={name: len(keys) for name, keys in zip(("train", "test"), table.split)},
     )
 
 

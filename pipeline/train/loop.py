@@ -7,6 +7,7 @@ The data is ``level_data.py``, the run directory ``rundir.py``, the heads ``head
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from pipeline.extract.backbone import resolve_device
 from pipeline.train.clips import VideoScores, score_clips
 from pipeline.config import TrainConfig
 from pipeline.train.level_data import ClipSet, LevelData, load_level_data, make_batch
-from pipeline.errors import TrainError
+from pipeline.errors import OutOfMemory, TrainError, memory_for
 from pipeline.evaluate.metrics import video_metrics
+from pipeline.evaluate.runfiles import DamagedRunFile
+from pipeline.train.checkpoints import resume_problem
 from pipeline.train.heads import NormalizedHead, build_model, count_parameters
 from pipeline.train.rundir import RunDir, RunSummary, run_record
-from pipeline.evaluate.layout import BEST_CHECKPOINT, LAST_CHECKPOINT
+from pipeline.evaluate.layout import BEST_CHECKPOINT, LAST_CHECKPOINT, claimed
 from pipeline.evaluate.scores import RunScores, write_scores
 from pipeline.precision import autocast, precision_flags, training_precision
 
@@ -150,6 +153,10 @@ def _resume(training: _Training, log) -> _Progress:
     if not rundir.checkpoint_file(LAST_CHECKPOINT).is_file():
         return _Progress()
     ckpt = rundir.load_checkpoint(LAST_CHECKPOINT)
+    problem = resume_problem(ckpt, training.model)  # checked whole before anything of it is used
+    if problem:
+        raise DamagedRunFile(f"{rundir.checkpoint_file(LAST_CHECKPOINT)}: not a checkpoint of this run ({problem}); "
+                         "use another --out")
     training.model.load_state_dict(ckpt["model"])
     training.optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["rng"]["cpu"])
@@ -170,24 +177,29 @@ def _train_and_evaluate(training: _Training, epoch: int, *, progress: bool) -> t
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # the epoch's clip order
     if step.rank.distributed:  # dropout: each rank its own stream, reproducible on resume without saved state
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + step.rank.rank)
-    train_stats = train_one_epoch(training.step_model, training.optimizer, data.features, data.train, step,
-                                  batch_size=cfg.batch_size, generator=generator, views=cfg.train_views,
-                                  progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+    with memory_for("training", "--batch-size (or --hidden, --layers)"):
+        train_stats = train_one_epoch(training.step_model, training.optimizer, data.features, data.train, step,
+                                      batch_size=cfg.batch_size, generator=generator, views=cfg.train_views,
+                                      progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
     scoring = dict(num_classes=len(data.classes), batch_size=cfg.eval_batch_size, views=cfg.test_views)
-    result = evaluate(training.model, data.features, data.test, step, **scoring)
-    scores, val = {"test": result.pop("scores")}, {}
-    if data.val is not None:
-        val = evaluate(training.model, data.features, data.val, step, **scoring)
-        scores["val"] = val.pop("scores")
+    with memory_for("evaluating", "--eval-batch-size"):
+        result = evaluate(training.model, data.features, data.test, step, **scoring)
+        scores, val = {"test": result.pop("scores")}, {}
+        if data.val is not None:
+            val = evaluate(training.model, data.features, data.val, step, **scoring)
+            scores["val"] = val.pop("scores")
     metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
+    if not data.coverage.complete:  # what the test numbers were computed on, said wherever they are
+        metrics["computed_on"] = data.coverage.statement()
     return metrics, scores
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
     return (f"epoch {m['epoch']:>3}/{epochs}  loss {m['loss']:.4f}  train {m['train_acc']:.1%}  "
             f"clip {m['clip_acc']:.1%}  video top-1 {m['video_top1']:.1%}  top-5 {m['video_top5']:.1%}  "
-            f"class {m['mean_class_acc']:.1%}  lr {m['lr']:.0e}  {m['seconds']:.1f} s")
+            f"class {m['mean_class_acc']:.1%}  lr {m['lr']:.0e}  {m['seconds']:.1f} s"
+            + (f"  {m['computed_on']}" if "computed_on" in m else ""))
 
 
 def _save_epoch(training: _Training, metrics: dict, scores: dict, state: _Progress) -> None:
@@ -205,7 +217,8 @@ def _save_epoch(training: _Training, metrics: dict, scores: dict, state: _Progre
             if clips is not None:
                 write_scores(RunScores(run=rundir.path, level=cfg.level, model=cfg.model, streams=cfg.streams,
                                        split=cfg.split, cache_identity=data.cache_identity, classes=data.classes,
-                                       keys=tuple(clips.keys), labels=clips.labels.cpu().numpy(), scores=scores[part]),
+                                       keys=tuple(clips.keys), labels=clips.labels.cpu().numpy(), scores=scores[part],
+                                       listed=data.listed.get("test") if part == "test" else None),
                              part)
     checkpoint = {"model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
                   "epoch": metrics["epoch"], "config": training.record, "best_video_top1": max(state.best, chosen_by),
@@ -235,22 +248,42 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         log, progress = _silent, False
     rundir, record = RunDir(cfg.out), run_record(cfg)  # the caches' headers only
     record["precision"] = training_precision(cfg.precision, device)  # what this device computes in, for the record
-    finished = rundir.check(record, cfg.epochs, resume, log)
-    if finished is not None:
-        return finished
+    with claimed(rundir.path, "run") if rank.is_main else contextlib.nullcontext():  # one writer, refused at once
+        finished = rundir.check(record, cfg.epochs, resume, log)
+        if finished is not None:
+            return finished
+        fresh = not rundir.record_file.is_file()  # this call writes the record: nothing of the run is on disk yet
+        try:
+            return _fit(cfg, rundir, record, resume, step=StepContext(device, rank, record["precision"]),
+                        progress=progress, log=log, epoch_lines=epoch_lines)
+        except OutOfMemory as err:
+            kept = rundir.checkpoint_file(LAST_CHECKPOINT).is_file()
+            if fresh and not kept and rank.is_main:
+                rundir.abandon()  # the same --out takes the run again with the lowered settings
+            raise TrainError(f"{rundir.path}: {err}" + ("; the finished epochs are kept" if kept else "")) from None
+        except BaseException:  # a refused setting, a first epoch that diverged, Ctrl-C
+            if fresh and rank.is_main and not rundir.checkpoint_file(LAST_CHECKPOINT).is_file():
+                rundir.abandon()  # nothing of the run is kept: the corrected command may take the same --out
+            raise
+
+
+def _fit(cfg: TrainConfig, rundir: RunDir, record: dict, resume: bool, *, step: StepContext, progress: bool, log,
+         epoch_lines: bool) -> RunSummary:
+    """:func:`fit` once the run directory has been checked: read the data, build the model, train."""
+    device, rank = step.device, step.rank
     with precision_flags(record["precision"]):
         data = load_level_data(cfg, device, log)
         distributed.barrier()  # every rank has checked the run directory before rank 0 writes to it
         if rank.is_main:
             rundir.start(record)
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
+        with memory_for("building the model", "--hidden or --layers"):
+            model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
         step_model = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
-        training = _Training(cfg, data, model, step_model, make_optimizer(model, cfg, device),
-                             StepContext(device, rank, record["precision"]), rundir, record)
+        training = _Training(cfg, data, model, step_model, make_optimizer(model, cfg, device), step, rundir, record)
         state = _resume(training, log) if resume else _Progress()
         if rank.is_main:
-            rundir.keep_metrics_until(state.start_epoch)
+            rundir.keep_metrics_until(state.start_epoch, log)
         return _epochs(training, state, progress=progress, log=log if epoch_lines else _silent)
 
 
@@ -270,7 +303,8 @@ def _epochs(training: _Training, state: _Progress, *, progress: bool, log) -> Ru
     distributed.barrier()  # rank 0 has written the last epoch
     summary = RunSummary(out=str(rundir.path), epochs=cfg.epochs, final=metrics or rundir.last_metrics(),
                          parameters=count_parameters(training.model),
-                         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=state.start_epoch)
+                         seconds_per_epoch=float(np.mean(seconds)) if seconds else 0.0, resumed_from=state.start_epoch,
+                         computed_on=training.data.coverage.to_json())
     if rank.is_main:
         rundir.write_summary(summary)
     return summary

@@ -6,21 +6,25 @@ Checkpoints hold only tensors, numbers, strings, lists and dicts, and are loaded
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
 from pipeline import __version__
 from pipeline.atomic import atomic_file, write_text
-from pipeline.cache.reader import read_identity
+from pipeline.cache.contents import FINGERPRINT, changes, fingerprint
+from pipeline.cache.reader import FeatureCache, read_identity
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainError, writing
 from pipeline.cache.identity import CacheIdentity, IdentityError, flat_settings, word_differences
-from pipeline.evaluate.layout import LAST_CHECKPOINT, RUN_RECORD, RunFiles
+from pipeline.evaluate.layout import LAST_CHECKPOINT, MADE_BY, RUN_RECORD, RunFiles, mark_made_by
+from pipeline.evaluate.runfiles import DamagedRunFile, read_metrics, read_run_summary
+from pipeline.train.checkpoints import expected_shapes, model_problem
 from pipeline.train.heads import build_model
 
 # Settings that may change when a run is resumed: they do not change what the run computes (the cache
@@ -37,6 +41,7 @@ class RunSummary:
     seconds_per_epoch: float
     resumed_from: int  # epochs already done when this call started
     already_complete: bool = False
+    computed_on: dict | None = None  # the test videos (and classes) the numbers are over: ``scores.Coverage``; None in older runs
 
 
 def run_record(cfg: TrainConfig) -> dict:
@@ -44,7 +49,27 @@ def run_record(cfg: TrainConfig) -> dict:
     record = {"train": cfg.to_json(), "cache": read_identity(Path(cfg.cache)).to_json(), "mrrn_version": __version__}
     if cfg.flow_cache is not None:
         record["flow_cache"] = read_identity(Path(cfg.flow_cache)).to_json()
+    pinned = {name: _contents(Path(path), cfg.split) for name, path in (("cache", cfg.cache), ("flow_cache", cfg.flow_cache))
+              if path is not None}
+    record[FINGERPRINT] = {name: fp for name, fp in pinned.items() if fp is not None}  # the data the run is pinned to
     return record
+
+
+def _contents(path: Path, split: int) -> dict | None:
+    """The fingerprint of what the cache at ``path`` holds for ``split`` (no feature is read); None without that split."""
+    with FeatureCache(path) as cache:
+        return fingerprint(cache, split) if split in cache.splits else None
+
+
+def _require_same_contents(path: Path, old: dict, record: dict) -> None:
+    """Refuse to go on with (or to report again) a run whose caches now hold other contents than it was trained
+    on, saying what changed; a record without a fingerprint (an older version's) passes."""
+    now = record.get(FINGERPRINT) or {}
+    for name, fp in (old.get(FINGERPRINT) or {}).items():
+        what = changes(fp, now[name]) if name in now else ""
+        if what:
+            raise TrainError(f"{path}: this run was trained on other contents of {record['train'][name]} than it holds "
+                             f"now ({what}); use another --out to train on the cache as it is")
 
 
 def _comparable(record: dict) -> dict:
@@ -74,7 +99,7 @@ class RunDir(RunFiles):
             _comparable(record)  # every field it needs is there and readable
             return record
         except (ValueError, KeyError, TypeError, IdentityError) as err:
-            raise TrainError(f"{self.record_file}: damaged run configuration ({type(err).__name__}: {err}); "
+            raise DamagedRunFile(f"{self.record_file}: damaged run configuration ({type(err).__name__}: {err}); "
                              "use another --out") from None
 
     def check(self, record: dict, epochs: int, resume: bool, log) -> RunSummary | None:
@@ -87,26 +112,33 @@ class RunDir(RunFiles):
             return None
         if _comparable(old) != _comparable(record):
             raise TrainError(f"{self.path}: holds a run of another configuration "
-                             f"({word_differences(_comparable(old), _comparable(record))}); use another --out")
+                             f"({word_differences(_comparable(old), _comparable(record), 'that run', 'this run')}); use another --out")
+        _require_same_contents(self.path, old, record)
         done = old["train"]["epochs"]
         if self.is_finished():
-            if epochs == done:
-                log(f"{self.path}: already complete ({epochs} epochs); nothing to do")
+            damaged = self.damage()
+            if epochs == done and damaged is None:
+                log(f"{self.path}: already complete ({epochs} epoch{'s' * (epochs != 1)}); nothing to do")
                 return RunSummary(**{**self.read_summary(), "already_complete": True})
+            if epochs == done:
+                if not resume:
+                    raise DamagedRunFile(f"{damaged}; pass --resume to rebuild it from the run's last checkpoint")
+                log(f"warning: {damaged}; rebuilding it from the run's last checkpoint (--resume)")
+                return None
             if epochs < done:
                 raise TrainError(f"{self.path}: holds a finished run of {done} epochs; a run is extended, never "
-                                 f"shortened: use another --out for {epochs} epochs")
+                                 f"shortened: use another --out for {epochs} epoch{'s' * (epochs != 1)}")
             if not resume:
-                raise TrainError(f"{self.path}: holds a finished run of {done} epochs; pass --resume to extend it "
+                raise TrainError(f"{self.path}: holds a finished run of {done} epoch{'s' * (done != 1)}; pass --resume to extend it "
                                  f"to {epochs}, or use another --out")
             return None
         if not resume:
             raise TrainError(f"{self.path}: holds an unfinished run of this configuration; pass --resume to continue "
                              "it or use another --out")
-        reached = self.load_checkpoint(LAST_CHECKPOINT)["epoch"] if self.checkpoint_file(LAST_CHECKPOINT).is_file() else 0
+        reached = self.checkpoint_epoch()
         if reached > epochs:
             raise TrainError(f"{self.path}: its last checkpoint is of epoch {reached}; a run is extended, never "
-                             f"shortened: use another --out for {epochs} epochs")
+                             f"shortened: use another --out for {epochs} epoch{'s' * (epochs != 1)}")
         return None
 
     def start(self, record: dict) -> None:
@@ -115,7 +147,16 @@ class RunDir(RunFiles):
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             self.summary_file.unlink(missing_ok=True)
+        mark_made_by(self.path, "run")
         _write_json(self.record_file, record)
+
+    def abandon(self) -> None:
+        """Remove what :meth:`start` wrote for a run that never finished an epoch (out of memory at once), so
+        that the same --out takes the run again with other settings; a directory left empty goes too."""
+        for leftover in (self.record_file, self.metrics_file, self.path / MADE_BY):
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
 
     # -- metrics and summary
 
@@ -126,21 +167,41 @@ class RunDir(RunFiles):
             f.flush()
             os.fsync(f.fileno())
 
-    def keep_metrics_until(self, epoch: int) -> None:
-        """Drop metrics lines of epochs after the checkpoint (a kill between the two writes)."""
+    def keep_metrics_until(self, epoch: int, log=print) -> None:
+        """Drop metrics lines of epochs after the checkpoint (a kill between the two writes), and damaged
+        lines (cut mid-line, edited), saying so: the epochs they held keep no numbers."""
         if not self.metrics_file.exists():
             return
-        lines = [line for line in self.metrics_file.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
-        write_text(self.metrics_file, "".join(line + "\n" for line in lines))
+        metrics = read_metrics(self.metrics_file)
+        if metrics.damaged:
+            log(f"warning: {metrics.problem(self.metrics_file)}; dropped (the run goes on from its checkpoint of epoch {epoch})")
+        rows = [row for row in metrics.rows if row["epoch"] <= epoch]
+        write_text(self.metrics_file, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
 
     def last_metrics(self) -> dict:
-        return json.loads(self.metrics_file.read_text().splitlines()[-1])
+        """The metrics of the epoch last.pt holds; refused when that line is lost (nothing to rebuild it from)."""
+        epoch, rows = self.checkpoint_epoch(), read_metrics(self.metrics_file).rows
+        if not rows or rows[-1]["epoch"] != epoch:
+            raise DamagedRunFile(f"{self.metrics_file}: the numbers of epoch {epoch}, the run's last, are lost and "
+                                 "cannot be rebuilt from its checkpoint; train again into another --out")
+        return rows[-1]
+
+    def damage(self) -> str | None:
+        """Why a finished run's summary.json or metrics.jsonl does not read back; None when both do."""
+        try:
+            self.read_summary()
+        except DamagedRunFile as err:
+            return str(err).split("; ")[0]
+        metrics = read_metrics(self.metrics_file)
+        return metrics.problem(self.metrics_file) if metrics.damaged else None
 
     def write_summary(self, summary: RunSummary) -> None:
         _write_json(self.summary_file, {k: v for k, v in asdict(summary).items() if k != "already_complete"})
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary_file.read_text())
+        """The summary's fields this version knows (newer ones are left out); a damaged file is refused."""
+        summary = read_run_summary(self.summary_file)
+        return {f.name: summary[f.name] for f in fields(RunSummary) if f.name in summary}
 
     # -- checkpoints
 
@@ -150,6 +211,17 @@ class RunDir(RunFiles):
         with atomic_file(self.checkpoint_file(name)) as f:
             f.write(buffer.getbuffer())
 
+    def checkpoint_epoch(self) -> int:
+        """The epoch last.pt holds (0 without one); a checkpoint without an epoch number is refused."""
+        if not self.checkpoint_file(LAST_CHECKPOINT).is_file():
+            return 0
+        state = self.load_checkpoint(LAST_CHECKPOINT)
+        epoch = state.get("epoch") if isinstance(state, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+            raise DamagedRunFile(f"{self.checkpoint_file(LAST_CHECKPOINT)}: not a checkpoint of a run (no epoch number in it); "
+                             "use another --out")
+        return epoch
+
     def load_checkpoint(self, name: str) -> dict:
         """A checkpoint of plain data (tensors, numbers, strings, lists, dicts), on the CPU; anything that
         would need code to unpickle is refused."""
@@ -158,7 +230,7 @@ class RunDir(RunFiles):
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a damaged or unsafe file
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise TrainError(f"{path}: not a checkpoint mrrn can load safely ({reason})") from None
+            raise DamagedRunFile(f"{path}: not a checkpoint mrrn can load safely ({reason})") from None
 
 
 @dataclass
@@ -183,8 +255,12 @@ def load_run(run: str | Path, device: torch.device, checkpoint: str = LAST_CHECK
     identities = tuple(CacheIdentity.from_json(record[c]) for c in ("cache", "flow_cache") if c in record)
     width = sum(identity.level_widths[cfg.level] for identity in identities)
     classes = identities[0].classes
-    model = build_model(cfg, width, len(classes))
     state = rundir.load_checkpoint(checkpoint)
+    problem = model_problem(state, expected_shapes(cfg, width, len(classes)))  # before any model is built
+    if problem:
+        raise TrainError(f"{rundir.checkpoint_file(checkpoint)}: does not fit the run's model ({problem}); "
+                         f"{RUN_RECORD} or the checkpoint was changed after training")
+    model = build_model(cfg, width, len(classes))
     try:
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as err:

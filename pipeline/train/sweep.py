@@ -15,12 +15,16 @@ from pathlib import Path
 from pipeline.atomic import write_text
 from pipeline.cache.reader import read_identity
 from pipeline.config import LEVELS, TrainConfig, caches_for_runs, views_option
-from pipeline.errors import ConfigError, writing
+from pipeline.errors import ConfigError
+from pipeline.evaluate.layout import claimed, mark_made_by
+from pipeline.evaluate.runfiles import DamagedRunFile
 from pipeline.train.rundir import RunSummary
 from pipeline.train.loop import fit
 
 COLUMNS = ("cache", "backbone", "views", "streams", "level", "model", "stream_fusion", "hidden", "layers", "pool", "video_top1", "video_top5",
-           "mean_class_acc", "clip_acc", "epochs", "parameters", "seconds_per_epoch", "run")
+           "mean_class_acc", "clip_acc", "epochs", "parameters", "seconds_per_epoch", "run",
+           "test_videos", "test_videos_listed", "computed_on",  # computed_on: said only when the split was incomplete
+           "damaged")  # why a run's directory could not be used (blank for every good run)
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -102,13 +106,46 @@ def row(cfg: TrainConfig, s: RunSummary, cache: dict) -> dict:
         "mean_class_acc": round(f["mean_class_acc"], 4), "clip_acc": round(f["clip_acc"], 4),
         "epochs": s.epochs, "parameters": s.parameters, "seconds_per_epoch": round(s.seconds_per_epoch, 3),
         "run": Path(s.out).name,
+        **_computed_on(s),
     }
+
+
+def damaged_row(cfg: TrainConfig, cache: dict, reason: str) -> dict:
+    """The row of a run whose directory cannot be used (a damaged file): its settings, no numbers, the reason."""
+    numbers = ("video_top1", "video_top5", "mean_class_acc", "clip_acc", "parameters", "seconds_per_epoch")
+    good = row(cfg, RunSummary(out=cfg.out, epochs=cfg.epochs, final={n: 0.0 for n in numbers}, parameters=0,
+                               seconds_per_epoch=0.0, resumed_from=0), cache)
+    return {**good, **{n: "" for n in numbers}, "damaged": reason}
+
+
+def _computed_on(s: RunSummary) -> dict:
+    """The columns saying what a run's numbers are over (blank for runs of older versions)."""
+    on = s.computed_on
+    if not on:
+        return {"test_videos": "", "test_videos_listed": "", "computed_on": ""}
+    return {"test_videos": on["test_videos"], "test_videos_listed": on["test_videos_listed"],
+            "computed_on": "" if on["complete"] else on["statement"]}
+
+
+def _notes(rows: list[dict]) -> str:
+    """A line under the tables for each statement of what incomplete runs' numbers are over."""
+    by_statement: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("computed_on"):
+            by_statement.setdefault(r["computed_on"], []).append(r["run"])
+    damaged = "".join(f"\nRun {r['run']} is damaged and has no numbers: {r['damaged']}.\n" for r in rows if r.get("damaged"))
+    return "".join(f"\nNumbers of {', '.join(runs)}: {text}.\n" for text, runs in by_statement.items()) + damaged
 
 
 def _model(r: dict, mark_flow: bool = True) -> str:
     """A row's head as the tables name it: twostream with its fusion, flow runs marked."""
     name = f"{r['model']} ({r['stream_fusion']})" if r.get("stream_fusion") else r["model"]
     return f"flow {name}" if mark_flow and r.get("streams") == "flow" else name
+
+
+def _count(n, noun: str) -> str:
+    """``1 layer``, ``2 layers`` (``n`` as a number or as read back from results.csv)."""
+    return f"{n} {noun}{'' if str(n) == '1' else 's'}"
 
 
 def _pct(value) -> str:
@@ -125,8 +162,8 @@ def markdown(rows: list[dict]) -> str:
     caches = list(dict.fromkeys(_cache_name(r) for r in rows))
     if len(caches) > 1:
         return _by_cache(rows, caches) + "\n" + "\n".join(
-            f"\n## {name}\n\n" + _one_cache([r for r in rows if _cache_name(r) == name]) for name in caches)
-    return _one_cache(rows)
+            f"\n## {name}\n\n" + _one_cache([r for r in rows if _cache_name(r) == name]) for name in caches) + _notes(rows)
+    return _one_cache(rows) + _notes(rows)
 
 
 def _by_cache(rows: list[dict], caches: list[str]) -> str:
@@ -152,8 +189,9 @@ def _one_cache(rows: list[dict]) -> str:
            "| s/epoch |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r.get('streams', 'rgb')} | {r['level']} | {_model(r, mark_flow=False)} | {r['hidden']} | {r['layers']} | {r['pool']} | "
-                   f"{_pct(r['video_top1'])} | {_pct(r['video_top5'])} | {_pct(r['mean_class_acc'])} | "
-                   f"{_pct(r['clip_acc'])} | {r['parameters']:,} | {r['seconds_per_epoch']} |")
+                   + ("damaged | | | | | |" if r.get("damaged") else
+                      f"{_pct(r['video_top1'])} | {_pct(r['video_top5'])} | {_pct(r['mean_class_acc'])} | "
+                      f"{_pct(r['clip_acc'])} | {r['parameters']:,} | {r['seconds_per_epoch']} |"))
     recurrent = [r for r in rows if r["model"] != "meanpool"]
     # Table 1 shape: hidden x layers, per (model, level, pool)
     for key in sorted({(_model(r), r["level"], r["pool"]) for r in recurrent}):
@@ -161,9 +199,9 @@ def _one_cache(rows: list[dict]) -> str:
         hiddens, layers = sorted({h for h, _ in cells}), sorted({n for _, n in cells})
         if len(hiddens) > 1 or len(layers) > 1:
             out += ["", f"Video top-1 (%), {key[0]}, {key[1]} level, {key[2]} pooling (paper table 1 shape):", "",
-                    "| setting | " + " | ".join(f"{n} layers" for n in layers) + " |",
+                    "| setting | " + " | ".join(_count(n, "layer") for n in layers) + " |",
                     "|---|" + "---|" * len(layers)]
-            out += [f"| {h} hidden units | " + " | ".join(_pct(cells.get((h, n), "")) for n in layers) + " |"
+            out += [f"| {_count(h, 'hidden unit')} | " + " | ".join(_pct(cells.get((h, n), "")) for n in layers) + " |"
                     for h in hiddens]
     # Table 2 shape: (model, pooling) x level, per (hidden, layers)
     levels = [lvl for lvl in LEVELS if any(r["level"] == lvl for r in rows)]
@@ -172,7 +210,7 @@ def _one_cache(rows: list[dict]) -> str:
         group = [r for r in rows if r["model"] == "meanpool" or (r["hidden"], r["layers"]) == (hidden, n_layers)]
         lines = sorted({(_model(r), r["pool"]) for r in group}, key=lambda mp: (mp[0].endswith("meanpool"), mp))
         if len(levels) > 1:  # with one level the table above already says it all
-            title = f"{hidden} hidden x {n_layers} layers" if hidden != "" else "meanpool"
+            title = f"{hidden} hidden x {_count(n_layers, 'layer')}" if hidden != "" else "meanpool"
             out += ["", f"Video top-1 (%) per level, {title} (paper table 2 shape):", "",
                     "| model | pooling | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]
             for model, pool in lines:
@@ -181,8 +219,15 @@ def _one_cache(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run_sweep(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str | Path | None = None,
-              caches: list[str] | None = None, progress: bool = True, log=print) -> list[dict]:
+def run_sweep(base: TrainConfig, out: Path, axes: SweepAxes, **options) -> list[dict]:
+    """:func:`sweep_into` with ``out`` claimed for the whole sweep: a second sweep into it at once, or an
+    ``out`` that holds a run or a fusion, is refused before anything is written."""
+    with claimed(Path(out), "sweep"):
+        return sweep_into(base, Path(out), axes, **options)
+
+
+def sweep_into(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str | Path | None = None,
+               caches: list[str] | None = None, progress: bool = True, log=print) -> list[dict]:
     """Train every configuration of the grid (resuming unfinished runs, skipping finished ones), then
     write ``results.csv`` and ``results.md`` in ``out``. With several ``caches`` (of one dataset) the grid
     runs on each, in ``out/<cache name>/``. Returns the rows."""
@@ -196,14 +241,19 @@ def run_sweep(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str 
         where = out / label if len(caches) > 1 else out
         configs += [(cache | {"label": label}, cfg)
                     for cfg in grid(dataclasses.replace(base, cache=cache["path"]), where, axes, flow_cache=flow_cache)]
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
+    mark_made_by(out, "sweep")
     rows = []
     for i, (cache, cfg) in enumerate(configs, start=1):
-        summary = fit(cfg, resume=True, progress=progress, log=log, epoch_lines=progress)
-        rows.append(row(cfg, summary, cache))
         name = f"{cache['label']}/{run_name(cfg)}" if len(caches) > 1 else run_name(cfg)
-        log(f"run {i}/{len(configs)} {name}: video top-1 {summary.final['video_top1']:.1%}"
+        try:
+            summary = fit(cfg, resume=True, progress=progress, log=log, epoch_lines=progress)
+        except DamagedRunFile as err:  # one run's damaged directory does not stop the others
+            rows.append(damaged_row(cfg, cache, str(err)))
+            log(f"run {i}/{len(configs)} {name}: damaged, left out of the numbers ({err})")
+            continue
+        rows.append(row(cfg, summary, cache))
+        on = rows[-1]["computed_on"]
+        log(f"run {i}/{len(configs)} {name}: video top-1 {summary.final['video_top1']:.1%}{' ' + on if on else ''}"
             f"{' (already complete)' if summary.already_complete else ''}")
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=COLUMNS)
