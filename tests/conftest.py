@@ -114,6 +114,24 @@ def torchvision_levels(model, x):
     return {name: out.mean(dim=(2, 3)) for name, out in seen.items()}
 
 
+def run(*args):
+    """An mrrn command line run in this process (click's runner), its arguments turned into strings."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments):
+    """Exit status 1 and exactly one line on stderr, 'Error: ...', holding every fragment."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """The bundled sample dataset, generated once per test session."""

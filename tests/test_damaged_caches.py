@@ -10,23 +10,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cli import main
 from pipeline.cache.reader import FeatureCache, VideoRecord
-from tests.conftest import folder_dataset, seeded_resnet
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.conftest import folder_dataset, one_line_error, run, seeded_resnet
 
 
 def fails_with(result, *fragments):

@@ -10,25 +10,12 @@ import time
 from pathlib import Path
 
 import torch
-from click.testing import CliRunner
 
-from cli import main
+from tests.conftest import one_line_error, run
 
 # the settings of the session's level runs (tests/conftest.py: small_train_config)
 LEVEL_RUN = ["--hidden", "128", "--layers", "2", "--epochs", "30", "--lr", "1e-3", "--lr-step", "100", "--normalize",
              "--quiet"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def train_high(cache, out, *extra):

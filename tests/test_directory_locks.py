@@ -12,24 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from click.testing import CliRunner
 
-from cli import main
-from tests.conftest import REPO
+from tests.conftest import one_line_error, REPO, run
 
 TINY = ["--hidden", "16", "--layers", "1", "--lr", "1e-3", "--lr-step", "100", "--normalize", "--quiet"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def files_of(directory: Path) -> dict[str, bytes]:

@@ -18,28 +18,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cli import main
 from pipeline.cache.reader import FeatureCache
 from pipeline.errors import TrainError
 from pipeline.train.loop import fit
-from tests.conftest import QUIET, REPO, folder_dataset, small_train_config
+from tests.conftest import folder_dataset, one_line_error, QUIET, REPO, run, small_train_config
 
 TINY = ["--hidden", "16", "--layers", "1", "--lr", "1e-3", "--lr-step", "100", "--normalize", "--quiet"]
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    """Exit status 1 and exactly one line on stderr, 'Error: ...', holding every fragment."""
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def extract_args(root: Path, out: Path, *extra) -> list[str]:

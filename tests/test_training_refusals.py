@@ -6,22 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from click.testing import CliRunner
 
-from cli import main
-from tests.conftest import QUIET, small_extract_config, write_video
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.conftest import one_line_error, QUIET, run, small_extract_config, write_video
 
 
 TINY = ["--layers", "1", "--lr", "1e-3", "--lr-step", "100", "--normalize", "--quiet"]

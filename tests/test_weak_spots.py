@@ -10,24 +10,10 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from cli import main
 from pipeline.datasets.index import build_index, list_videos
 from pipeline.datasets.splitfiles import SplitFileError
-from tests.conftest import REPO, folder_dataset, touch, write_lines
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *fragments):
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.conftest import folder_dataset, one_line_error, REPO, run, touch, write_lines
 
 
 def test_opencvs_own_warnings_never_reach_the_user(level_runs, tmp_path):

@@ -8,9 +8,10 @@ features, empty in caches written before digests existed), else why it is not th
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Iterable
+
+from pipeline.cache.identity import canonical_json
 
 PARTS = ("train", "test")
 MISSING, FAILED, NOT_EXTRACTED = "missing on disk", "failed to decode", "not extracted"
@@ -63,7 +64,7 @@ def _extracted(fp: dict) -> dict[str, tuple[str, list[str]]]:
 def changes(old: dict, new: dict) -> str:
     """What differs between two fingerprints, as a phrase ('3 videos added, 1 test video moved to train');
     empty when they agree."""
-    if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True):
+    if old == new:
         return ""
     before, after = _extracted(old), _extracted(new)
     both = sorted(before.keys() & after.keys())
@@ -97,7 +98,7 @@ def conflict(runs: list[tuple[str, dict]]) -> str | None:
         for field, fp in (pinned.items() if isinstance(pinned, dict) else ()):
             if field not in record or not isinstance(fp, dict):
                 continue
-            identity = json.dumps(record[field], sort_keys=True)
+            identity = canonical_json(record[field])
             if identity not in seen:
                 seen[identity] = (name, fp)
                 continue

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.errors import MrrnError
+from pipeline.errors import MrrnError, first_line
 from pipeline.cache.identity import CacheIdentity, IdentityError
 from pipeline.cache.contents import split_problems
 from pipeline.cache.schema import schema_problem, version_problem
@@ -180,7 +180,7 @@ class FeatureCache:
         try:
             return self._features(level)[...]
         except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short
-            raise CacheError(f"{self.path}: level {level} cannot be read ({str(err).splitlines()[0]}); run "
+            raise CacheError(f"{self.path}: level {level} cannot be read ({first_line(err)}); run "
                              f"`mrrn inspect {self.path} --verify`, then `mrrn extract ... --redo-damaged`") from None
 
     def rows(self, level: str, start: int, count: int) -> np.ndarray:

@@ -205,7 +205,7 @@ def _guarded(loader, workers: int):
     except RuntimeError as err:
         if not workers or "worker" not in str(err).lower():
             raise
-        raise DecodeWorkerDied(_worker_died(str(err).strip().splitlines()[0])) from None
+        raise DecodeWorkerDied(_worker_died(first_line(err))) from None
 
 
 def _worker_died(detail: str) -> str:

@@ -22,7 +22,7 @@ from torch.fx.experimental.optimization import fuse as fold_conv_bn
 from torch.overrides import TorchFunctionMode
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.cache.identity import LevelSpec
 from pipeline.config import LEVELS
 
@@ -184,7 +184,7 @@ def describe_all(names: list[str] | None = None) -> Iterator[str]:
             size = default_size(name)
             taps = find_taps(name, size)
         except Exception as err:  # a model whose stages cannot be told apart is left out, with why
-            yield f"{name:<22} not supported ({type(err).__name__}: {str(err).splitlines()[0]})"
+            yield f"{name:<22} not supported ({type(err).__name__}: {first_line(err)})"
             continue
         dims = " / ".join(f"{s.width} ({s.tap})" for s in taps.levels)
         yield f"{name:<22} {dims}; {size} px; {taps.pooling}"

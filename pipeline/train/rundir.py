@@ -20,7 +20,7 @@ from pipeline.atomic import atomic_file, write_text
 from pipeline.cache.contents import FINGERPRINT, changes, fingerprint
 from pipeline.cache.reader import FeatureCache, read_identity
 from pipeline.config import TrainConfig
-from pipeline.errors import TrainError, writing
+from pipeline.errors import TrainError, first_line, writing
 from pipeline.cache.identity import CacheIdentity, IdentityError, flat_settings, word_differences
 from pipeline.evaluate.layout import LAST_CHECKPOINT, MADE_BY, RUN_RECORD, RunFiles, mark_made_by
 from pipeline.evaluate.runfiles import DamagedRunFile, read_metrics, read_run_summary
@@ -229,8 +229,7 @@ class RunDir(RunFiles):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for a damaged or unsafe file
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DamagedRunFile(f"{path}: not a checkpoint mrrn can load safely ({reason})") from None
+            raise DamagedRunFile(f"{path}: not a checkpoint mrrn can load safely ({first_line(err)})") from None
 
 
 @dataclass
@@ -264,7 +263,7 @@ def load_run(run: str | Path, device: torch.device, checkpoint: str = LAST_CHECK
     try:
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError) as err:
-        raise TrainError(f"{rundir.checkpoint_file(checkpoint)}: does not fit the run's model ({str(err).splitlines()[0]})") from None
+        raise TrainError(f"{rundir.checkpoint_file(checkpoint)}: does not fit the run's model ({first_line(err)})") from None
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
         raise TrainError(f"{rundir.checkpoint_file(checkpoint)}: the model's weights are not finite; retrain the run")
     return TrainedRun(rundir.path, cfg, model.to(device).eval(), classes, identities)
