@@ -105,6 +105,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_journal.py
 	$(PY) benchmarks/bench_shards.py
+	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_backbones.py
 

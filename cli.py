@@ -38,11 +38,11 @@ from pipeline.config import (
     ExtractConfig,
     FlowSpec,
     TrainConfig,
-    caches_for_runs,
     default,
     default_workers,
 )
 from pipeline.errors import MrrnError, first_line
+from pipeline.streams import caches_for_runs
 
 
 class _Number(click.FloatRange):
@@ -274,6 +274,9 @@ def _list_backbones(ctx, param, value):
                    "flips). The cache grows with their number; training draws one per clip, testing averages them.")
 @click.option("--dtype", type=_choice(FEATURE_DTYPES), default=default(ExtractConfig, "dtype"), show_default=True,
               help="Storage type of the features.")
+@click.option("--fps", type=POSITIVE, default=None,
+              help="Frames kept per second of video, chosen by timestamp (every frame is still decoded; the backbone "
+                   "sees the kept ones) [default: every frame, as in the paper]. RGB caches only.")
 @click.option("--precision", type=_choice(PRECISIONS), default=default(ExtractConfig, "precision"), show_default=True,
               help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
 @click.option("--test-fraction", type=FRACTION, default=default(ExtractConfig, "test_fraction"), show_default=True,
@@ -292,6 +295,9 @@ def _list_backbones(ctx, param, value):
               help="Extract this video again although the cache holds it (repeat for several; keys are Class/video).")
 @click.option("--redo-damaged", is_flag=True, default=default(ExtractConfig, "redo_damaged"),
               help="Extract again every video whose features `inspect --verify` finds damaged or not finite.")
+@click.option("--commit-every", type=COUNT, default=default(ExtractConfig, "commit_every"), show_default=True,
+              metavar="VIDEOS", help="Commit finished videos into the cache every this many videos (or every "
+                                     f"{default(ExtractConfig, 'commit_seconds'):g} s), each commit a new part.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_nproc_option
 def extract(*, backbone_weights, legacy_weights, flow_method, flow_bound, flow_size, quiet, nproc, **settings):
@@ -343,7 +349,27 @@ def inspect(cache_file, verify):
             click.echo(f"problem     {problem}")
         if report.problems:
             raise click.ClickException(f"{cache_file}: {len(report.problems)} problem(s) found")
-        click.echo("verify      ok: every entry has consistent offsets, frame counts, shapes and finite values")
+        click.echo("verify      ok: every entry has consistent offsets, frame counts, shapes and finite values, "
+                   "and rows equal to those committed")
+
+
+@main.command()
+@click.argument("cache_file", metavar="CACHE", type=click.Path(path_type=Path))
+def compact(cache_file):
+    """Merge a cache's parts into one file.
+
+    CACHE then holds every level itself, and its parts folder goes. Each commit of `mrrn extract` adds a part; one file is easier to copy or share. Run it while no other mrrn
+    command reads the cache."""
+    from pipeline.cache.writer import compact as compact_cache
+
+    with user_errors():
+        parts, unused = compact_cache(cache_file)
+    if not parts:
+        click.echo(f"{cache_file} is one file already; nothing to do")
+        return
+    dropped = f"; {_count(unused, 'row')} no video used any more dropped" if unused else ""
+    click.echo(f"compacted {_count(parts, 'part')} into {cache_file} "
+               f"({cache_file.stat().st_size / 2**20:.1f} MiB){dropped}")
 
 
 def _train_options(f):
@@ -390,11 +416,28 @@ def _train_options(f):
         click.option("--test-views", type=_choice(TEST_VIEWS), default=default(TrainConfig, "test_views"),
                      show_default=True, help="A cache with several views: video scores are averaged over all of them "
                                              "(ten-crop testing with --views ten), or read from the centre crop only."),
+        click.option("--max-memory", type=str, default=None, callback=_size_option, metavar="SIZE",
+                     help="Memory budget for the level's data per rank (e.g. 3G, 512M) [default: half the available "
+                          "memory, shared by the ranks of a machine]. Over it each rank holds only its share of the "
+                          "videos, or streams them from the cache (docs/training.md, Memory)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _size_option(ctx, param, value):
+    """--max-memory SIZE as bytes; a size that is not one is a usage error."""
+    if value is None:
+        return None
+    from pipeline.errors import ConfigError
+    from pipeline.train.shares import parse_size
+
+    try:
+        return parse_size(value)
+    except ConfigError as err:  # '--max-memory X: why' -> 'X: why'
+        raise click.BadParameter(str(err).removeprefix("--max-memory ")) from None
 
 
 def _not_a_directory(option: str, path) -> None:
@@ -410,7 +453,7 @@ def _not_a_directory(option: str, path) -> None:
 
 def _train_config(settings: dict) -> TrainConfig:
     """A TrainConfig from train/sweep options named after its fields, reading the caches
-    ``config.caches_for_runs`` gives the run."""
+    ``streams.caches_for_runs`` gives the run."""
     if settings["cache"] is None:
         raise click.UsageError("Missing option '--cache'.")
     for option in ("--cache", "--flow-cache"):

@@ -1,5 +1,5 @@
-"""Joining the shards of a multi-process extraction: a merge into one contiguous file (what
-`extract --nproc` does) versus an HDF5 virtual dataset over the shards, timed as stage 2 reads them.
+"""Reading shards joined into one contiguous file (`mrrn compact`) versus through an HDF5 virtual dataset over
+them (what `extract --nproc` makes), timed as stage 2 reads them.
 
     python benchmarks/bench_shards.py [--shards 4] [--videos 13320] [--frames 24]
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESNET34_LEVELS, append_results, synthetic_identity, timed  # noqa: E402
 from pipeline.cache.reader import VideoRecord  # noqa: E402
-from pipeline.cache.writer import CacheWriter  # noqa: E402
+from pipeline.cache.writer import CacheWriter, compact  # noqa: E402
 
 IDENTITY = synthetic_identity(["bench"])
 
@@ -99,7 +99,7 @@ def main() -> None:
             "",
             "| join | time to join | read the high level (bulk) | 2000 single-video reads |",
             "|---|---|---|---|",
-            f"| merge into one file (`extract --nproc`) | {t_merge:.2f} s | {t_bulk_m:.3f} s | {t_vid_m:.3f} s |",
+            f"| merge into one file (`mrrn compact`) | {t_merge:.2f} s | {t_bulk_m:.3f} s | {t_vid_m:.3f} s |",
             f"| HDF5 virtual dataset over the shards | {t_vds_build:.2f} s | {t_bulk_v:.3f} s | {t_vid_v:.3f} s |",
             "",
             f"Virtual / merged read time: bulk **{t_bulk_v / t_bulk_m:.2f}x**, single videos "
@@ -109,9 +109,11 @@ def main() -> None:
 
 
 def _merge(out: Path, shards: list[Path]) -> None:
+    """One contiguous file: the shards joined by the index, then compacted (what `mrrn compact` does)."""
     with CacheWriter(out, IDENTITY) as w:
         w.absorb(shards)
         w.finish()
+    compact(out, log=lambda m: None)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
 """mrrn: Multi-Level Recurrent Residual Networks, as a two-stage feature-cache pipeline."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

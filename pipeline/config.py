@@ -9,7 +9,7 @@ import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from pipeline.errors import ConfigError
 
@@ -126,9 +126,12 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
     resize: Resize = Resize()  # bilinear, by torchvision's uint8 kernel
     views: tuple[str, ...] = VIEW_SETS["center"]  # the crops kept of each frame: one of VIEW_SETS' values
+    fps: float | None = None  # frames kept per second of video, by timestamp (extract --fps); None: every frame
 
     def __post_init__(self):
         _require_choice("views", self.views, VIEW_SETS.values())
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ConfigError(f"--fps {self.fps}: must be a number of frames per second > 0")
         if self.crop < 32 or self.short_side < self.crop:
             raise ConfigError(
                 f"need 32 <= crop <= short side, got crop {self.crop} and short side {self.short_side}"
@@ -187,17 +190,26 @@ class ExtractConfig:
     redo: tuple[str, ...] = ()  # keys to extract again although the cache holds them
     redo_damaged: bool = False  # extract again every video that `inspect --verify` flags
     views: str = "center"  # which crops of each frame to keep: a key of VIEW_SETS
+    fps: float | None = None  # frames sampled per second of video (by timestamp); None: every frame, the paper
+    # finished videos are committed into the cache every this many videos or seconds, whichever comes first
+    # (docs/extraction.md, "Commits as extraction goes"): a resume reads at most one interval of journal
+    commit_every: int = 256
+    commit_seconds: float = 300.0
 
     def __post_init__(self):
         _require_choice("dtype", self.dtype, FEATURE_DTYPES)
         _require_choice("views", self.views, VIEW_SETS)
         if self.modality == "flow" and self.views != "center":
             raise ConfigError("--views applies to RGB caches (a flipped flow image would need its x motion negated)")
+        if self.modality == "flow" and self.fps is not None:
+            raise ConfigError("--fps applies to RGB caches (flow is the motion between consecutive frames)")
         _require_choice("precision", self.precision, PRECISIONS)
         _require_choice("modality", self.modality, MODALITIES)
         _require_fraction("test fraction", self.test_fraction)
         if self.batch_size < 1 or (self.workers is not None and self.workers < 0) or self.chunk_frames < 1:
             raise ConfigError("batch size and chunk frames must be >= 1 and workers >= 0")
+        if self.commit_every < 1 or not self.commit_seconds > 0:
+            raise ConfigError("--commit-every must be at least 1 video, and the commit interval positive")
         for option, size in (("--short-side", self.short_side), ("--crop", self.crop)):
             if size is not None and size < 32:
                 raise ConfigError(f"{option} {size}: must be at least 32")
@@ -267,6 +279,7 @@ class TrainConfig:
     precision: str = "auto"  # the projections' arithmetic on CUDA; CPU runs stay in float32
     train_views: str = "random"  # a cache with several views: one drawn per clip, or the centre crop only
     test_views: str = "all"  # a cache with several views: video scores averaged over all, or the centre only
+    max_memory: int | None = None  # bytes of level data each rank may hold; None: train/shares.py's default budget
 
     def __post_init__(self):
         _require_choice("level", self.level, LEVELS)
@@ -320,25 +333,3 @@ class TrainConfig:
         """Settings added after a run was written take their defaults."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**{**known, "clip": ClipSpec(**d.get("clip", {}))})
-
-
-def caches_for_runs(runs: Sequence[tuple[str, str]], cache: str,
-                    flow_cache: str | None) -> list[tuple[str, str | None]]:
-    """Which caches each run of a command line reads: for each ``(model, modality)`` in ``runs``, its
-    (``TrainConfig.cache``, ``TrainConfig.flow_cache``), given --cache (RGB, or flow when no run is RGB)
-    and --flow-cache. Twostream reads both; a flow run reads --flow-cache when given, else --cache; an RGB
-    run reads --cache. Refused: a --flow-cache that no run reads, and RGB and flow runs together without
-    one (a twostream run without one: ``TrainConfig``)."""
-    if flow_cache is not None and not any(model == "twostream" or modality == "flow" for model, modality in runs):
-        raise ConfigError("--flow-cache is read by --model twostream, --modality flow or a sweep over "
-                          "--modalities rgb,flow")
-    single_stream = {modality for model, modality in runs if model != "twostream"}
-    if flow_cache is None and {"rgb", "flow"} <= single_stream:
-        raise ConfigError("--modalities rgb,flow needs --flow-cache beside the RGB --cache")
-
-    def reads(model: str, modality: str) -> tuple[str, str | None]:
-        if model == "twostream":
-            return cache, flow_cache
-        return (flow_cache or cache) if modality == "flow" else cache, None
-
-    return [reads(model, modality) for model, modality in runs]

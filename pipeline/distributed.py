@@ -87,6 +87,11 @@ def current() -> Rank:
     return Rank(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def ranks_here() -> int:
+    """How many ranks run on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def init(device: torch.device) -> Rank:
     """Open the process group once (NCCL between GPUs, gloo on CPU) when there is more than one rank."""
     import torch

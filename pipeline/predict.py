@@ -11,7 +11,7 @@ import torch
 
 from pipeline.extract.backbone import FeatureExtractor, load_backbone, resolve_device, weights_from_id
 from pipeline.train.clips import VideoScores, clip_frames, score_clips
-from pipeline.train.level_data import stack_streams
+from pipeline.train.two_streams import stack_streams
 from pipeline.extract.features import video_features
 from pipeline.evaluate.fuse import FuseError, default_method, fuse, weights_for
 from pipeline.cache.identity import CacheIdentity

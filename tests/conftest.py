@@ -2,6 +2,7 @@
 dataset extracted once per session, and settings small enough for two CPU cores."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,27 @@ def level_runs(sample_cache, tmp_path_factory) -> dict[str, Path]:
         fit(small_train_config(sample_cache, runs / level, level=level), **QUIET)
         out[level] = runs / level
     return out
+
+
+def copy_cache(src: Path, dst: Path) -> Path:
+    """A copy of the cache ``src`` at ``dst``: the index and its parts folder, as a user copies it."""
+    shutil.copy(src, dst)
+    parts = Path(f"{src}.parts")
+    if parts.is_dir():
+        shutil.copytree(parts, Path(dst).parent / parts.name, dirs_exist_ok=True)
+    return Path(dst)
+
+
+def feature_file(cache: Path) -> Path:
+    """The file that holds the first rows of ``cache``'s levels: its first part, or the cache itself."""
+    from pipeline.cache.reader import FeatureCache
+
+    with FeatureCache(cache) as c:
+        return c.parts[0].path(Path(cache)) if c.parts else Path(cache)
+
+
+def key_ordered(cache, level: str) -> np.ndarray:
+    """Every video's rows of one level, video after video in key order, ``(frames, C)``: what two caches of the
+    same videos agree on however their parts were committed (``load_level`` gives the rows as stored)."""
+    return np.concatenate([cache.video_features(rec.key, level) for rec in cache.videos]) if cache.videos else \
+        cache.load_level(level)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.cache.reader import FeatureCache, VideoRecord
-from tests.conftest import folder_dataset, one_line_error, run, seeded_resnet
+from tests.conftest import key_ordered, copy_cache, folder_dataset, one_line_error, run, seeded_resnet
 
 
 def fails_with(result, *fragments):
@@ -35,7 +35,7 @@ def same_cache(a: Path, b: Path) -> None:
         assert [(v.key, v.frames) for v in one.videos] == [(v.key, v.frames) for v in two.videos]
         assert [f.key for f in one.failed] == [f.key for f in two.failed] and two.verify() == []
         for level in one.levels:
-            np.testing.assert_array_equal(one.load_level(level), two.load_level(level))
+            np.testing.assert_array_equal(key_ordered(one, level), key_ordered(two, level))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ DAMAGES = {
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_a_structurally_damaged_cache_is_one_line_for_every_command(whole, tmp_path, damage):
     cache = tmp_path / "c.h5"
-    shutil.copy(whole, cache)
+    copy_cache(whole, cache)
     change, message = DAMAGES[damage]
     with h5py.File(cache, "r+") as f:
         change(f)
@@ -84,7 +84,7 @@ def test_a_structurally_damaged_cache_is_one_line_for_every_command(whole, tmp_p
 
 def test_a_missing_level_is_listed_and_re_extracted_by_redo_damaged(videos, whole, tmp_path):
     cache = tmp_path / "c.h5"
-    shutil.copy(whole, cache)
+    copy_cache(whole, cache)
     with h5py.File(cache, "r+") as f:
         del f["features/low"]
     verify = run("inspect", cache, "--verify")
@@ -98,7 +98,7 @@ def test_a_missing_level_is_listed_and_re_extracted_by_redo_damaged(videos, whol
 def test_redo_of_a_video_that_no_longer_decodes_keeps_its_old_features_and_says_so(videos, whole, tmp_path):
     root = Path(shutil.copytree(videos, tmp_path / "videos"))
     cache = tmp_path / "c.h5"
-    shutil.copy(whole, cache)
+    copy_cache(whole, cache)
     good = (root / "jump" / "jump0.avi").read_bytes()
     (root / "jump" / "jump0.avi").write_bytes(good[: len(good) // 8])  # cut short since it was extracted
     result = run(*extract_args(root, cache), "--backbone-weights", "random", "--redo", "jump/jump0.avi")

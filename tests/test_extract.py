@@ -18,12 +18,14 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.extract.backbone import sha256_file
-from pipeline.cache.reader import FeatureCache
+from pipeline.cache.reader import CacheError, FeatureCache
 from pipeline.config import Preprocess
 from pipeline.datasets.index import VideoSet
 from pipeline.extract.run import ExtractError, run_extract
 from pipeline.extract.video import VideoReader, preprocess
 from tests.conftest import (
+    copy_cache,
+    key_ordered,
     QUIET,
     REPO,
     folder_dataset,
@@ -90,21 +92,35 @@ def test_cached_features_equal_a_direct_torchvision_forward(sample_cache, sample
 MODALITY_ARGS = {"rgb": [], "flow": ["--modality", "flow", "--flow-size", "64"]}
 
 
-@pytest.mark.parametrize("modality, workers", [("rgb", "1"), ("rgb", "0"), ("flow", "1")])
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality, workers):
-    """kill -9 while the loop runs (decoding workers or decoding in the process; journal writes on their
-    own thread), then the same command again: the cache an uninterrupted run makes."""
+def _done(out: Path, journal: Path) -> tuple[int, int]:
+    """(videos committed into the cache, videos waiting in its journal) while an extraction runs."""
+    try:
+        with FeatureCache(out) as c:
+            committed = len(c.videos)
+    except CacheError:  # not created yet
+        committed = 0
+    return committed, len(list(journal.glob("*.npz")))
+
+
+# (modality, decoding workers, --commit-every): the journal alone, and commits every few videos, so the kill
+# lands before, between and during commits
+@pytest.mark.parametrize("modality, workers, commit_every", [("rgb", "1", "256"), ("rgb", "0", "256"), ("flow", "1", "256"),
+                                                            ("rgb", "0", "2"), ("rgb", "1", "1")])
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality, workers, commit_every):
+    """kill -9 while the loop runs (decoding workers or decoding in the process; journal writes and commits on
+    their own thread), then the same command again: the cache an uninterrupted run makes. The journal never
+    holds more than one commit interval, which is all a resume reads of it."""
     root = folder_dataset(tmp_path / "data", per_class=8, frames=30)
     whole = tmp_path / "whole.h5"
     assert CliRunner().invoke(main, extract_args(root, whole, *MODALITY_ARGS[modality])).exit_code == 0
 
     out = tmp_path / "killed.h5"
     cmd = [sys.executable, "cli.py", *extract_args(root, out, "--batch-size", "4", "--workers", workers,
-                                                    *MODALITY_ARGS[modality])]
+                                                    "--commit-every", commit_every, *MODALITY_ARGS[modality])]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = Path(f"{out}.journal")
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(journal.glob("*.npz"))) < 3 and proc.poll() is None:
+    while time.time() < deadline and sum(_done(out, journal)) < 5 and proc.poll() is None:
         time.sleep(0.02)
     helpers = descendants(proc.pid)  # the workers' server, the decoding workers, the resource tracker
     assert len(helpers) >= (2 if workers == "1" else 0)
@@ -117,17 +133,19 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, modality, worke
     assert not [p for p in helpers if alive(p)], "processes of the killed run live on (and keep its memory)"
     with FeatureCache(out) as c:  # still a valid, readable cache: nothing damaged, only videos still to extract
         assert all("an unfinished extraction: rerun the same `mrrn extract`" in p for p in c.verify()), c.verify()
-    done_before = len(list(journal.glob("*.npz")))
-    assert 3 <= done_before < 16
+    committed, journalled = _done(out, journal)
+    assert journalled <= int(commit_every) and 5 <= committed + journalled < 16
+    if commit_every != "256":
+        assert committed >= 2  # the kill came after commits
 
     result = CliRunner().invoke(main, extract_args(root, out, *MODALITY_ARGS[modality]))
     assert result.exit_code == 0, result.output
-    assert f"{done_before} were already done" in result.output
+    assert f"{committed + journalled} were already done" in result.output
     with FeatureCache(whole) as a, FeatureCache(out) as b:
         assert [v.key for v in a.videos] == [v.key for v in b.videos]
         assert [v.frames for v in a.videos] == [v.frames for v in b.videos]
         for level in ("low", "mid", "high"):
-            np.testing.assert_allclose(a.load_level(level).astype(np.float32), b.load_level(level).astype(np.float32),
+            np.testing.assert_allclose(key_ordered(a, level).astype(np.float32), key_ordered(b, level).astype(np.float32),
                                        rtol=1e-2, atol=1e-2)
         assert b.verify() == []
     assert not journal.exists()
@@ -214,7 +232,7 @@ def test_weights_path_round_trip(tmp_path):
     run_extract(small_extract_config(root, by_seed), **QUIET)
     with FeatureCache(by_path) as a, FeatureCache(by_seed) as b:
         assert a.identity.backbone_weights == f"sha256:{sha256_file(weights)}"
-        np.testing.assert_array_equal(a.load_level("high"), b.load_level("high"))
+        np.testing.assert_array_equal(key_ordered(a, "high"), key_ordered(b, "high"))
 
 
 def test_inspect_reports_and_verify_catches_a_corrupted_entry(sample_cache, tmp_path):
@@ -222,8 +240,7 @@ def test_inspect_reports_and_verify_catches_a_corrupted_entry(sample_cache, tmp_
     assert result.exit_code == 0, result.output
     assert "videos      80 ok, 0 failed" in result.output
     assert "level       high layer4: (" in result.output and "verify      ok" in result.output
-    broken = tmp_path / "broken.h5"
-    broken.write_bytes(sample_cache.read_bytes())
+    broken = copy_cache(sample_cache, tmp_path / "broken.h5")
     with h5py.File(broken, "r+") as f:
         f["features/high"][10] = np.inf
     result = CliRunner().invoke(main, ["inspect", str(broken), "--verify"])
@@ -242,7 +259,7 @@ def test_cuda_extraction_matches_cpu_within_bf16_tolerance(tmp_path):
     with FeatureCache(cpu) as a, FeatureCache(gpu) as b:
         assert b.identity.precision in ("bf16", "fp16")
         for level in ("low", "mid", "high"):
-            x, y = a.load_level(level).astype(np.float32), b.load_level(level).astype(np.float32)
+            x, y = key_ordered(a, level).astype(np.float32), key_ordered(b, level).astype(np.float32)
             assert np.abs(x - y).max() <= 0.03 * np.abs(x).max()
 
 
@@ -366,4 +383,4 @@ def test_on_the_cpu_extraction_decodes_in_the_command_by_default_with_one_worker
     with FeatureCache(default) as a, FeatureCache(one) as b:
         assert [v.key for v in a.videos] == [v.key for v in b.videos]
         for level in ("low", "mid", "high"):
-            np.testing.assert_array_equal(a.load_level(level), b.load_level(level))
+            np.testing.assert_array_equal(key_ordered(a, level), key_ordered(b, level))

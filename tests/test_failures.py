@@ -22,7 +22,7 @@ import torch
 from pipeline.cache.reader import FeatureCache
 from pipeline.errors import TrainError
 from pipeline.train.loop import fit
-from tests.conftest import folder_dataset, one_line_error, QUIET, REPO, run, small_train_config
+from tests.conftest import key_ordered, copy_cache, feature_file, folder_dataset, one_line_error, QUIET, REPO, run, small_train_config
 
 TINY = ["--hidden", "16", "--layers", "1", "--lr", "1e-3", "--lr-step", "100", "--normalize", "--quiet"]
 
@@ -37,7 +37,7 @@ def assert_same_cache(a: Path, b: Path) -> None:
         assert [(v.key, v.frames) for v in one.videos] == [(v.key, v.frames) for v in two.videos]
         assert [f.key for f in one.failed] == [f.key for f in two.failed] and two.verify() == []
         for level in one.levels:
-            np.testing.assert_allclose(one.load_level(level).astype(np.float32), two.load_level(level).astype(np.float32),
+            np.testing.assert_allclose(key_ordered(one, level).astype(np.float32), key_ordered(two, level).astype(np.float32),
                                        rtol=1e-2, atol=1e-2)
 
 
@@ -307,11 +307,11 @@ def test_a_damaged_journal_entry_is_set_aside_and_its_video_extracted_again(vide
 
 def test_zeros_written_into_the_features_are_found_refused_and_repaired(videos, whole, sample_cache, tmp_path):
     out = tmp_path / "c.h5"
-    shutil.copy(whole, out)
-    with h5py.File(out, "r+") as f:
-        ds = f["features/high"]
-        start = ds.id.get_chunk_info(0).byte_offset
-    with open(out, "r+b") as f:  # 8 KiB of zeros straight into the stored bytes, under HDF5's feet
+    copy_cache(whole, out)
+    stored = feature_file(out)  # the part holding the first rows
+    with h5py.File(stored, "r") as f:
+        start = f["features/high"].id.get_chunk_info(0).byte_offset
+    with open(stored, "r+b") as f:  # 8 KiB of zeros straight into the stored bytes, under HDF5's feet
         f.seek(start + 4096)
         f.write(b"\0" * 8192)
     verify = run("inspect", out, "--verify")
@@ -326,7 +326,7 @@ def test_zeros_written_into_the_features_are_found_refused_and_repaired(videos, 
 
 def test_a_damaged_video_table_is_refused_before_training(sample_cache, tmp_path):
     cache = tmp_path / "c.h5"
-    shutil.copy(sample_cache, cache)
+    copy_cache(sample_cache, cache)
     with h5py.File(cache, "r+") as f:
         f["videos/label"][3] = 99
     with pytest.raises(TrainError, match=r"damaged cache \(video '.*': label 99 / class .* disagree with the class "

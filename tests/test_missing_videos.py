@@ -4,7 +4,6 @@ number printed or written says what it is over."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from pipeline.cache.inspect import inspect_cache
 from pipeline.cache.reader import FeatureCache
 from pipeline.datasets.index import index_folder
 from pipeline.extract.run import run_extract
-from tests.conftest import QUIET, folder_dataset, small_extract_config
+from tests.conftest import copy_cache, QUIET, folder_dataset, small_extract_config
 
 GONE = "CircleGrow/v_CircleGrow_g01_c01.avi"  # a test video of the sample data (groups 1 and 2 are test)
 TINY = ["--hidden", "16", "--layers", "1", "--epochs", "2", "--lr", "1e-3", "--normalize", "--quiet"]
@@ -122,7 +121,7 @@ def test_with_the_video_back_on_disk_the_cache_is_whole_again(short_cache, sampl
     """The cause removed: the video restored and the same extraction rerun gives the cache an uninterrupted
     extraction of the whole sample data gives, training needs no --allow-missing, and the run trained without the
     video is not reported again as if it were this cache's."""
-    cache = shutil.copy(short_cache, tmp_path / "short.h5")
+    cache = copy_cache(short_cache, tmp_path / "short.h5")
     assert train(cache, tmp_path / "partial", "--level", "high", "--epochs", "1", "--allow-missing").exit_code == 0
     summary = extract_sample(sample_dir, link_videos(sample_dir, tmp_path / "videos"), cache)
     assert summary.extracted == 1

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.config import FlowSpec
-from pipeline.train.level_data import LevelTable, join_streams, stack_streams
+from pipeline.train.level_data import LevelTable
+from pipeline.train.two_streams import join_streams, stack_streams
 from pipeline.train.heads import ResLSTMHead, TemporalResidualBlock, TResNetHead, TwoStreamHead
 from pipeline.errors import TrainError
 from pipeline.train.loop import fit

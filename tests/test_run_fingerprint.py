@@ -15,7 +15,7 @@ from pipeline.errors import TrainError
 from pipeline.evaluate.fuse import FuseError, run_fuse
 from pipeline.extract.run import run_extract
 from pipeline.train.loop import fit
-from tests.conftest import QUIET, small_extract_config, write_lines
+from tests.conftest import copy_cache, QUIET, small_extract_config, write_lines
 from tests.conftest import small_train_config as small
 
 REPLACED = "Stripes/v_Stripes_g03_c01.avi"  # a training video of the sample data
@@ -40,7 +40,7 @@ def test_the_run_record_holds_the_fingerprint_of_the_split_it_used(sample_cache,
 
 
 def test_a_finished_run_on_split_lists_that_changed_is_refused_until_they_are_back(sample_dir, sample_cache, tmp_path):
-    cache = shutil.copy(sample_cache, tmp_path / "c.h5")
+    cache = copy_cache(sample_cache, tmp_path / "c.h5")
     cfg = tiny(cache, tmp_path / "run")
     first = fit(cfg, **QUIET)
     splits = shutil.copytree(sample_dir / "ucfTrainTestlist", tmp_path / "splits")
@@ -67,7 +67,7 @@ def test_a_finished_run_on_split_lists_that_changed_is_refused_until_they_are_ba
 
 def test_runs_on_different_contents_of_one_cache_are_neither_resumed_nor_fused_nor_used_together(
         sample_dir, sample_cache, tmp_path):
-    cache = shutil.copy(sample_cache, tmp_path / "c.h5")
+    cache = copy_cache(sample_cache, tmp_path / "c.h5")
     low = fit(tiny(cache, tmp_path / "low", level="low"), **QUIET)
     videos = tmp_path / "videos"
     shutil.copytree(sample_dir / "videos", videos)

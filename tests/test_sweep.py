@@ -59,3 +59,22 @@ def test_a_flow_cache_that_no_run_reads_is_refused_before_anything_is_trained(sa
         assert result.stderr == ("Error: --flow-cache is read by --model twostream, --modality flow or a sweep over "
                                  "--modalities rgb,flow\n")
         assert not out.exists()
+
+
+def test_a_sweep_reads_each_level_of_the_cache_once(sample_cache, tmp_path, monkeypatch):
+    """The grid's runs on one level share its data: read once, not once per run."""
+    from pipeline.cache.reader import FeatureCache
+
+    reads, real = [], FeatureCache.read_videos
+
+    def counted(self, level, spans):  # the real read, counted
+        reads.append(level)
+        return real(self, level, spans)
+
+    monkeypatch.setattr(FeatureCache, "read_videos", counted)
+    result = CliRunner().invoke(main, [
+        "sweep", "--cache", str(sample_cache), "--levels", "low,high", "--hidden", "16,32", "--layers", "1,2",
+        "--epochs", "1", "--lr", "1e-3", "--normalize", "--quiet", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 8
+    assert sorted(reads) == ["high", "low"]

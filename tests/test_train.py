@@ -21,7 +21,7 @@ from pipeline.evaluate.metrics import video_metrics
 from pipeline.train.heads import MeanPoolHead, RRNHead
 from pipeline.errors import TrainError
 from pipeline.train.loop import fit
-from tests.conftest import QUIET, REPO, accuracy, folder_dataset, small_extract_config
+from tests.conftest import copy_cache, QUIET, REPO, accuracy, folder_dataset, small_extract_config
 from tests.conftest import small_train_config as small
 
 
@@ -179,7 +179,7 @@ def test_a_finished_run_is_not_redone_and_another_configuration_is_refused(train
 def test_a_moved_cache_is_the_same_cache_but_another_one_is_refused(sample_cache, tmp_path):
     fit(small(sample_cache, tmp_path / "r", epochs=1), **QUIET)
     moved = tmp_path / "moved.h5"
-    moved.write_bytes(sample_cache.read_bytes())
+    copy_cache(sample_cache, moved)
     assert fit(small(moved, tmp_path / "r", epochs=1), **QUIET).already_complete
     other = tmp_path / "other.h5"
     from dataclasses import replace
@@ -197,7 +197,7 @@ def test_a_moved_cache_is_the_same_cache_but_another_one_is_refused(sample_cache
 
 def test_refuses_a_cache_without_the_level(sample_cache, tmp_path):
     cache = tmp_path / "no_low.h5"
-    cache.write_bytes(sample_cache.read_bytes())
+    copy_cache(sample_cache, cache)
     with h5py.File(cache, "r+") as f:
         del f["features/low"]
     result = CliRunner().invoke(main, ["train", "--cache", str(cache), "--level", "low", "--out", str(tmp_path / "r")])
@@ -207,7 +207,7 @@ def test_refuses_a_cache_without_the_level(sample_cache, tmp_path):
 
 def test_refuses_non_finite_features(sample_cache, tmp_path):
     cache = tmp_path / "nan.h5"
-    cache.write_bytes(sample_cache.read_bytes())
+    copy_cache(sample_cache, cache)
     with h5py.File(cache, "r+") as f:
         f["features/high"][5] = np.nan
     with pytest.raises(TrainError, match=r"non-finite features in 1 video\(s\): Checkerboard/v_Checkerboard_g01_c01.avi"):

@@ -25,7 +25,7 @@ from pipeline.train.heads import build_model
 from pipeline.predict import predict
 from pipeline.train.loop import StepContext, evaluate, fit
 from pipeline.extract.video import preprocess
-from tests.conftest import QUIET, folder_dataset, small_extract_config, small_train_config
+from tests.conftest import key_ordered, QUIET, folder_dataset, small_extract_config, small_train_config
 
 TINY = dict(epochs=2, hidden=16, layers=1)
 
@@ -95,8 +95,8 @@ def test_a_views_cache_stores_describes_and_guards_its_views(view_caches, tmp_pa
         assert two.identity.views == ("center", "flip")
         assert two.level_shape("high") == (two.total_frames, 2 * 512)
         # view 0 of the two-view cache is the centre-only cache's feature
-        np.testing.assert_allclose(two.load_level("mid")[:, :256].astype(np.float32),
-                                   one.load_level("mid").astype(np.float32), rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(key_ordered(two, "mid")[:, :256].astype(np.float32),
+                                   key_ordered(one, "mid").astype(np.float32), rtol=1e-2, atol=1e-2)
     report = "\n".join(inspect_cache(caches["center,flip"]).lines)
     assert "views       2 per frame (center, flip)" in report and "2x the size" in report
     assert "= 2 views x 512" in report
@@ -183,7 +183,8 @@ def test_a_sweep_over_several_caches_writes_one_table_with_a_cache_column(view_c
 
 
 def test_twostream_refuses_a_cache_of_several_views(view_caches):
-    from pipeline.train.level_data import join_streams, read_level_table
+    from pipeline.train.level_data import read_level_table
+    from pipeline.train.two_streams import join_streams
     from pipeline.errors import TrainError
 
     _, caches = view_caches

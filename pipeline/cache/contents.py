@@ -17,6 +17,7 @@ PARTS = ("train", "test")
 MISSING, FAILED, NOT_EXTRACTED = "missing on disk", "failed to decode", "not extracted"
 ABSENT = (MISSING, FAILED, NOT_EXTRACTED)
 FINGERPRINT = "fingerprint"  # the run record's field: {"cache": fingerprint, "flow_cache": fingerprint}
+CACHE_VERSIONS = "cache_versions"  # the run record's field: {"cache": version name, ...}, for the record only
 
 
 def absent_reason(key: str, missing: Iterable[str], failed: Iterable[str]) -> str:

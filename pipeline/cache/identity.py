@@ -83,6 +83,8 @@ class CacheIdentity:
         }
         if pre.views != default(Preprocess, "views"):  # absent: the centre crop only, as before views existed
             d["preprocess"]["views"] = list(pre.views)
+        if pre.fps is not None:  # absent: every frame, as before --fps existed
+            d["preprocess"]["fps"] = pre.fps
         if self.flow is not None:
             d["flow"] = {"method": self.flow.method, "bound": self.flow.bound, "size": self.flow.size}
         return d
@@ -135,6 +137,9 @@ class CacheIdentity:
             f"preprocess  short side {pre.short_side}, crop {pre.crop}, resize {pre.resize.name}, "
             f"mean {list(pre.mean)}, std {list(pre.std)}",
         ]
+        if pre.fps is not None:
+            lines.append(f"frames      {pre.fps:g} per second of video, sampled by timestamp (extract --fps); clips "
+                         "count sampled frames")
         if len(self.views) > 1:
             lines.append(f"views       {len(self.views)} per frame ({', '.join(self.views)}): the cache, and a level "
                          f"in memory, are {len(self.views)}x the size of a centre-only cache")

@@ -33,8 +33,11 @@ def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
     report = CacheReport()
     with FeatureCache(path) as c:
         attrs = c.attrs
-        report.lines.append(f"cache       {path} ({path.stat().st_size / 2**20:.1f} MiB, schema {attrs['schema_version']}, "
-                            f"mrrn {attrs['mrrn_version']}, updated {attrs['updated_utc']})")
+        report.lines.append(f"cache       {path} ({_size(path, c)}, schema {attrs['schema_version']}, "
+                            f"mrrn {attrs['mrrn_version']}, version {c.version}, updated {attrs['updated_utc']})")
+        unused = c.level_rows - c.total_frames
+        if unused:
+            report.lines.append(f"unused      {unused} rows of re-extracted videos stay in their parts until `mrrn compact`")
         report.lines += c.identity.describe()
         report.lines.append(f"videos      {len(c.videos)} ok, {len(c.failed)} failed, {c.total_frames} frames")
         views = len(c.identity.views)
@@ -66,6 +69,15 @@ def inspect_cache(path: Path, verify: bool = False) -> CacheReport:
         if verify:
             report.problems = c.verify()
     return report
+
+
+def _size(path: Path, cache: FeatureCache) -> str:
+    """'812.4 MiB' for one file; '812.4 MiB in 12 parts in FILE.h5.parts/' for an index over parts."""
+    if not cache.parts:
+        return f"{path.stat().st_size / 2**20:.1f} MiB"
+    size = path.stat().st_size + sum(part.size for part in cache.parts)
+    folders = sorted({str(Path(part.name).parent) for part in cache.parts})
+    return f"{size / 2**20:.1f} MiB in {len(cache.parts)} part(s) in {', '.join(f + '/' for f in folders)}"
 
 
 def _part(cache: FeatureCache, keys: tuple[str, ...], name: str) -> str:

@@ -17,12 +17,15 @@ import numpy as np
 from pipeline.errors import MrrnError, first_line
 from pipeline.cache.identity import CacheIdentity, IdentityError
 from pipeline.cache.contents import split_problems
+from pipeline.cache.parts import Part, open_level, part_problems, parts_dir, read_parts
 from pipeline.cache.schema import schema_problem, version_problem
+from pipeline.cache import verify
+from pipeline.cache.spans import read_spans
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # a single file holding every level (and every cache written before 0.3.0)
+INDEX_SCHEMA_VERSION = 2  # an index over parts (parts.py): its levels are virtual datasets
 IDENTITY_ATTR = "config"  # the file attribute holding the cache identity (its name kept from the first format)
 STR = h5py.string_dtype("utf-8")
-COPY_ROWS = 1 << 16  # rows per block when copying or checking features
 
 
 class CacheError(MrrnError):
@@ -79,14 +82,17 @@ def shard_path(path: Path, rank: int, world: int) -> Path:
 
 
 def remove_cache_files(path: Path) -> None:
-    """A cache file with its lock and (empty) journal; used once shards are joined."""
+    """A cache file with its lock, (empty) journal and parts; used once shards are joined."""
     for leftover in (path, lock_path(path)):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(journal_dir(path), ignore_errors=True)
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
 class FeatureCache:
-    """Read access to a committed cache file. Levels load whole in one read: ``load_level('high')``."""
+    """Read access to a committed cache: a single file, or an index over parts (``parts.py``). Levels load
+    whole in one read: ``load_level('high')``. Opening reads the header and the tables' columns; the video
+    records are built when first asked for."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -116,8 +122,9 @@ class FeatureCache:
         problem = version_problem(f)
         if problem:
             raise CacheError(f"{self.path}: damaged cache ({problem})")
-        if int(version) != SCHEMA_VERSION:
-            raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads {SCHEMA_VERSION}")
+        if int(version) not in (SCHEMA_VERSION, INDEX_SCHEMA_VERSION):
+            raise CacheError(f"{self.path}: cache schema version {version}, this mrrn reads "
+                             f"{SCHEMA_VERSION} and {INDEX_SCHEMA_VERSION}; a newer mrrn wrote it")
         problem = schema_problem(f)  # every group and column of the right kind and length; no value read yet
         if problem:
             raise CacheError(f"{self.path}: damaged cache ({problem}); extract the dataset again into another --out")
@@ -125,18 +132,33 @@ class FeatureCache:
         # level -> columns per frame: its width times the views (view-major; docs/cache-format.md)
         self.levels: dict[str, int] = self.identity.stored_widths
         self._datasets: dict[str, h5py.Dataset] = {}
-        self.videos: tuple[VideoRecord, ...] = _read_videos(f["videos"])
-        fl = f["failed"]
-        self.failed: tuple[FailedRecord, ...] = tuple(
-            FailedRecord(str(k), int(lab), str(c), str(r))
-            for k, lab, c, r in zip(fl["key"].asstr()[:], fl["label"][:], fl["class_name"].asstr()[:], fl["reason"].asstr()[:])
-        )
-        self.index = {rec.key: i for i, rec in enumerate(self.videos)}
-        self.splits: Splits = {
-            int(n): (tuple(g["train"].asstr()[:]), tuple(g["test"].asstr()[:])) for n, g in f["splits"].items()
-        }
-        self.missing: tuple[str, ...] = _keys_of(f, "missing/key")  # named by split files, not on disk; () in older caches
-        self.digests: tuple[str, ...] = _keys_of(f, "videos/digest") or ("",) * len(self.videos)  # "" when not stored
+        self.parts: tuple[Part, ...] = read_parts(f) if int(version) == INDEX_SCHEMA_VERSION else ()
+        problems = part_problems(self.path, self.parts)
+        if problems:
+            raise CacheError(f"{self.path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                             + "; the cache cannot be read without it: restore it, or extract into another --out")
+        self._tables = tables = _tables_of(self.path, f)  # read once per command: later opens reuse them
+        self._columns, self.failed, self.splits = tables.columns, tables.failed, tables.splits
+        self.missing: tuple[str, ...] = tables.missing  # named by split files, not on disk; () in older caches
+        self.digests: tuple[str, ...] = tables.digests  # "" where not stored (caches written before digests)
+        version_name = str(self.attrs.get("version", "0"))
+        self.version: str = version_name  # the commit's name ('12-3fa2c1d9'); '0' before versions were written
+        self.commit: int = int(version_name.split("-")[0]) if version_name.split("-")[0].isdigit() else 0
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """The video table by column (key, class_name, label, frames, offset, ...), as stored; no record built."""
+        return self._columns
+
+    @property
+    def videos(self) -> tuple[VideoRecord, ...]:
+        """The finished videos in key order (built on first use, once per file version and command)."""
+        return self._tables.records()
+
+    @property
+    def index(self) -> dict[str, int]:
+        """key -> position in :attr:`videos`."""
+        return self._tables.index()
 
     def close(self):
         self._file.close()
@@ -157,7 +179,18 @@ class FeatureCache:
 
     @property
     def total_frames(self) -> int:
-        return int(sum(v.frames for v in self.videos))
+        """Frames of the finished videos (the rows they own)."""
+        return int(self._columns["frames"].sum())
+
+    @property
+    def level_rows(self) -> int:
+        """Rows of each level: the total frames, plus, in an index over parts, rows no video owns any more."""
+        stored = self.stored_levels()
+        return self.level_shape(stored[0])[0] if stored else 0
+
+    def part_problems(self) -> list[str]:
+        """The parts not on disk as committed, now (nothing is read)."""
+        return part_problems(self.path, self.parts)
 
     def stored_levels(self) -> list[str]:
         """The levels of the identity that the file holds (a damaged file may lack one)."""
@@ -171,7 +204,7 @@ class FeatureCache:
             stored = [name for name in self.levels if name in self._file["features"]]
             if level not in stored:
                 raise CacheError(f"{self.path}: no level {level!r} in this cache (it has: {', '.join(stored) or 'none'})")
-            self._datasets[level] = self._file["features"][level]
+            self._datasets[level] = open_level(self._file, self.path, level)
         return self._datasets[level]
 
     def load_level(self, level: str) -> np.ndarray:
@@ -179,6 +212,19 @@ class FeatureCache:
         offset. ``V`` views side by side, view-major (``V = 1``, the centre crop, unless extracted with --views)."""
         try:
             return self._features(level)[...]
+        except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short
+            raise CacheError(f"{self.path}: level {level} cannot be read ({first_line(err)}); run "
+                             f"`mrrn inspect {self.path} --verify`, then `mrrn extract ... --redo-damaged`") from None
+
+    def dataset(self, level: str) -> h5py.Dataset:
+        """The open dataset of one level (virtual in an index over parts), ``(level_rows, V * C)``."""
+        return self._features(level)
+
+    def read_videos(self, level: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, list[int]]:
+        """The rows of ``spans`` ((first row, rows) per video) of one level packed in the order given, and each
+        span's first row in the result (``spans.read_spans``: few large reads, in storage order)."""
+        try:
+            return read_spans(self._features(level), spans)
         except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short
             raise CacheError(f"{self.path}: level {level} cannot be read ({first_line(err)}); run "
                              f"`mrrn inspect {self.path} --verify`, then `mrrn extract ... --redo-damaged`") from None
@@ -193,41 +239,13 @@ class FeatureCache:
         return self.rows(level, rec.offset, rec.frames)
 
     def verify(self) -> list[str]:
-        """Check every entry: table consistency, offsets, frame counts, shapes, stored checksums (caches
-        written with them) and finite values."""
-        problems = self.table_problems() + self.split_problems()
-        problems += [f"features/{level}: missing" for level in self.levels if level not in self._file["features"]]
-        for level, mask in self._row_problems().items():
-            for what, bad in mask.items():
-                for rec in self.videos:
-                    n = int(bad[rec.offset : rec.offset + rec.frames].sum())
-                    if n:
-                        problems.append(f"video {rec.key!r}: {n} frame(s) of level {level} {what}")
-        return problems
+        """Every problem of the cache, one line each (``verify.py``): tables, parts, checksums, finite values
+        and digests. Reads every row."""
+        return verify.verify(self)
 
     def damaged_keys(self) -> list[str]:
-        """The videos with rows that fail their checksum or are not finite, in any level; every video when
-        a level is missing or of the wrong shape."""
-        if any(p.startswith("features/") for p in self.table_problems()) or \
-                any(level not in self._file["features"] for level in self.levels):
-            return [rec.key for rec in self.videos]
-        bad = np.zeros(self.total_frames, dtype=bool)
-        for mask in self._row_problems().values():
-            for rows in mask.values():
-                bad[: len(rows)] |= rows
-        return [rec.key for rec in self.videos if bad[rec.offset : rec.offset + rec.frames].any()]
-
-    def _row_problems(self) -> dict[str, dict[str, np.ndarray]]:
-        """Per level of the right shape: boolean masks of the rows that 'are not finite' and that 'are damaged
-        (checksum mismatch)'."""
-        masks = {}
-        for level, dim in self.levels.items():
-            if level not in self._file["features"]:
-                continue
-            ds = self._features(level)
-            if ds.shape == (self.total_frames, dim):
-                masks[level] = dict(zip(("are not finite", "are damaged (checksum mismatch)"), _scan(ds)))
-        return masks
+        """The videos with rows that fail their checksum or are not finite (``verify.py``)."""
+        return verify.damaged_keys(self)
 
     def split_problems(self, *, unaccounted: bool = True) -> list[str]:
         """Every split list checked: no key in both parts or listed twice, (``unaccounted``) each key extracted,
@@ -236,54 +254,8 @@ class FeatureCache:
                               unaccounted=unaccounted)
 
     def table_problems(self) -> list[str]:
-        """The cheap part of :meth:`verify`: the video table against itself, the class list and the shapes
-        of the levels (no feature is read)."""
-        problems, rows = self._verify_table()
-        for level, dim in self.levels.items():
-            if level in self._file["features"] and self._features(level).shape != (rows, dim):
-                problems.append(f"features/{level}: shape {self._features(level).shape}, expected ({rows}, {dim})")
-        return problems
-
-    def _verify_table(self) -> tuple[list[str], int]:
-        """Problems of the video table, and the number of feature rows it accounts for."""
-        problems, seen, expected_offset = [], set(), 0
-        for rec in self.videos:
-            where = f"video {rec.key!r}"
-            if rec.key in seen:
-                problems.append(f"{where}: duplicate key")
-            seen.add(rec.key)
-            if rec.frames <= 0:
-                problems.append(f"{where}: {rec.frames} frames")
-            if rec.offset != expected_offset:
-                problems.append(f"{where}: offset {rec.offset}, expected {expected_offset}")
-            if not 0 <= rec.label < len(self.classes) or self.classes[rec.label] != rec.class_name:
-                problems.append(f"{where}: label {rec.label} / class {rec.class_name!r} disagree with the class list")
-            expected_offset = rec.offset + max(rec.frames, 0)
-        for key in sorted({f.key for f in self.failed} & seen):
-            problems.append(f"video {key!r}: listed both as extracted and as failed")
-        return problems, expected_offset
-
-
-def _scan(ds: h5py.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(rows that are not finite, rows in a chunk whose checksum fails) of a ``(N, C)`` dataset, read in
-    blocks; a block that fails is read again chunk by chunk to find the damaged ones."""
-    n = ds.shape[0]
-    not_finite, damaged = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    step = ds.chunks[0] if ds.chunks else COPY_ROWS
-    block = max(step, COPY_ROWS // step * step)
-    for start in range(0, n, block):
-        parts = [(start, min(start + block, n))]
-        try:
-            not_finite[start : start + block] = ~np.isfinite(ds[start : start + block]).all(axis=1)
-            continue
-        except OSError:
-            parts = [(s, min(s + step, n)) for s in range(start, min(start + block, n), step)]
-        for a, b in parts:
-            try:
-                not_finite[a:b] = ~np.isfinite(ds[a:b]).all(axis=1)
-            except OSError:
-                damaged[a:b] = True
-    return not_finite, damaged
+        """The cheap part of :meth:`verify`: tables, level shapes and parts on disk (no feature is read)."""
+        return verify.table_problems(self)
 
 
 def _keys_of(f: h5py.File, name: str) -> tuple[str, ...]:
@@ -291,22 +263,80 @@ def _keys_of(f: h5py.File, name: str) -> tuple[str, ...]:
     return tuple(str(k) for k in f[name].asstr()[:]) if name in f else ()
 
 
-def _read_videos(v: h5py.Group) -> tuple[VideoRecord, ...]:
-    keys, names = v["key"].asstr()[:], v["class_name"].asstr()[:]
-    cols = {name: v[name][:] for name in ("label", "frames", "offset", "fps", "width", "height", "frames_reported")}
+_NUMBER_COLUMNS = ("label", "frames", "offset", "fps", "width", "height", "frames_reported")
+
+
+@dataclass
+class _Tables:
+    """A cache file's tables as read, and the records built from them when first asked for."""
+
+    columns: dict[str, np.ndarray]
+    failed: tuple[FailedRecord, ...]
+    splits: Splits
+    missing: tuple[str, ...]
+    digests: tuple[str, ...]
+    _records: tuple[VideoRecord, ...] | None = None
+    _index: dict[str, int] | None = None
+
+    def records(self) -> tuple[VideoRecord, ...]:
+        self._records = self._records if self._records is not None else _records(self.columns)
+        return self._records
+
+    def index(self) -> dict[str, int]:
+        self._index = self._index if self._index is not None else {str(k): i for i, k in enumerate(self.columns["key"])}
+        return self._index
+
+
+_READ: dict[tuple, _Tables] = {}  # (path, inode, mtime, size) -> its tables; a commit replaces the file, so never stale
+_KEEP = 4  # files whose tables a process keeps (a cache and a flow cache, and their previous versions)
+
+
+def _tables_of(path: Path, f: h5py.File) -> _Tables:
+    """The tables of the open file ``f`` at ``path``, read once per version of the file in this process."""
+    st = os.stat(path)
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _READ:
+        fl, columns = f["failed"], _read_columns(f["videos"])
+        _READ[key] = _Tables(
+            columns=columns,
+            failed=tuple(FailedRecord(str(k), int(lab), str(c), str(r)) for k, lab, c, r in
+                         zip(fl["key"].asstr()[:], fl["label"][:], fl["class_name"].asstr()[:], fl["reason"].asstr()[:])),
+            splits={int(n): (tuple(g["train"].asstr()[:]), tuple(g["test"].asstr()[:])) for n, g in f["splits"].items()},
+            missing=_keys_of(f, "missing/key"),
+            digests=_keys_of(f, "videos/digest") or ("",) * len(columns["key"]))
+        while len(_READ) > _KEEP:
+            _READ.pop(next(iter(_READ)))
+    return _READ[key]
+
+
+def _read_columns(v: h5py.Group) -> dict[str, np.ndarray]:
+    """The video table's columns, each in one read."""
+    return {"key": v["key"].asstr()[:], "class_name": v["class_name"].asstr()[:],
+            **{name: v[name][:] for name in _NUMBER_COLUMNS}}
+
+
+def _records(cols: dict[str, np.ndarray]) -> tuple[VideoRecord, ...]:
+    ints = {name: cols[name].tolist() for name in _NUMBER_COLUMNS}  # Python numbers, converted at once
     return tuple(
-        VideoRecord(
-            key=str(keys[i]), label=int(cols["label"][i]), class_name=str(names[i]),
-            frames=int(cols["frames"][i]), fps=float(cols["fps"][i]), width=int(cols["width"][i]),
-            height=int(cols["height"][i]), frames_reported=int(cols["frames_reported"][i]),
-            offset=int(cols["offset"][i]),
-        )
-        for i in range(len(keys))
+        VideoRecord(key=str(key), label=label, class_name=str(name), frames=frames, fps=float(fps), width=width,
+                    height=height, frames_reported=reported, offset=offset)
+        for key, name, label, frames, fps, width, height, reported, offset in zip(
+            cols["key"], cols["class_name"], ints["label"], ints["frames"], ints["fps"], ints["width"], ints["height"],
+            ints["frames_reported"], ints["offset"])
     )
 
 
 def read_identity(path: Path) -> CacheIdentity:
-    with FeatureCache(path) as cache:
+    """The identity of the cache at ``path`` from its header alone (no table is read): the same cost at a
+    thousand videos and at a million. A file that is not a readable cache is refused as :class:`FeatureCache` does."""
+    try:
+        with h5py.File(path, "r") as f:
+            if IDENTITY_ATTR in f.attrs and "schema_version" in f.attrs and not version_problem(f) \
+                    and int(f.attrs["schema_version"]) in (SCHEMA_VERSION, INDEX_SCHEMA_VERSION):
+                return CacheIdentity.from_json(str(f.attrs[IDENTITY_ATTR]))
+    except (OSError, IdentityError):
+        pass
+    with FeatureCache(path) as cache:  # not a cache: its own one-line reason
         return cache.identity
 
 

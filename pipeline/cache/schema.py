@@ -14,6 +14,7 @@ TABLES = {
     "failed": {"key": "string", "class_name": "string", "label": "integer", "reason": "string"},
 }
 OPTIONAL_COLUMNS = {"videos": {"digest": "string"}, "missing": {"key": "string"}}  # written by newer versions only
+PARTS = {"name": "string", "rows": "integer", "size": "integer", "uid": "string"}  # an index over parts (schema 2)
 SPLIT_PARTS = ("train", "test")
 
 
@@ -82,6 +83,8 @@ def schema_problem(f: h5py.File) -> str | None:
     problem = problem or _columns_problem(f, "videos", {**TABLES["videos"], **OPTIONAL_COLUMNS["videos"]}, required=False)
     if problem is None and "missing" in f:
         problem = _group(f, "missing") or _columns_problem(f, "missing", OPTIONAL_COLUMNS["missing"], required=True)
+    if problem is None and int(f.attrs["schema_version"]) == 2:
+        problem = _group(f, "parts") or _columns_problem(f, "parts", PARTS, required=True)
     return problem or _splits_problem(f["splits"]) or _levels_problem(f["features"])
 
 

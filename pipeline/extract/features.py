@@ -43,7 +43,7 @@ class VideoFeatures:
 def frame_chunks(path: Path, source: FrameSource, chunk_frames: int) -> tuple[VideoReader, Iterator[np.ndarray]]:
     """The reader of ``path`` and what the backbone will see of it, as uint8 chunks ``(n, H, W, 3)``:
     decoded RGB frames, or for a flow source the rendered flow between consecutive frames."""
-    reader = VideoReader(path, chunk_frames)
+    reader = VideoReader(path, chunk_frames, fps=source.preprocess.fps)
     chunks = reader.chunks() if source.flow is None else flow_chunks(reader.chunks(), source.flow)
     return reader, chunks
 

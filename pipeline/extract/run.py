@@ -66,7 +66,7 @@ def preprocessing(cfg: ExtractConfig, choice: BackboneChoice) -> Preprocess:
     if choice.fixed_size and crop != choice.fixed_size:
         raise ConfigError(f"--backbone {cfg.backbone} with these weights takes {choice.fixed_size} px frames only, "
                           f"not --crop {crop}")
-    return replace(own, short_side=short_side, crop=crop, views=VIEW_SETS[cfg.views])
+    return replace(own, short_side=short_side, crop=crop, views=VIEW_SETS[cfg.views], fps=cfg.fps)
 
 
 def _size(option: str, what: str, value: int, given: int | None) -> str:
@@ -230,7 +230,7 @@ def _my_share(videos: VideoSet, out: Path, identity: CacheIdentity, rank: distri
     if out.exists():  # a joined cache from an earlier run: its videos are done
         require_identity(out, identity)
         with FeatureCache(out) as done:
-            joined = {v.key for v in done.videos}
+            joined = set(done.columns["key"].tolist())
     sizes = [_file_size(v.path) for v in videos.videos]
     mine = [videos.videos[i] for i in distributed.balanced_shards(sizes, rank.world)[rank.rank]]
     return mine, shard_path(out, rank.rank, rank.world), joined
@@ -261,7 +261,8 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
     choice = choose_backbone(cfg.backbone, cfg.backbone_weights, cfg.seed)  # a local weights file is hashed once
     identity = cache_identity(cfg, videos, precision, device.type, choice)
     mine, target, joined = _my_share(videos, Path(cfg.out), identity, rank)
-    with CacheWriter(target, identity, videos.splits, log=log, missing=videos.missing) as writer:
+    with CacheWriter(target, identity, videos.splits, log=log, missing=videos.missing,
+                     commit_every=(cfg.commit_every, cfg.commit_seconds)) as writer:
         redo, writer.discard = _redo_keys(cfg, Path(cfg.out), {v.key for v in videos.videos}, log)
         todo = [v for v in mine if v.key in redo or (v.key not in writer.complete and v.key not in joined)]
         summary = ExtractSummary(out=str(target), videos=len(mine), already_done=len(mine) - len(todo),
@@ -279,11 +280,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
                     _extract_into(writer, todo, videos.classes, cfg, extractor, summary, progress=progress, log=log)
         finally:
             writer.finish()
-        if summary.non_finite:  # never a cache that training refuses, and never exit 0 with one
-            key, detail = summary.non_finite[0]
-            raise ExtractError(f"{target}: the backbone's features are not finite (NaN or infinity) for "
-                               f"{len(summary.non_finite)} video(s), first {key} ({detail}); they are listed as failed. "
-                               "Check --backbone-weights, or extract with --precision fp32 and --dtype float32")
+        _refuse_non_finite(summary, target)  # never a cache that training refuses, and never exit 0 with one
         if not writer.complete and not rank.distributed:  # raised inside: the empty cache it made goes too
             raise ExtractError(f"{cfg.out}: {_ALL_FAILED}")
     if rank.distributed:
@@ -296,6 +293,14 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
             raise ExtractError(f"{cfg.out}: {_ALL_FAILED}")
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _refuse_non_finite(summary: ExtractSummary, target: Path) -> None:
+    if summary.non_finite:
+        key, detail = summary.non_finite[0]
+        raise ExtractError(f"{target}: the backbone's features are not finite (NaN or infinity) for "
+                           f"{len(summary.non_finite)} video(s), first {key} ({detail}); they are listed as failed. "
+                           "Check --backbone-weights, or extract with --precision fp32 and --dtype float32")
 
 
 def _redo_keys(cfg: ExtractConfig, out: Path, known: set[str], log) -> tuple[set[str], set[str]]:

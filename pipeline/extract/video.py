@@ -48,10 +48,12 @@ class VideoInfo:
 class VideoReader:
     """Decode one video as RGB uint8 chunks ``(n, H, W, 3)``; :attr:`info` is set once decoding ends."""
 
-    def __init__(self, path: str | os.PathLike, chunk_frames: int = 64, max_chunk_bytes: int = MAX_CHUNK_BYTES):
+    def __init__(self, path: str | os.PathLike, chunk_frames: int = 64, max_chunk_bytes: int = MAX_CHUNK_BYTES, *,
+                 fps: float | None = None):
         self.path = Path(path)
         self.chunk_frames = chunk_frames
         self.max_chunk_bytes = max_chunk_bytes
+        self.sampler = FrameSampler(fps) if fps else None  # None: every frame
         self.info: VideoInfo | None = None
 
     def _open(self) -> cv2.VideoCapture:
@@ -86,7 +88,7 @@ class VideoReader:
         try:
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
             reported = _frame_count(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-            decoded, size, chunk = 0, None, []
+            decoded, kept, size, chunk = 0, 0, None, []
             limit = self.chunk_frames
             while True:
                 ok, bgr = cap.read()
@@ -98,8 +100,11 @@ class VideoReader:
                 elif bgr.shape != size:
                     raise VideoDecodeError(f"frame {decoded} is {bgr.shape[1]}x{bgr.shape[0]}, "
                                            f"the first was {size[1]}x{size[0]}")
-                chunk.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 decoded += 1
+                if self.sampler is not None and not self.sampler.keep(cap, decoded - 1, fps):
+                    continue  # decoded (the stream is sequential) but not sampled
+                chunk.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                kept += 1
                 if len(chunk) == limit:
                     yield np.stack(chunk)
                     chunk = []
@@ -111,9 +116,32 @@ class VideoReader:
                 yield np.stack(chunk)
             if not np.isfinite(fps) or fps < 0 or fps > 1000:  # unknown, or a damaged header
                 fps = 0.0
-            self.info = VideoInfo(decoded, fps, size[1], size[0], reported)
+            self.info = VideoInfo(kept, fps, size[1], size[0], reported)
         finally:
             cap.release()
+
+
+class FrameSampler:
+    """``fps`` frames per second of video, chosen by each frame's timestamp: a frame is kept when it is the
+    first at or after the next sample time (0, 1/fps, 2/fps, ...). A video with fewer frames per second
+    keeps every frame; none is ever repeated."""
+
+    def __init__(self, fps: float):
+        self.step, self.next = 1.0 / fps, 0.0
+
+    def keep(self, cap: cv2.VideoCapture, index: int, fps: float) -> bool:
+        """Whether frame ``index``, just read from ``cap`` (container frame rate ``fps``), is sampled."""
+        msec = cap.get(cv2.CAP_PROP_POS_MSEC)  # the frame's own time, once read
+        if index and not msec > 0:  # no timestamps: the frame rate says when the frame is
+            if not fps > 0:
+                raise VideoDecodeError("neither frame times nor a frame rate: it cannot be sampled at --fps")
+            msec = 1000.0 * index / fps
+        t = msec / 1000.0
+        if t + 1e-6 < self.next:
+            return False
+        while self.next <= t + 1e-6:
+            self.next += self.step
+        return True
 
 
 def _frame_count(value: float) -> int:

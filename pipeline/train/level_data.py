@@ -1,32 +1,38 @@
-"""Stage 2's data: one level of a cache read once into memory, the split's clips as index arrays into it,
-and the two-stream join of an RGB and a flow cache.
+"""Stage 2's data: the split's videos of one level read once into memory, the clips as index arrays into
+them, and the two-stream join of an RGB and a flow cache.
 
-The level is read with one HDF5 read, on the GPU when it fits; clips are rows of index arrays into
-it, so a training batch is a single gather, with no per-batch I/O.
+The videos are read in few large reads, on the GPU when they fit; clips are rows of index arrays into them,
+so a training batch is a single gather, with no per-batch I/O. Over the memory budget (``--max-memory``),
+each rank holds only its share, or streams it (``shares.py``).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from pipeline import distributed
 from pipeline.cache.contents import absent_reason
 from pipeline.cache.reader import FeatureCache
 from pipeline.evaluate.scores import Coverage
 from pipeline.train.clips import clip_frames, gather_clips
+from pipeline.train.streaming import release_freed_memory
+from pipeline.train.two_streams import in_both, join_streams
+from pipeline.train.shares import PARTITIONED, REPLICATED, STREAMED, choose_mode, memory_budget, partition, size_text
 from pipeline.config import TrainConfig
 from pipeline.datasets.index import hash_split
 from pipeline.errors import TrainError
-from pipeline.cache.identity import STREAM_FIELDS, CacheIdentity
+from pipeline.cache.identity import CacheIdentity
 
 
 @dataclass
 class LevelTable:
     """One level in memory with its video table: a cache's, or RGB | flow side by side (twostream)."""
 
-    features: np.ndarray  # (frames, V * C): the views side by side, view-major (V = 1 unless --views)
+    features: np.ndarray | None  # (frames, V * C): the views side by side, view-major (V = 1 unless --views); None until read
     videos: dict[str, tuple[int, int, int]]  # key -> (first row, frames, label)
     classes: tuple[str, ...]
     identity: CacheIdentity
@@ -34,6 +40,16 @@ class LevelTable:
     name: str  # what a message calls it: the cache path, or both
     missing: frozenset[str] = frozenset()  # keys the split files name that were not on disk
     failed: frozenset[str] = frozenset()  # keys that failed to decode
+    path: str = ""  # the cache the rows are read from
+    level: str = ""
+    width: int = 0  # columns per frame: V * C
+
+    def with_rows(self, keys: list[str]) -> LevelTable:
+        """This table holding the rows of ``keys`` only, packed in storage order (few large reads)."""
+        keys = sorted(keys, key=lambda k: self.videos[k][0])
+        with FeatureCache(self.path) as cache:
+            features, packed = cache.read_videos(self.level, [self.videos[k][:2] for k in keys])
+        return replace(self, features=features, videos={k: (at, *self.videos[k][1:]) for k, at in zip(keys, packed)})
 
 
 @dataclass
@@ -52,7 +68,9 @@ class ClipSet:
 
 @dataclass
 class LevelData:
-    features: torch.Tensor  # (frames, V, C), float16 or float32, on the training device; view 0 the centre crop
+    features: torch.Tensor | None  # (frames, V, C), float16 or float32, on the training device; view 0 the centre
+    # crop. None when each rank holds its share: then ``shares`` holds it, and test and val list every rank's
+    # videos (keys, labels) but no clips
     train: ClipSet
     test: ClipSet
     val: ClipSet | None  # held out of the training videos (--val-fraction), else None
@@ -61,6 +79,9 @@ class LevelData:
     mean: torch.Tensor | None  # (C,) per-dimension mean of the training videos' frames; with --normalize only
     std: torch.Tensor | None  # (C,)
     listed: dict[str, int] = field(default_factory=dict)  # part -> videos the split lists (train, test)
+    width: int = 0  # C: the model's input width
+    mode: str = REPLICATED  # how the data is held (shares.py)
+    shares: dict = field(default_factory=dict)  # part -> this rank's share (HeldPart or StreamedPart) unless replicated
 
     @property
     def coverage(self) -> Coverage:
@@ -88,49 +109,13 @@ def read_level_table(path: str, modality: str, cfg: TrainConfig) -> LevelTable:
             more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
             raise TrainError(f"{path}: damaged split lists ({broken[0]}{more}); run the same `mrrn extract` again "
                              "to write them from the split files")
+        cache.level_shape(cfg.level)  # refuses a cache without such a level
         return LevelTable(
-            features=cache.load_level(cfg.level),  # raises if the cache has no such level
-            videos={r.key: (r.offset, r.frames, r.label) for r in cache.videos},
+            features=None, videos={r.key: (r.offset, r.frames, r.label) for r in cache.videos},
             classes=cache.classes, identity=cache.identity, split=cache.splits[cfg.split], name=str(path),
-            missing=frozenset(cache.missing), failed=frozenset(f.key for f in cache.failed),
+            missing=frozenset(cache.missing), failed=frozenset(f.key for f in cache.failed), path=str(path),
+            level=cfg.level, width=cache.levels[cfg.level],
         )
-
-
-def stack_streams(rgb: np.ndarray | torch.Tensor, flow: np.ndarray | torch.Tensor):
-    """One video's RGB (T, C) and flow (T', C) features side by side, (n, 2C). Flow image i is the motion
-    from frame i to frame i+1, so it sits beside RGB frame i+1: n = min(T - 1, T') (the first RGB frame
-    has no motion before it; T' = T - 1 when both caches decoded the same frames)."""
-    n = max(min(len(rgb) - 1, len(flow)), 0)
-    if isinstance(rgb, torch.Tensor):
-        return torch.cat([rgb[1 : 1 + n], flow[:n]], dim=1)
-    return np.concatenate([rgb[1 : 1 + n], flow[:n]], axis=1)
-
-
-def join_streams(rgb: LevelTable, flow: LevelTable) -> LevelTable:
-    """RGB | flow features side by side (:func:`stack_streams`) for the videos in both caches."""
-    if len(rgb.identity.views) > 1:
-        raise TrainError(f"{rgb.name}: --model twostream reads centre-only caches; this one holds "
-                         f"{len(rgb.identity.views)} views of each frame (extract with --views center)")
-    differing = rgb.identity.differing_fields(flow.identity, ignore=STREAM_FIELDS)
-    if differing:
-        raise TrainError(f"{rgb.name} and {flow.name} are not two streams of one dataset and backbone "
-                         f"(they differ in: {', '.join(differing)})")
-    if rgb.split != flow.split:
-        raise TrainError(f"{rgb.name} and {flow.name} hold different video lists for this split")
-    pieces, videos, offset = [], {}, 0
-    for key, (rgb_at, rgb_frames, label) in rgb.videos.items():
-        if key not in flow.videos:
-            continue
-        flow_at, flow_frames, _ = flow.videos[key]
-        both = stack_streams(rgb.features[rgb_at : rgb_at + rgb_frames], flow.features[flow_at : flow_at + flow_frames])
-        if len(both):
-            pieces.append(both)
-            videos[key] = (offset, len(both), label)
-            offset += len(both)
-    width = rgb.features.shape[1] + flow.features.shape[1]
-    features = np.concatenate(pieces) if pieces else np.zeros((0, width), rgb.features.dtype)
-    return LevelTable(features, videos, rgb.classes, rgb.identity, rgb.split, f"{rgb.name} + {flow.name}",
-                      rgb.missing | flow.missing, rgb.failed | flow.failed)
 
 
 def _clip_set(table: LevelTable, keys: list[str], cfg: TrainConfig, device: torch.device) -> ClipSet:
@@ -148,9 +133,9 @@ def _clip_set(table: LevelTable, keys: list[str], cfg: TrainConfig, device: torc
     )
 
 
-def _statistics(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and std of ``features[rows]`` (frames, V, C) over frames and views,
-    accumulated in float64 block by block."""
+def frame_sums(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-dimension sum and sum of squares of ``features[rows]`` (frames, V, C) over frames and views, and
+    their count, accumulated in float64 block by block."""
     width = features.shape[-1]
     total = np.zeros(width)
     squares = np.zeros(width)
@@ -158,13 +143,16 @@ def _statistics(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) ->
         x = features[rows[start : start + block]].reshape(-1, width).astype(np.float64)
         total += x.sum(0)
         squares += (x * x).sum(0)
-    count = len(rows) * features.shape[1]  # frames x views
+    return total, squares, len(rows) * features.shape[1]  # frames x views
+
+
+def mean_std(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
-def _place(features: np.ndarray, device: torch.device, log) -> torch.Tensor:
+def place_on(features: np.ndarray, device: torch.device, log) -> torch.Tensor:
     tensor = torch.from_numpy(features)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -214,34 +202,109 @@ def _hold_out(table: LevelTable, train: list[str], cfg: TrainConfig) -> tuple[li
     return sorted(kept_keys), sorted(held_keys)
 
 
+_LAST: list = []  # [(data key, LevelData)]: the last data read, which a sweep's next run of the same data reuses
+
+
+def _data_key(cfg: TrainConfig, device: torch.device) -> tuple:
+    """What the data of a run depends on: the caches as they are on disk, and the settings that choose and
+    index the videos (not the model's)."""
+    files = tuple((str(p), os.stat(p).st_ino, os.stat(p).st_mtime_ns, os.stat(p).st_size)
+                  for p in (cfg.cache, cfg.flow_cache) if p is not None)
+    return (files, cfg.split, cfg.level, cfg.modality, cfg.model == "twostream", cfg.clip, cfg.val_fraction,
+            cfg.normalize, cfg.train_views, cfg.allow_missing, cfg.max_memory, cfg.seed, str(device),
+            distributed.current())
+
+
 def load_level_data(cfg: TrainConfig, device: torch.device, log=print) -> LevelData:
-    """Read ``cfg.level`` of the cache (and, for twostream, of the flow cache) once and index the split's
-    train, test and validation clips."""
+    """Read the split's videos of ``cfg.level`` (and, for twostream, of the flow cache) once, as much of them as
+    the memory budget lets each rank hold (``shares.py``), and index the train, test and validation clips.
+    Data held in memory is kept for the next call with the same data (a sweep reads each level once)."""
+    key = _data_key(cfg, device)
+    if _LAST and _LAST[0][0] == key:
+        return _LAST[0][1]
+    _LAST.clear()  # the previous data goes before the next is read
+    data = _load(cfg, device, log)
+    if data.mode != STREAMED:
+        _LAST.append((key, data))
+    return data
+
+
+def _load(cfg: TrainConfig, device: torch.device, log) -> LevelData:
     table = read_level_table(cfg.cache, cfg.modality, cfg)
-    if cfg.model == "twostream":
-        table = join_streams(table, read_level_table(cfg.flow_cache, "flow", cfg))
-    parts = _split_parts(table, cfg, log)
+    flow = read_level_table(cfg.flow_cache, "flow", cfg) if cfg.model == "twostream" else None
+    present = in_both(table, flow) if flow is not None else table
+    parts = _split_parts(present, cfg, log)
+    mode, mine, budget = _plan(present, parts, cfg, log)
+    if mode == REPLICATED:
+        return _in_memory(read_rows(table, flow, sorted({k for keys in parts.values() for k in keys})), parts, cfg, device, log)
+    from pipeline.train.share_data import by_share
+
+    return by_share(table, flow, parts, mine, mode=mode, budget=budget, cfg=cfg, device=device, log=log)
+
+
+def read_rows(table: LevelTable, flow: LevelTable | None, keys: list[str]) -> LevelTable:
+    """The rows of ``keys`` of ``table`` (joined with ``flow``'s for twostream)."""
+    loaded = table.with_rows(keys)
+    loaded = join_streams(loaded, flow.with_rows(keys)) if flow is not None else loaded
+    release_freed_memory()  # the read's buffers
+    return loaded
+
+
+def _plan(present: LevelTable, parts: dict[str, list[str]], cfg: TrainConfig, log):
+    """(how the data is held, this rank's keys of each part, the budget in bytes): everything on every rank
+    when it fits the budget (``--max-memory``), else each rank its share, else streamed."""
+    rank = distributed.current()
+    frames = {k: present.videos[k][1] for keys in parts.values() for k in keys}
+    row_bytes = present.width * np.dtype(present.identity.dtype).itemsize
+    shares = {name: partition(keys, frames, rank.world, cfg.seed) for name, keys in parts.items()}
+    everything = sum(frames.values()) * row_bytes
+    largest = max(sum(frames[k] for s in shares.values() for k in s[r]) for r in range(rank.world)) * row_bytes
+    budget, how = memory_budget(cfg.max_memory, distributed.ranks_here())
+    mode = choose_mode(everything, largest, rank.world, budget)
+    if mode != REPLICATED and not all(shares["train"]):
+        raise TrainError(f"{present.name}: {len(parts['train'])} training videos for {rank.world} ranks: each rank "
+                         "needs one of its own when they are shared out; use fewer ranks, or a larger --max-memory")
+    if mode == STREAMED and cfg.model == "twostream":
+        raise TrainError(f"{present.name}: --model twostream holds its share of both levels in memory: "
+                         f"{size_text(largest)} a rank, more than the memory budget ({how}); raise --max-memory, or "
+                         "train on more ranks (--nproc)")
+    if mode != REPLICATED and rank.is_main:
+        held = (f"each of the {rank.world} ranks holds its share (at most {size_text(largest)})" if mode == PARTITIONED
+                else f"{'each rank streams its share' if rank.distributed else 'it is streamed'} from the cache, "
+                     "a few groups of videos at a time")
+        log(f"note: the split's videos of level {cfg.level} take {size_text(everything)}, more than the memory "
+            f"budget ({how}): {held} (docs/training.md, \"Memory\")")
+    return mode, {name: s[rank.rank] for name, s in shares.items()}, budget
+
+
+def _in_memory(table: LevelTable, parts: dict[str, list[str]], cfg: TrainConfig, device: torch.device, log) -> LevelData:
+    """Every video the run uses on every rank (the replicated mode): one feature matrix and the clips into it."""
     features = table.features.reshape(len(table.features), len(table.identity.views), -1)  # (frames, V, C)
     spans = {k: table.videos[k][:2] for keys in parts.values() for k in keys}  # key -> (first row, frames)
-    bad = [k for k, (at, n) in spans.items() if not np.isfinite(features[at : at + n]).all()]
-    if bad:
-        raise TrainError(f"{table.name}: level {cfg.level} has non-finite features in {len(bad)} video(s): "
-                         f"{', '.join(bad[:3])}; extract them again with `mrrn extract ... --redo-damaged`")
+    require_finite(table, features, spans, cfg.level)
     mean = std = None
     if cfg.normalize:  # a pass over every training frame: only when the statistics are used
         train_rows = np.concatenate([np.arange(at, at + n) for at, n in (spans[k] for k in parts["train"])])
         seen = features if cfg.train_views == "random" else features[:, :1]  # the views training reads
-        mean, std = _statistics(seen, train_rows)
+        mean, std = mean_std(*frame_sums(seen, train_rows))
     return LevelData(
         mean=mean, std=std,
-        features=_place(features, device, log),
+        features=place_on(features, device, log),
         train=_clip_set(table, parts["train"], cfg, device),
         test=_clip_set(table, parts["test"], cfg, device),
         val=_clip_set(table, parts["val"], cfg, device) if parts.get("val") else None,
         classes=table.classes,
         cache_identity=table.identity,
         listed={name: len(keys) for name, keys in zip(("train", "test"), table.split)},
+        width=features.shape[-1],
     )
+
+
+def require_finite(table: LevelTable, features: np.ndarray, spans: dict[str, tuple[int, int]], level: str) -> None:
+    bad = [k for k, (at, n) in spans.items() if not np.isfinite(features[at : at + n]).all()]
+    if bad:
+        raise TrainError(f"{table.name}: level {level} has non-finite features in {len(bad)} video(s): "
+                         f"{', '.join(bad[:3])}; extract them again with `mrrn extract ... --redo-damaged`")
 
 
 def make_batch(features: torch.Tensor, clips: ClipSet, idx: torch.Tensor, device: torch.device,

@@ -22,6 +22,7 @@ from pipeline.extract.backbone import resolve_device
 from pipeline.train.clips import VideoScores, score_clips
 from pipeline.config import TrainConfig
 from pipeline.train.level_data import ClipSet, LevelData, load_level_data, make_batch
+from pipeline.train.share_epochs import evaluate_share, train_share_epoch
 from pipeline.errors import OutOfMemory, TrainError, memory_for
 from pipeline.evaluate.metrics import video_metrics
 from pipeline.evaluate.runfiles import DamagedRunFile
@@ -178,21 +179,32 @@ def _train_and_evaluate(training: _Training, epoch: int, *, progress: bool) -> t
     if step.rank.distributed:  # dropout: each rank its own stream, reproducible on resume without saved state
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7_919 + step.rank.rank)
     with memory_for("training", "--batch-size (or --hidden, --layers)"):
-        train_stats = train_one_epoch(training.step_model, training.optimizer, data.features, data.train, step,
-                                      batch_size=cfg.batch_size, generator=generator, views=cfg.train_views,
-                                      progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        how = dict(batch_size=cfg.batch_size, generator=generator, views=cfg.train_views, progress=progress,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        if data.shares:  # each rank its own share of the videos
+            train_stats = train_share_epoch(training.step_model, training.optimizer, data.shares["train"],
+                                            data.train.labels, step, **how)
+        else:
+            train_stats = train_one_epoch(training.step_model, training.optimizer, data.features, data.train, step, **how)
     scoring = dict(num_classes=len(data.classes), batch_size=cfg.eval_batch_size, views=cfg.test_views)
     with memory_for("evaluating", "--eval-batch-size"):
-        result = evaluate(training.model, data.features, data.test, step, **scoring)
+        result = _evaluate(training.model, data, "test", step, scoring)
         scores, val = {"test": result.pop("scores")}, {}
         if data.val is not None:
-            val = evaluate(training.model, data.features, data.val, step, **scoring)
+            val = _evaluate(training.model, data, "val", step, scoring)
             scores["val"] = val.pop("scores")
     metrics = {"epoch": epoch + 1, **train_stats, **result, **{f"val_{k}": v for k, v in val.items()},
                "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
     if not data.coverage.complete:  # what the test numbers were computed on, said wherever they are
         metrics["computed_on"] = data.coverage.statement()
     return metrics, scores
+
+
+def _evaluate(model, data: LevelData, part: str, step: StepContext, scoring: dict) -> dict:
+    clips = data.test if part == "test" else data.val
+    if data.shares:
+        return evaluate_share(model, data.shares[part], clips.labels, step, **scoring)
+    return evaluate(model, data.features, clips, step, **scoring)
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
@@ -278,7 +290,7 @@ def _fit(cfg: TrainConfig, rundir: RunDir, record: dict, resume: bool, *, step: 
             rundir.start(record)
         torch.manual_seed(cfg.seed)
         with memory_for("building the model", "--hidden or --layers"):
-            model = build_model(cfg, data.features.shape[-1], len(data.classes), data.mean, data.std).to(device)
+            model = build_model(cfg, data.width, len(data.classes), data.mean, data.std).to(device)
         step_model = torch.nn.parallel.DistributedDataParallel(model) if rank.distributed else model
         training = _Training(cfg, data, model, step_model, make_optimizer(model, cfg, device), step, rundir, record)
         state = _resume(training, log) if resume else _Progress()

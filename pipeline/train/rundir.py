@@ -17,7 +17,7 @@ import torch
 
 from pipeline import __version__
 from pipeline.atomic import atomic_file, write_text
-from pipeline.cache.contents import FINGERPRINT, changes, fingerprint
+from pipeline.cache.contents import CACHE_VERSIONS, FINGERPRINT, changes, fingerprint
 from pipeline.cache.reader import FeatureCache, read_identity
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainError, first_line, writing
@@ -29,7 +29,7 @@ from pipeline.train.heads import build_model
 
 # Settings that may change when a run is resumed: they do not change what the run computes (the cache
 # is compared by its identity, so a moved cache file is still the same cache).
-RESUMABLE_FIELDS = ("out", "device", "epochs", "cache", "flow_cache")
+RESUMABLE_FIELDS = ("out", "device", "epochs", "cache", "flow_cache", "max_memory")
 
 
 @dataclass
@@ -49,16 +49,18 @@ def run_record(cfg: TrainConfig) -> dict:
     record = {"train": cfg.to_json(), "cache": read_identity(Path(cfg.cache)).to_json(), "mrrn_version": __version__}
     if cfg.flow_cache is not None:
         record["flow_cache"] = read_identity(Path(cfg.flow_cache)).to_json()
-    pinned = {name: _contents(Path(path), cfg.split) for name, path in (("cache", cfg.cache), ("flow_cache", cfg.flow_cache))
-              if path is not None}
-    record[FINGERPRINT] = {name: fp for name, fp in pinned.items() if fp is not None}  # the data the run is pinned to
+    read = {name: _contents(Path(path), cfg.split) for name, path in (("cache", cfg.cache), ("flow_cache", cfg.flow_cache))
+            if path is not None}
+    record[FINGERPRINT] = {name: fp for name, (fp, _) in read.items() if fp is not None}  # the data the run is pinned to
+    record[CACHE_VERSIONS] = {name: version for name, (_, version) in read.items()}  # the commit of each cache read
     return record
 
 
-def _contents(path: Path, split: int) -> dict | None:
-    """The fingerprint of what the cache at ``path`` holds for ``split`` (no feature is read); None without that split."""
+def _contents(path: Path, split: int) -> tuple[dict | None, str]:
+    """(the fingerprint of what the cache at ``path`` holds for ``split``, None without that split; the cache's
+    version name). No feature is read."""
     with FeatureCache(path) as cache:
-        return fingerprint(cache, split) if split in cache.splits else None
+        return (fingerprint(cache, split) if split in cache.splits else None), cache.version
 
 
 def _require_same_contents(path: Path, old: dict, record: dict) -> None:

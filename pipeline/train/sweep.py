@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pipeline.atomic import write_text
 from pipeline.cache.reader import read_identity
-from pipeline.config import LEVELS, TrainConfig, caches_for_runs, views_option
+from pipeline.config import LEVELS, TrainConfig, views_option
+from pipeline.streams import caches_for_runs
 from pipeline.errors import ConfigError
 from pipeline.evaluate.layout import claimed, mark_made_by
 from pipeline.evaluate.runfiles import DamagedRunFile
@@ -60,7 +61,7 @@ class SweepAxes:
 def grid(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str | Path | None = None) -> list[TrainConfig]:
     """Every combination of ``axes``, as settings with their own run directory under ``out`` (duplicates
     dropped). Single-stream heads run once per modality; twostream once per stream fusion, on RGB. Which
-    caches each reads, ``base.cache`` and ``flow_cache``: ``config.caches_for_runs``."""
+    caches each reads, ``base.cache`` and ``flow_cache``: ``streams.caches_for_runs``."""
     runs = [dict(modality="rgb" if model == "twostream" else modality, level=level, model=model, hidden=hidden,
                  layers=n_layers, pool=pool, stream_fusion=fusion if model == "twostream" else base.stream_fusion)
             for modality, level, model, hidden, n_layers, pool, fusion in axes.combinations(base)]
