@@ -301,7 +301,7 @@ def scale_rows(base: Path, sizes: list[float], row_bytes: int) -> list[str]:
         t_nothing, b_nothing = nothing_new(folder / "videos", path)
         training.append(train_row(size, path, n, per_rank=size == sizes[-1]))
         t_commit, b_commit = median_of_three(lambda i: commit_ten(path, identity, 10 * i))
-        compact(path, log=lambda m: None)  # the single file earlier versions wrote: extended in place of a rewrite
+        compact(path)  # the single file earlier versions wrote: extended in place of a rewrite
         t_legacy, b_legacy = commit_ten(path, identity, 30)  # once: the next commit would extend an index
         table.append(f"| {size:g} GB | {n} | {t_commit:.2f} s | {b_commit / 1e6:.1f} MB | {t_legacy:.2f} s | "
                      f"{b_legacy / 1e6:.1f} MB | {t_nothing:.1f} s | {b_nothing / 1e6:.2f} MB |")

@@ -113,7 +113,7 @@ def _merge(out: Path, shards: list[Path]) -> None:
     with CacheWriter(out, IDENTITY) as w:
         w.absorb(shards)
         w.finish()
-    compact(out, log=lambda m: None)
+    compact(out)
 
 
 if __name__ == "__main__":

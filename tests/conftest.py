@@ -200,3 +200,19 @@ def key_ordered(cache, level: str) -> np.ndarray:
     same videos agree on however their parts were committed (``load_level`` gives the rows as stored)."""
     return np.concatenate([cache.video_features(rec.key, level) for rec in cache.videos]) if cache.videos else \
         cache.load_level(level)
+
+
+def assert_same_cache(a: Path, b: Path, *, exact: bool) -> None:
+    """The caches at ``a`` and ``b`` hold the same videos and failures, ``b`` verifies clean, and every video's
+    rows are equal (``exact``) or equal to float16 rounding (1e-2)."""
+    from pipeline.cache.reader import FeatureCache
+
+    with FeatureCache(a) as one, FeatureCache(b) as two:
+        assert [(v.key, v.frames) for v in one.videos] == [(v.key, v.frames) for v in two.videos]
+        assert [f.key for f in one.failed] == [f.key for f in two.failed] and two.verify() == []
+        for level in one.levels:
+            if exact:
+                np.testing.assert_array_equal(key_ordered(one, level), key_ordered(two, level))
+            else:
+                np.testing.assert_allclose(key_ordered(one, level).astype(np.float32),
+                                           key_ordered(two, level).astype(np.float32), rtol=1e-2, atol=1e-2)

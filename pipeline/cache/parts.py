@@ -9,13 +9,14 @@ next writer. The format is documented in ``docs/cache-format.md``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import h5py
 import numpy as np
@@ -25,6 +26,7 @@ from pipeline.errors import writing
 
 if TYPE_CHECKING:
     from pipeline.cache.identity import CacheIdentity
+    from pipeline.cache.reader import FeatureCache
 
 CHUNK_BYTES = 1 << 20  # a level's storage unit: one checksum per MiB of features
 PART_ATTR = "mrrn_part"  # a part file's attribute: its random id, which the index records
@@ -48,6 +50,25 @@ class Part:
 
     def path(self, cache: Path) -> Path:
         return cache.parent / self.name
+
+
+class Rows(Protocol):
+    """Where a video's features come from when rows are written: a committed cache or a journal entry.
+    ``reading()`` keeps it open while all its levels are read."""
+
+    def rows(self, level: str) -> np.ndarray:
+        """The video's features of one level, ``(frames, C)``."""
+
+    def reading(self) -> contextlib.AbstractContextManager:
+        ...
+
+
+def row_parts(cache: FeatureCache) -> tuple[Part, ...]:
+    """The files holding an open cache's rows, in row order: its parts, or the single file itself (none when it
+    holds no row)."""
+    if cache.parts or not cache.level_rows:
+        return cache.parts
+    return (Part(cache.path.name, cache.level_rows, cache.path.stat().st_size, ""),)
 
 
 def read_parts(f: h5py.File) -> tuple[Part, ...]:

@@ -6,6 +6,7 @@ only modules that import h5py. Writing (lock, journal, merge, atomic replace) li
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -197,9 +198,10 @@ class FeatureCache:
         return [name for name in self.levels if name in self._file["features"]]
 
     def level_shape(self, level: str) -> tuple[int, ...]:
-        return tuple(self._features(level).shape)
+        return tuple(self.dataset(level).shape)
 
-    def _features(self, level: str) -> h5py.Dataset:
+    def dataset(self, level: str) -> h5py.Dataset:
+        """The open dataset of one level (virtual in an index over parts), ``(level_rows, V * C)``."""
         if level not in self._datasets:
             stored = [name for name in self.levels if name in self._file["features"]]
             if level not in stored:
@@ -210,28 +212,26 @@ class FeatureCache:
     def load_level(self, level: str) -> np.ndarray:
         """All frames of one level, ``(total_frames, V * C)``, in one read; rows of video i start at its
         offset. ``V`` views side by side, view-major (``V = 1``, the centre crop, unless extracted with --views)."""
+        with self._reading(level):
+            return self.dataset(level)[...]
+
+    @contextlib.contextmanager
+    def _reading(self, level: str):
         try:
-            return self._features(level)[...]
+            yield
         except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short
             raise CacheError(f"{self.path}: level {level} cannot be read ({first_line(err)}); run "
                              f"`mrrn inspect {self.path} --verify`, then `mrrn extract ... --redo-damaged`") from None
-
-    def dataset(self, level: str) -> h5py.Dataset:
-        """The open dataset of one level (virtual in an index over parts), ``(level_rows, V * C)``."""
-        return self._features(level)
 
     def read_videos(self, level: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, list[int]]:
         """The rows of ``spans`` ((first row, rows) per video) of one level packed in the order given, and each
         span's first row in the result (``spans.read_spans``: few large reads, in storage order)."""
-        try:
-            return read_spans(self._features(level), spans)
-        except OSError as err:  # a stored chunk fails its Fletcher-32 checksum, or the file is cut short
-            raise CacheError(f"{self.path}: level {level} cannot be read ({first_line(err)}); run "
-                             f"`mrrn inspect {self.path} --verify`, then `mrrn extract ... --redo-damaged`") from None
+        with self._reading(level):
+            return read_spans(self.dataset(level), spans)
 
     def rows(self, level: str, start: int, count: int) -> np.ndarray:
         """``count`` rows of one level from row ``start``, ``(count, C)``."""
-        return self._features(level)[start : start + count]
+        return self.dataset(level)[start : start + count]
 
     def video_features(self, key: str, level: str) -> np.ndarray:
         """One video's frames of one level, ``(T, C)``."""

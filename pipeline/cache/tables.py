@@ -40,10 +40,8 @@ VIDEO_COLUMNS = {"key": object, "class_name": object, "label": np.int32, "frames
 
 def video_columns(videos: list[tuple[VideoRecord, str]]) -> dict[str, np.ndarray]:
     """Records (with their digests) as the video table's columns, in the order given."""
-    columns = {name: np.array([getattr(rec, name) for rec, _ in videos], dtype=dtype)
-               for name, dtype in VIDEO_COLUMNS.items() if name != "digest"}
-    columns["digest"] = np.array([digest for _, digest in videos], dtype=object)
-    return {name: columns[name].astype(dtype, copy=False).reshape(-1) for name, dtype in VIDEO_COLUMNS.items()}
+    return {name: np.array([digest if name == "digest" else getattr(rec, name) for rec, digest in videos], dtype=dtype)
+            for name, dtype in VIDEO_COLUMNS.items()}
 
 
 def stored_columns(cache: FeatureCache) -> dict[str, np.ndarray]:

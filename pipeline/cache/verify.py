@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from pipeline.cache.parts import LEVELS_GROUP, part_id_problem
+from pipeline.cache.parts import LEVELS_GROUP, part_id_problem, row_parts
 
 if TYPE_CHECKING:
     from pipeline.cache.reader import FeatureCache
@@ -105,11 +105,8 @@ def _overlaps(cache: FeatureCache, rows: int) -> list[str]:
 
 def _level_sources(cache: FeatureCache, level: str):
     """(first row, dataset) of each stored block of a level: the parts' own datasets, or the file's."""
-    if not cache.parts:
-        yield 0, cache.dataset(level)
-        return
     first = 0
-    for part in cache.parts:
+    for part in row_parts(cache):
         with h5py.File(part.path(cache.path), "r") as f:
             yield first, f[LEVELS_GROUP][level]
         first += part.rows

@@ -15,13 +15,12 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from pipeline.cache.identity import CacheIdentity
 from pipeline.cache.journal import Journal, pending_entries
-from pipeline.cache.parts import Part, link_part, new_part_name, parts_dir, remove_stray_parts, write_part
+from pipeline.cache.parts import Part, link_part, new_part_name, parts_dir, remove_stray_parts, row_parts, write_part
 from pipeline.cache.reader import (
     CacheError,
     CacheLockedError,
@@ -48,21 +47,6 @@ class CacheLock(ExclusiveLock):
         super().__init__(lock_path(path), lambda: CacheLockedError(
             f"{path}: another mrrn process is writing this cache (lock {lock_path(path)} is held); "
             "wait for it to finish or use another --out"), remove=True)  # no lock file left once done
-
-
-# ----------------------------------------------------------------------------------------------
-# What goes into a new index: videos with their rows' place and digest, and failures
-
-
-class Rows(Protocol):
-    """Where a video's features come from when rows are written: a committed cache or a journal entry.
-    ``reading()`` keeps it open while all its levels are read."""
-
-    def rows(self, level: str) -> np.ndarray:
-        """The video's features of one level, ``(frames, C)``."""
-
-    def reading(self) -> contextlib.AbstractContextManager:
-        ...
 
 
 @dataclass(frozen=True)
@@ -166,17 +150,25 @@ class CacheWriter:
     def _parts_of(self, cache: FeatureCache) -> tuple[Part, ...]:
         """The parts of the open cache at this writer's path; a single-file cache with rows is made the
         first part of its own index (a hard link: it is neither copied nor rewritten)."""
-        if cache.parts or cache.level_rows == 0:
+        if cache.parts:
             return cache.parts
-        whole = Part(self.path.name, cache.level_rows, self.path.stat().st_size, "")
-        return (link_part(whole, self.path, self.path, new_part_name(self.path, ())),)
+        return tuple(link_part(whole, self.path, self.path, new_part_name(self.path, ())) for whole in row_parts(cache))
+
+    def _lists_unchanged(self, cache: FeatureCache) -> bool:
+        """Whether the open cache already holds this run's split lists and missing keys."""
+        return cache.splits == self.splits and cache.missing == self.missing
+
+    def _write_index(self, old: FeatureCache, videos: dict, failed: list[FailedRecord], parts: tuple[Part, ...]) -> None:
+        """The next version of the index (``old``'s next commit) over ``parts``."""
+        write_index(self.path, self.identity, Contents(videos, failed, self.splits, self.missing), parts,
+                    created=old.attrs.get("created_utc", ""), commit=old.commit + 1)
 
     def commit(self) -> None:
         """The journal's videos as one new part, then a new index naming it (and the current split lists);
         then the journal is emptied. Nothing stored is copied."""
         entries = self.journal.entries()
         with FeatureCache(self.path) as old:
-            if not entries and old.splits == self.splits and old.missing == self.missing:
+            if not entries and self._lists_unchanged(old):
                 return
             records = [(entry.record(), entry) for entry in entries]
             new = sorted([(r, e) for r, e in records if isinstance(r, VideoRecord)], key=lambda x: x[0].key)
@@ -191,9 +183,7 @@ class CacheWriter:
                 first = sum(p.rows for p in parts)
                 parts += (part,)
                 placed = video_columns([(replace(rec, offset=first + o), d) for (rec, _), o, d in zip(new, offsets, digests)])
-            videos, failed = merge([(stored, list(old.failed)), (placed, failed_now)])
-            write_index(self.path, self.identity, Contents(videos, failed, self.splits, self.missing), parts,
-                        created=old.attrs.get("created_utc", ""), commit=old.commit + 1)
+            self._write_index(old, *merge([(stored, list(old.failed)), (placed, failed_now)]), parts)
         for entry in entries:
             entry.path.unlink()
         self._pending, self._last_commit = 0, time.monotonic()
@@ -211,17 +201,13 @@ class CacheWriter:
                         raise ConfigMismatchError(f"{path}: made with a different configuration "
                                                   f"({shard.identity.diff(old.identity, 'shard', 'cache')})")
                     first = sum(p.rows for p in parts)
-                    whole = (Part(path.name, shard.level_rows, path.stat().st_size, ""),) if shard.level_rows else ()
-                    for part in shard.parts or whole:
+                    for part in row_parts(shard):
                         parts += (link_part(part, path, self.path, new_part_name(self.path, parts)),)
                     columns = stored_columns(shard)
                     sources.append(({**columns, "offset": columns["offset"] + first}, list(shard.failed)))
-            if all(not len(v["key"]) and not f for v, f in sources[1:]) and old.splits == self.splits \
-                    and old.missing == self.missing:
+            if all(not len(v["key"]) and not f for v, f in sources[1:]) and self._lists_unchanged(old):
                 return
-            videos, failed = merge(sources)
-            write_index(self.path, self.identity, Contents(videos, failed, self.splits, self.missing), parts,
-                        created=old.attrs.get("created_utc", ""), commit=old.commit + 1)
+            self._write_index(old, *merge(sources), parts)
 
     def finish(self) -> None:
         """Commit and remove the (then empty) journal folder."""
@@ -229,7 +215,7 @@ class CacheWriter:
         self.journal.close()
 
 
-def compact(path: Path, log=print) -> tuple[int, int]:
+def compact(path: Path) -> tuple[int, int]:
     """Merge a cache's parts into one file (schema 1, every level stored in it, in key order), atomically,
     then remove the parts. Returns (parts before, rows no longer used that were dropped)."""
     with CacheLock(path):

@@ -21,7 +21,7 @@ from pipeline.evaluate.scores import Coverage
 from pipeline.train.clips import clip_frames, gather_clips
 from pipeline.train.streaming import release_freed_memory
 from pipeline.train.two_streams import in_both, join_streams
-from pipeline.train.shares import PARTITIONED, REPLICATED, STREAMED, choose_mode, memory_budget, partition, size_text
+from pipeline.train.shares import PARTITIONED, REPLICATED, STREAMED, choose_mode, frame_sums, memory_budget, partition, size_text
 from pipeline.config import TrainConfig
 from pipeline.datasets.index import hash_split
 from pipeline.errors import TrainError
@@ -131,19 +131,6 @@ def _clip_set(table: LevelTable, keys: list[str], cfg: TrainConfig, device: torc
         clip_rows=torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, cfg.clip.length), np.int64)).to(device),
         clip_video=torch.from_numpy(np.concatenate(owner) if owner else np.zeros(0, np.int64)).to(device),
     )
-
-
-def frame_sums(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-dimension sum and sum of squares of ``features[rows]`` (frames, V, C) over frames and views, and
-    their count, accumulated in float64 block by block."""
-    width = features.shape[-1]
-    total = np.zeros(width)
-    squares = np.zeros(width)
-    for start in range(0, len(rows), block):
-        x = features[rows[start : start + block]].reshape(-1, width).astype(np.float64)
-        total += x.sum(0)
-        squares += (x * x).sum(0)
-    return total, squares, len(rows) * features.shape[1]  # frames x views
 
 
 def mean_std(total: np.ndarray, squares: np.ndarray, count: int) -> tuple[torch.Tensor, torch.Tensor]:

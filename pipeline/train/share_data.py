@@ -14,14 +14,13 @@ from pipeline.train.level_data import (
     ClipSet,
     LevelData,
     LevelTable,
-    frame_sums,
     mean_std,
     place_on,
     read_rows,
     require_finite,
 )
 from pipeline.train.share_epochs import HeldPart
-from pipeline.train.shares import PARTITIONED
+from pipeline.train.shares import PARTITIONED, frame_sums
 from pipeline.train.streaming import SHUFFLE_GROUPS, StreamedPart, Window, statistics
 
 EVAL_GROUP_BYTES = 64 << 20  # a partitioned rank's evaluation reads its videos this much at a time

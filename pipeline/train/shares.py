@@ -8,7 +8,8 @@ each rank's share of the videos, and reading chosen videos' rows in large contig
 - ``streamed``: when even a rank's share does not fit, it reads its videos group by group while it trains
   (``streaming.py``).
 
-docs/training.md ("Memory") says how sampling differs between them.
+docs/training.md ("Memory") says how sampling differs between them. ``frame_sums`` gives the float64 sums of a
+rank's training frames that ``--normalize``'s statistics add up over the ranks, whichever way they are held.
 """
 from __future__ import annotations
 
@@ -78,6 +79,8 @@ def choose_mode(everything: int, largest_share: int, world: int, budget: int) ->
 def partition(keys: list[str], frames: dict[str, int], world: int, seed: int) -> list[list[str]]:
     """``keys`` split among ``world`` ranks by video, balanced by frames: in a seeded order, each video to the
     rank with the fewest frames so far (ties: the lower rank). Every rank computes the same partition."""
+    if world == 1:
+        return [sorted(keys)]
     order = np.random.default_rng(seed).permutation(len(keys))
     order = sorted(order, key=lambda i: -frames[keys[i]])  # largest first (stable: seeded among equals)
     shares: list[list[str]] = [[] for _ in range(world)]
@@ -87,3 +90,16 @@ def partition(keys: list[str], frames: dict[str, int], world: int, seed: int) ->
         shares[target].append(keys[i])
         totals[target] += frames[keys[i]]
     return [sorted(s) for s in shares]
+
+
+def frame_sums(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-dimension sum and sum of squares of ``features[rows]`` (frames, V, C) over frames and views, and
+    their count, accumulated in float64 block by block."""
+    width = features.shape[-1]
+    total = np.zeros(width)
+    squares = np.zeros(width)
+    for start in range(0, len(rows), block):
+        x = features[rows[start : start + block]].reshape(-1, width).astype(np.float64)
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+    return total, squares, len(rows) * features.shape[1]  # frames x views

@@ -21,6 +21,7 @@ from pipeline.cache.reader import FeatureCache
 from pipeline.config import ClipSpec
 from pipeline.errors import TrainError
 from pipeline.train.clips import clip_frames
+from pipeline.train.shares import frame_sums
 
 SHUFFLE_GROUPS = 2  # groups whose clips are shuffled together; one more window is read meanwhile
 
@@ -70,20 +71,21 @@ class StreamedPart:
     def windows(self, generator: torch.Generator | None, device: torch.device):
         """The part's windows: SHUFFLE_GROUPS groups each in a seeded order (``generator``), or one group each
         in storage order; read ahead by a background thread, one window at a time."""
+        plan = self._plan(generator)
+        return _read_ahead(lambda: FeatureCache(self.path), lambda cache, groups: self._window(cache, groups, device), plan)
+
+    def window_clips(self, generator: torch.Generator | None) -> list[int]:
+        """The number of clips of each window :meth:`windows` gives for a generator in this state (no read, and
+        the generator left as it is)."""
+        return [self.clips_in(groups) for groups in self._plan(None if generator is None else _copy(generator))]
+
+    def _plan(self, generator: torch.Generator | None) -> list[list[list[tuple[str, int]]]]:
+        """The groups of each window, in the order :meth:`windows` reads them (``generator`` drawn from)."""
         order = list(range(len(self.groups)))
         if generator is not None:
             order = torch.randperm(len(order), generator=generator).tolist()
         step = SHUFFLE_GROUPS if generator is not None else 1
-        plan = [[self.groups[i] for i in order[at : at + step]] for at in range(0, len(order), step)]
-        return _read_ahead(lambda: FeatureCache(self.path), lambda cache, groups: self._window(cache, groups, device), plan)
-
-    def window_clips(self, generator: torch.Generator | None) -> list[int]:
-        """The number of clips of each window :meth:`windows` gives for a generator in this state (no read)."""
-        order = list(range(len(self.groups)))
-        if generator is not None:
-            order = torch.randperm(len(order), generator=_copy(generator)).tolist()
-        step = SHUFFLE_GROUPS if generator is not None else 1
-        return [self.clips_in([self.groups[i] for i in order[at : at + step]]) for at in range(0, len(order), step)]
+        return [[self.groups[i] for i in order[at : at + step]] for at in range(0, len(order), step)]
 
     def _window(self, cache: FeatureCache, groups: list[list[tuple[str, int]]], device: torch.device) -> Window:
         videos = [kv for g in groups for kv in g]
@@ -146,8 +148,6 @@ def statistics(part: StreamedPart, all_views: bool, width: int) -> tuple[np.ndar
     total, squares, count = np.zeros(width), np.zeros(width), 0
     for window in part.windows(None, torch.device("cpu")):
         seen = window.features if all_views else window.features[:, :1]  # (frames, V, C)
-        x = seen.reshape(-1, seen.shape[-1]).double().numpy()
-        total += x.sum(0)
-        squares += (x * x).sum(0)
-        count += len(x)
+        t, sq, n = frame_sums(seen.numpy(), np.arange(len(seen)))
+        total, squares, count = total + t, squares + sq, count + n
     return total, squares, count
