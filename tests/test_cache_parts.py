@@ -158,3 +158,18 @@ def test_opening_for_the_identity_alone_reads_no_table(tmp_path):
     assert read_identity(path) == IDENTITY
     with pytest.raises(CacheError, match="videos/frames: missing"):
         FeatureCache(path)
+
+
+def test_compact_waits_for_finished_videos_still_in_the_journal(tmp_path):
+    path = tmp_path / "c.h5"
+    add(path, ("a/1.avi", 3))
+    add(path, ("a/2.avi", 2))
+    w = CacheWriter(path, IDENTITY).__enter__()  # a run killed after journalling one video
+    w.add_video(VideoRecord("a/3.avi", 0, "a", 2, 25.0, 80, 60, 2), {n: np.zeros((2, d), np.float32)
+                                                                     for n, d in IDENTITY.stored_widths.items()})
+    w.lock.release()
+    one_line_error(run("compact", path), f"{path}: finished videos wait in {path}.journal",
+                   "rerun the same `mrrn extract`")
+    with FeatureCache(path) as c:  # nothing done is lost: the parts and the journal are as they were
+        assert len(c.parts) == 2 and c.verify() == []
+    assert len(list(Path(f"{path}.journal").glob("*.npz"))) == 1

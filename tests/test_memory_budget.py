@@ -115,3 +115,13 @@ def test_twostream_that_would_stream_is_refused_in_one_line(sample_cache, flow_c
     result = run("train", "--cache", sample_cache, "--flow-cache", flow_cache, "--model", "twostream", "--level",
                  "high", "--out", tmp_path / "r", "--max-memory", "1M")
     one_line_error(result, "--model twostream holds its share of both levels in memory", "raise --max-memory")
+
+
+def test_more_ranks_than_training_videos_to_share_out_is_refused_in_one_line(sample_cache, tmp_path, monkeypatch):
+    """A rank of a shared-out run needs a training video of its own: refused before anything is read."""
+    from pipeline.errors import TrainError
+
+    monkeypatch.setenv("WORLD_SIZE", "64")  # this process as rank 0 of 64 (no process group is needed to plan)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(TrainError, match=r"training videos for 64 ranks: each rank needs one of its own"):
+        load_level_data(small(sample_cache, tmp_path / "r", max_memory=2**20), CPU, log=lambda m: None)
