@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache.reader import CacheError, FeatureCache, VideoRecord
+from pipeline.cache.reader import CacheError, FailedRecord, FeatureCache, VideoRecord
 from pipeline.cache.writer import CacheWriter
 from tests.conftest import copy_cache, key_ordered, make_identity, one_line_error, run
 
@@ -173,3 +173,18 @@ def test_compact_waits_for_finished_videos_still_in_the_journal(tmp_path):
     with FeatureCache(path) as c:  # nothing done is lost: the parts and the journal are as they were
         assert len(c.parts) == 2 and c.verify() == []
     assert len(list(Path(f"{path}.journal").glob("*.npz"))) == 1
+
+
+def test_keys_in_any_script_keep_their_order_and_rows_across_commits(tmp_path):
+    path = tmp_path / "c.h5"
+    add(path, ("ñandú/vídeo 1.avi", 3), ("日本/b.avi", 2))
+    with CacheWriter(path, IDENTITY) as w:
+        w.add_failure(FailedRecord("a/ü.avi", 0, IDENTITY.classes[0], "cannot decode"))
+        w.finish()
+    add(path, ("a/ü.avi", 4), ("ñandú/vídeo 1.avi", 5))  # the failure extracted after all; a video replaced
+    with FeatureCache(path) as c:
+        keys = ["a/ü.avi", "ñandú/vídeo 1.avi", "日本/b.avi"]
+        assert [v.key for v in c.videos] == sorted(keys) == keys and c.failed == ()
+        assert [c.video_features(k, "low").shape[0] for k in keys] == [4, 5, 2] and c.verify() == []
+    with h5py.File(path, "r") as f:  # plain h5py reads the table's strings as strings
+        assert list(f["videos/key"].asstr()[:]) == keys

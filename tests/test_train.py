@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -205,13 +206,15 @@ def test_refuses_a_cache_without_the_level(sample_cache, tmp_path):
     assert result.stderr == f"Error: {cache}: no level 'low' in this cache (it has: mid, high)\n"
 
 
-def test_refuses_non_finite_features(sample_cache, tmp_path):
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
+@pytest.mark.parametrize("max_memory", [None, 1 << 20], ids=["in-memory", "streamed"])
+def test_refuses_non_finite_features(sample_cache, tmp_path, value, max_memory):
     cache = tmp_path / "nan.h5"
     copy_cache(sample_cache, cache)
     with h5py.File(cache, "r+") as f:
-        f["features/high"][5] = np.nan
+        f["features/high"][5, 7] = value
     with pytest.raises(TrainError, match=r"non-finite features in 1 video\(s\): Checkerboard/v_Checkerboard_g01_c01.avi"):
-        fit(small(cache, tmp_path / "r"), **QUIET)
+        fit(replace(small(cache, tmp_path / "r"), max_memory=max_memory), **QUIET)
 
 
 def test_refuses_split_videos_missing_from_the_cache_unless_allowed(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -22,6 +21,7 @@ from pipeline.cache.parts import Part, open_level, part_problems, parts_dir, rea
 from pipeline.cache.schema import schema_problem, version_problem
 from pipeline.cache import verify
 from pipeline.cache.spans import read_spans
+from pipeline.cache.stored_tables import FailedRecord, Splits, VideoRecord, tables_of  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = 1  # a single file holding every level (and every cache written before 0.3.0)
 INDEX_SCHEMA_VERSION = 2  # an index over parts (parts.py): its levels are virtual datasets
@@ -39,30 +39,6 @@ class ConfigMismatchError(CacheError):
 
 class CacheLockedError(CacheError):
     pass
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    key: str
-    label: int
-    class_name: str
-    frames: int  # frames actually decoded = rows of each level
-    fps: float
-    width: int
-    height: int
-    frames_reported: int  # the container's frame count (-1 unknown), for the record
-    offset: int = -1  # first row in /features/<level>; -1 until committed
-
-
-@dataclass(frozen=True)
-class FailedRecord:
-    key: str
-    label: int
-    class_name: str
-    reason: str
-
-
-Splits = dict[int, tuple[tuple[str, ...], tuple[str, ...]]]  # split -> (train keys, test keys)
 
 
 def journal_dir(path: Path) -> Path:
@@ -138,18 +114,27 @@ class FeatureCache:
         if problems:
             raise CacheError(f"{self.path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
                              + "; the cache cannot be read without it: restore it, or extract into another --out")
-        self._tables = tables = _tables_of(self.path, f)  # read once per command: later opens reuse them
-        self._columns, self.failed, self.splits = tables.columns, tables.failed, tables.splits
+        self._tables = tables = tables_of(self.path, f)  # read once per command: later opens reuse them
+        self.failed, self.splits = tables.failed, tables.splits
         self.missing: tuple[str, ...] = tables.missing  # named by split files, not on disk; () in older caches
-        self.digests: tuple[str, ...] = tables.digests  # "" where not stored (caches written before digests)
         version_name = str(self.attrs.get("version", "0"))
         self.version: str = version_name  # the commit's name ('12-3fa2c1d9'); '0' before versions were written
         self.commit: int = int(version_name.split("-")[0]) if version_name.split("-")[0].isdigit() else 0
 
     @property
     def columns(self) -> dict[str, np.ndarray]:
-        """The video table by column (key, class_name, label, frames, offset, ...), as stored; no record built."""
-        return self._columns
+        """The video table by column (key, class_name, label, frames, offset, ...); no record built."""
+        return self._tables.columns()
+
+    @property
+    def raw_columns(self) -> dict[str, np.ndarray]:
+        """The video table as stored: key, class_name and digest as UTF-8 bytes (nothing decoded)."""
+        return self._tables.raw
+
+    @property
+    def digests(self) -> tuple[str, ...]:
+        """Each video's digest of its rows, in key order; "" where not stored (caches written before digests)."""
+        return self._tables.digests()
 
     @property
     def videos(self) -> tuple[VideoRecord, ...]:
@@ -181,7 +166,7 @@ class FeatureCache:
     @property
     def total_frames(self) -> int:
         """Frames of the finished videos (the rows they own)."""
-        return int(self._columns["frames"].sum())
+        return int(self._tables.raw["frames"].sum())
 
     @property
     def level_rows(self) -> int:
@@ -256,74 +241,6 @@ class FeatureCache:
     def table_problems(self) -> list[str]:
         """The cheap part of :meth:`verify`: tables, level shapes and parts on disk (no feature is read)."""
         return verify.table_problems(self)
-
-
-def _keys_of(f: h5py.File, name: str) -> tuple[str, ...]:
-    """A string dataset that newer caches hold, () where the file has none."""
-    return tuple(str(k) for k in f[name].asstr()[:]) if name in f else ()
-
-
-_NUMBER_COLUMNS = ("label", "frames", "offset", "fps", "width", "height", "frames_reported")
-
-
-@dataclass
-class _Tables:
-    """A cache file's tables as read, and the records built from them when first asked for."""
-
-    columns: dict[str, np.ndarray]
-    failed: tuple[FailedRecord, ...]
-    splits: Splits
-    missing: tuple[str, ...]
-    digests: tuple[str, ...]
-    _records: tuple[VideoRecord, ...] | None = None
-    _index: dict[str, int] | None = None
-
-    def records(self) -> tuple[VideoRecord, ...]:
-        self._records = self._records if self._records is not None else _records(self.columns)
-        return self._records
-
-    def index(self) -> dict[str, int]:
-        self._index = self._index if self._index is not None else {str(k): i for i, k in enumerate(self.columns["key"])}
-        return self._index
-
-
-_READ: dict[tuple, _Tables] = {}  # (path, inode, mtime, size) -> its tables; a commit replaces the file, so never stale
-_KEEP = 4  # files whose tables a process keeps (a cache and a flow cache, and their previous versions)
-
-
-def _tables_of(path: Path, f: h5py.File) -> _Tables:
-    """The tables of the open file ``f`` at ``path``, read once per version of the file in this process."""
-    st = os.stat(path)
-    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
-    if key not in _READ:
-        fl, columns = f["failed"], _read_columns(f["videos"])
-        _READ[key] = _Tables(
-            columns=columns,
-            failed=tuple(FailedRecord(str(k), int(lab), str(c), str(r)) for k, lab, c, r in
-                         zip(fl["key"].asstr()[:], fl["label"][:], fl["class_name"].asstr()[:], fl["reason"].asstr()[:])),
-            splits={int(n): (tuple(g["train"].asstr()[:]), tuple(g["test"].asstr()[:])) for n, g in f["splits"].items()},
-            missing=_keys_of(f, "missing/key"),
-            digests=_keys_of(f, "videos/digest") or ("",) * len(columns["key"]))
-        while len(_READ) > _KEEP:
-            _READ.pop(next(iter(_READ)))
-    return _READ[key]
-
-
-def _read_columns(v: h5py.Group) -> dict[str, np.ndarray]:
-    """The video table's columns, each in one read."""
-    return {"key": v["key"].asstr()[:], "class_name": v["class_name"].asstr()[:],
-            **{name: v[name][:] for name in _NUMBER_COLUMNS}}
-
-
-def _records(cols: dict[str, np.ndarray]) -> tuple[VideoRecord, ...]:
-    ints = {name: cols[name].tolist() for name in _NUMBER_COLUMNS}  # Python numbers, converted at once
-    return tuple(
-        VideoRecord(key=str(key), label=label, class_name=str(name), frames=frames, fps=float(fps), width=width,
-                    height=height, frames_reported=reported, offset=offset)
-        for key, name, label, frames, fps, width, height, reported, offset in zip(
-            cols["key"], cols["class_name"], ints["label"], ints["frames"], ints["fps"], ints["width"], ints["height"],
-            ints["frames_reported"], ints["offset"])
-    )
 
 
 def read_identity(path: Path) -> CacheIdentity:

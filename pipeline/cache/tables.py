@@ -16,6 +16,7 @@ from pipeline import __version__
 from pipeline.atomic import ensure_room, publish, tmp_path
 from pipeline.cache.identity import CacheIdentity, canonical_json
 from pipeline.cache.parts import Part, write_parts_table, write_rows, write_virtual_levels
+from pipeline.cache.stored_tables import utf8
 from pipeline.cache.reader import (
     IDENTITY_ATTR,
     INDEX_SCHEMA_VERSION,
@@ -33,21 +34,23 @@ def now_utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# The video table's columns and their types, in file order; "key" sorted
-VIDEO_COLUMNS = {"key": object, "class_name": object, "label": np.int32, "frames": np.int64, "offset": np.int64,
-                 "fps": np.float32, "width": np.int32, "height": np.int32, "frames_reported": np.int64, "digest": object}
+# The video table's columns and their types, in file order; "key" sorted. Strings are UTF-8 bytes (numpy "S")
+# from reading to writing: a commit neither decodes nor encodes the videos already stored.
+VIDEO_COLUMNS = {"key": "S", "class_name": "S", "label": np.int32, "frames": np.int64, "offset": np.int64,
+                 "fps": np.float32, "width": np.int32, "height": np.int32, "frames_reported": np.int64, "digest": "S"}
 
 
 def video_columns(videos: list[tuple[VideoRecord, str]]) -> dict[str, np.ndarray]:
     """Records (with their digests) as the video table's columns, in the order given."""
-    return {name: np.array([digest if name == "digest" else getattr(rec, name) for rec, digest in videos], dtype=dtype)
+    return {name: utf8(digest if name == "digest" else getattr(rec, name) for rec, digest in videos) if dtype == "S"
+            else np.array([getattr(rec, name) for rec, _ in videos], dtype=dtype)
             for name, dtype in VIDEO_COLUMNS.items()}
 
 
 def stored_columns(cache: FeatureCache) -> dict[str, np.ndarray]:
-    """A committed cache's video table by column (no record is built)."""
-    return {**{name: np.asarray(cache.columns[name], dtype=VIDEO_COLUMNS[name]) for name in VIDEO_COLUMNS if name != "digest"},
-            "digest": np.array(cache.digests, dtype=object)}
+    """A committed cache's video table by column, as stored (no record is built, no string decoded)."""
+    raw = cache.raw_columns
+    return {name: raw[name] if dtype == "S" else np.asarray(raw[name], dtype=dtype) for name, dtype in VIDEO_COLUMNS.items()}
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Contents:
         list the same videos with the same features, failures and splits share the digest."""
         digest = hashlib.blake2b(digest_size=4)
         for name in ("key", "digest"):
-            digest.update("\0".join(map(str, self.videos[name])).encode() + b"\1")
+            digest.update(b"\0".join(self.videos[name].tolist()) + b"\1")
         for name in ("frames", "label"):
             digest.update(np.ascontiguousarray(self.videos[name], dtype=np.int64).tobytes())
         digest.update(canonical_json([[f.key for f in self.failed], {str(n): list(p) for n, p in self.splits.items()},
@@ -80,7 +83,7 @@ def merge(sources: list[tuple[dict[str, np.ndarray], list[FailedRecord]]]):
     newest reason wins). Both come out in key order."""
     columns = {name: np.concatenate([cols[name] for cols, _ in sources]) if sources else np.zeros(0, dtype)
                for name, dtype in VIDEO_COLUMNS.items()}
-    keys = columns["key"].astype(str)
+    keys = columns["key"]  # UTF-8 bytes sort as their strings do
     _, last = np.unique(keys[::-1], return_index=True)  # sorted keys, each at its newest source
     keep = len(keys) - 1 - last
     videos = {name: column[keep] for name, column in columns.items()}
@@ -88,8 +91,9 @@ def merge(sources: list[tuple[dict[str, np.ndarray], list[FailedRecord]]]):
     for _, source_failed in sources:
         for rec in source_failed:
             failed[rec.key] = rec
-    done = set(keys.tolist())
-    return videos, [failed[k] for k in sorted(failed) if k not in done]
+    undone = sorted(failed)
+    undone = [k for k, done in zip(undone, np.isin(utf8(undone), videos["key"])) if not done] if undone else []
+    return videos, [failed[k] for k in undone]
 
 
 def write_index(path: Path, identity: CacheIdentity, contents: Contents, parts: tuple[Part, ...], *,
@@ -121,7 +125,7 @@ def write_cache_file(path: Path, identity: CacheIdentity, rows: list, contents: 
     try:
         with writing(path), h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
             digests = write_rows(f, identity, rows, offsets.tolist())
-            placed = Contents({**contents.videos, "offset": offsets, "digest": np.array(digests, dtype=object)},
+            placed = Contents({**contents.videos, "offset": offsets, "digest": utf8(digests)},
                               contents.failed, contents.splits, contents.missing)
             _write_header(f, identity, created, SCHEMA_VERSION, placed.version(commit))
             _write_tables(f, placed)
@@ -149,7 +153,11 @@ def _write_header(f: h5py.File, identity: CacheIdentity, created: str, schema: i
 
 
 def _strings(values) -> np.ndarray:
-    return np.array(list(values), dtype=object)
+    """``values`` (str, or a column of UTF-8 bytes) as one fixed-length UTF-8 column, as wide as the longest:
+    written and read in one copy, where variable-length strings cost a heap object each (and every commit
+    rewrites the index). h5py, and every mrrn version, read both kinds alike."""
+    column = values if isinstance(values, np.ndarray) and values.dtype.kind == "S" else utf8(values)
+    return column.astype(h5py.string_dtype("utf-8", max(column.dtype.itemsize, 1)))
 
 
 def _write_tables(f: h5py.File, contents: Contents) -> None:
@@ -158,17 +166,17 @@ def _write_tables(f: h5py.File, contents: Contents) -> None:
     g = f.create_group("videos")
     for column, dtype in VIDEO_COLUMNS.items():
         values = contents.videos[column]
-        g.create_dataset(column, data=values.astype(dtype, copy=False), **({"dtype": STR} if dtype is object else {}))
+        g.create_dataset(column, data=_strings(values) if dtype == "S" else values.astype(dtype, copy=False))
     fg = f.create_group("failed")
-    fg.create_dataset("key", data=_strings(r.key for r in failed), dtype=STR)
-    fg.create_dataset("class_name", data=_strings(r.class_name for r in failed), dtype=STR)
+    fg.create_dataset("key", data=_strings(r.key for r in failed))
+    fg.create_dataset("class_name", data=_strings(r.class_name for r in failed))
     fg.create_dataset("label", data=np.array([r.label for r in failed], dtype=np.int32))
-    fg.create_dataset("reason", data=_strings(r.reason for r in failed), dtype=STR)
+    fg.create_dataset("reason", data=_strings(r.reason for r in failed))
     sg = f.create_group("splits")
     for n, (train, test) in sorted(contents.splits.items()):
         s = sg.create_group(str(n))
-        s.create_dataset("train", data=_strings(train), dtype=STR)
-        s.create_dataset("test", data=_strings(test), dtype=STR)
-    f.create_group("missing").create_dataset("key", data=_strings(sorted(contents.missing)), dtype=STR)
+        s.create_dataset("train", data=_strings(train))
+        s.create_dataset("test", data=_strings(test))
+    f.create_group("missing").create_dataset("key", data=_strings(sorted(contents.missing)))
 
 

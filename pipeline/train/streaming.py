@@ -10,6 +10,7 @@ epoch; only the order is more local than in memory (WebDataset's and tf.data's p
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pipeline.cache.reader import FeatureCache
 from pipeline.config import ClipSpec
 from pipeline.errors import TrainError
 from pipeline.train.clips import clip_frames
-from pipeline.train.shares import frame_sums
+from pipeline.train.shares import all_finite, frame_sums
 
 SHUFFLE_GROUPS = 2  # groups whose clips are shuffled together; one more window is read meanwhile
 
@@ -90,8 +91,8 @@ class StreamedPart:
     def _window(self, cache: FeatureCache, groups: list[list[tuple[str, int]]], device: torch.device) -> Window:
         videos = [kv for g in groups for kv in g]
         rows, packed = cache.read_videos(self.level, [self.videos[k][:2] for k, _ in videos])  # (frames, V * C)
-        if not np.isfinite(rows).all():
-            bad = [k for (k, _), at in zip(videos, packed) if not np.isfinite(rows[at : at + self.videos[k][1]]).all()]
+        if not all_finite(rows):
+            bad = [k for (k, _), at in zip(videos, packed) if not all_finite(rows[at : at + self.videos[k][1]])]
             raise TrainError(f"{self.path}: level {self.level} has non-finite features in {len(bad)} video(s): "
                              f"{', '.join(bad[:3])}; extract them again with `mrrn extract ... --redo-damaged`")
         clips = [clip_frames(self.videos[k][1], self.clip) + at for (k, _), at in zip(videos, packed)]
@@ -114,6 +115,7 @@ def _read_ahead(opened, read, plan: list):
     stop = threading.Event()
 
     def work():
+        _yield_to_compute()
         try:
             with opened() as source:
                 for item in plan:
@@ -140,6 +142,20 @@ def _read_ahead(opened, read, plan: list):
                 results.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+READER_NICENESS = 10  # how much lower the reading thread's priority is than the training threads
+
+
+def _yield_to_compute() -> None:
+    """Lower this thread's scheduling priority (Linux: a thread's own nice value): reading a window takes a
+    fraction of the time training on the previous one does, so it can wait for idle moments, and the training
+    threads (which wait for each other at every parallel step) are not held up by it. Elsewhere a no-op."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + READER_NICENESS))
+    except (AttributeError, OSError):
+        pass
 
 
 def statistics(part: StreamedPart, all_views: bool, width: int) -> tuple[np.ndarray, np.ndarray, int]:
