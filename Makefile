@@ -47,7 +47,7 @@ help:
 	@echo "make test      run the test suite (installs first if needed)"
 	@echo "make demo      run the pipeline end to end on the bundled sample dataset"
 	@echo "make sample    generate the sample dataset into $(SAMPLE)"
-	@echo "make index     index a dataset: DATASET=ucf101|hmdb51|folder ROOT=dir SPLITS=dir SPLIT=n"
+	@echo "make index     index a dataset: DATASET=ucf101|hmdb51|kinetics|ssv2|list|folder ROOT=dir SPLITS=dir SPLIT=n"
 	@echo "make extract   stage 1 into CACHE=$(CACHE) (BACKBONE=resnet34 VIEWS=center|center,flip|five|ten"
 	@echo "               BACKBONE_WEIGHTS=imagenet|random|path DEVICE=auto NPROC=1 EXTRACT_ARGS=...)"
 	@echo "make inspect   describe and verify CACHE"

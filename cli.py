@@ -203,15 +203,20 @@ def main():
 
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), required=True, help="Index format.")
-@click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
-@click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root: the videos (class folders for folder; docs/datasets.md for each layout).")
+@click.option("--splits", type=click.Path(path_type=Path),
+              help="Split or annotation folder (required but for folder): ucf101/hmdb51 split files, kinetics "
+                   "CSVs, ssv2 JSON files, list video lists (docs/datasets.md).")
 @click.option("--split", type=COUNT, default=1, show_default=True, help="Split number.")
 @click.option("--test-fraction", type=FRACTION, default=default(ExtractConfig, "test_fraction"), show_default=True,
               help="folder without --splits: share of each class held out for test (stable hash of the key).")
 @click.option("--strict", is_flag=True, help="Fail if a split file names a video that is not on disk.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object {classes, train, test, missing}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the counts as a JSON object: {dataset, split, classes, train: {listed, found, missing}, "
+                   "test: {listed, found, missing}, test_name} (test_name: what the dataset calls its test part).")
 def index(dataset, root, splits, split, test_fraction, strict, as_json):
-    """Count the classes and train/test videos of one split (never opens a video)."""
+    """Count a split's classes and its train/test videos: listed, found, missing. The videos listed by the split
+    files are looked for on disk; none is opened."""
     from pipeline.datasets import index as datasets
 
     with user_errors():
@@ -220,12 +225,15 @@ def index(dataset, root, splits, split, test_fraction, strict, as_json):
         _log(f"warning: {datasets.describe_missing(idx.missing, idx.root)}")
     if datasets.one_class_warning(idx.classes):
         _log(f"warning: {datasets.one_class_warning(idx.classes)}")
-    s = idx.summary()
+    counts = idx.counts()
     if as_json:
-        click.echo(json.dumps(s))
-    else:
-        click.echo(f"{dataset} split {split}: {s['classes']} classes, {s['train']} train, {s['test']} test, "
-                   f"{s['missing']} missing")
+        click.echo(json.dumps({"dataset": dataset, "split": split, "classes": len(idx.classes), **counts,
+                               "test_name": idx.test_name}))
+        return
+    test = "test" if idx.test_name == "test" else f"test ({idx.test_name})"
+    parts = "; ".join(f"{name}: {c['listed']:,} videos listed, {c['found']:,} found, {c['missing']:,} missing"
+                      for name, c in zip(("train", test), counts.values()))
+    click.echo(f"{dataset} split {split}: {len(idx.classes):,} classes; {parts}")
 
 
 def _choice(values):
@@ -233,29 +241,53 @@ def _choice(values):
 
 
 def _list_backbones(ctx, param, value):
-    if not value or ctx.resilient_parsing:
+    """--list-backbones: torchvision's models; --list-backbones PATTERN: those and timm's pretrained models whose
+    names match (fnmatch: '*dinov2*'), timm having over a thousand."""
+    if value is None or ctx.resilient_parsing:
         return
+    import fnmatch
+
+    import torchvision
+
     from pipeline.extract.taps import describe_all
 
     click.echo("backbone               levels: low / mid / high width (tap); input size; pooling")
-    for line in describe_all():
+    names = [n for n in torchvision.models.list_models(module=torchvision.models) if fnmatch.fnmatch(n, value or "*")]
+    for line in describe_all(names) if names else ():
         click.echo(line)
+    if not value:
+        click.echo("timm:NAME               timm's models: --list-backbones 'PATTERN' lists those matching, e.g. '*dinov2*'")
+        ctx.exit(0)
+    from pipeline.extract.timm_backbones import DESCRIBED, describe_timm
+
+    with user_errors():
+        lines = list(describe_timm(value))
+    for line in lines:
+        click.echo(line)
+    if len(lines) > DESCRIBED:
+        click.echo(f"({len(lines)} timm models match {value!r}; the levels of the first {DESCRIBED} are shown)")
     ctx.exit(0)
 
 
 @main.command()
 @click.option("--dataset", type=_choice(DATASET_CHOICES), required=True, help="Index format.")
-@click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root (class folders).")
-@click.option("--splits", type=click.Path(path_type=Path), help="Split folder (required for ucf101/hmdb51).")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="Dataset root: the videos (class folders for folder; docs/datasets.md for each layout).")
+@click.option("--splits", type=click.Path(path_type=Path),
+              help="Split or annotation folder (required but for folder): ucf101/hmdb51 split files, kinetics "
+                   "CSVs, ssv2 JSON files, list video lists (docs/datasets.md).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The HDF5 cache to write or resume.")
 @click.option("--backbone", default=default(ExtractConfig, "backbone"), show_default=True,
-              help="Any torchvision classification model (--list-backbones shows them with their levels).")
-@click.option("--list-backbones", is_flag=True, is_eager=True, expose_value=False, callback=_list_backbones,
-              help="Print the supported backbones with their level widths and input size, and exit.")
+              help="Any torchvision classification model, or timm:NAME for a timm model with its pretrained tag "
+                   "(timm:vit_small_patch14_dinov2.lvd142m); --list-backbones shows them with their levels.")
+@click.option("--list-backbones", is_flag=False, flag_value="", default=None, metavar="[PATTERN]", is_eager=True,
+              expose_value=False, callback=_list_backbones,
+              help="Print the supported backbones with their level widths and input size, and exit; with a PATTERN "
+                   "('*dinov2*'), the torchvision and timm models matching it.")
 @click.option("--backbone-weights", default=None,
               help="'imagenet' (the backbone's default torchvision weights, download/cache), a torchvision weights "
                    "name (e.g. ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1), 'random' (seeded; tests and the demo) or a "
-                   f"state_dict path [default: {default(ExtractConfig, 'backbone_weights')}].")
+                   "state_dict path; for timm:NAME, 'pretrained' (from timm's local caches, offline), 'random' or a "
+                   f".safetensors/.pth file [default: {default(ExtractConfig, 'backbone_weights')}].")
 @click.option("--weights", "legacy_weights", default=None, hidden=True, callback=_old_weights_option)
 @click.option("--seed", type=int, default=default(ExtractConfig, "seed"), show_default=True,
               help="Seed for --backbone-weights random.")
@@ -394,6 +426,9 @@ def _train_options(f):
                      help="Before the per-step linear layer."),
         click.option("--window", type=COUNT, default=default(TrainConfig, "window"), show_default=True,
                      help="tresnet: frames each temporal residual block sees."),
+        click.option("--positions/--no-positions", default=default(TrainConfig, "positions"), show_default=True,
+                     help="attentive: add a learned temporal position to each frame; without, the probe is blind "
+                          "to frame order (a reversed clip gets the same scores)."),
         click.option("--normalize/--no-normalize", default=default(TrainConfig, "normalize"), show_default=True,
                      help="Standardise each feature dimension with training-set statistics (not in the paper; "
                           "needed for untrained-backbone features, whose scale is far from ImageNet's)."),
@@ -472,7 +507,8 @@ def _train_config(settings: dict) -> TrainConfig:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
 @click.option("--model", type=_choice(MODELS), default=default(TrainConfig, "model"), show_default=True,
               help="rrn (stacked SRU, the paper), lstm, reslstm (residual LSTM), tresnet (temporal residual "
-                   "blocks), meanpool (the order-blind control) or twostream (RGB and flow, needs --flow-cache).")
+                   "blocks), attentive (the attentive probe: a learned query cross-attends over the frames; --layers "
+                   "blocks of --hidden/64 heads), meanpool (the order-blind control) or twostream (RGB and flow, needs --flow-cache).")
 @click.option("--stream-fusion", type=_choice(STREAM_FUSIONS), default=default(TrainConfig, "stream_fusion"),
               show_default=True, help="twostream: fuse the top appearance and motion states by sum or element-wise product.")
 @click.option("--hidden", type=COUNT, default=default(TrainConfig, "hidden"), show_default=True, help="SRU hidden units.")

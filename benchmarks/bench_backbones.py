@@ -28,7 +28,9 @@ from pipeline.extract.run import run_extract  # noqa: E402
 from pipeline.precision import extraction_precision, precision_flags  # noqa: E402
 
 BACKBONES = ("resnet34", "resnet18", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_800mf",
-             "convnext_tiny", "swin_t", "vit_b_16")
+             "convnext_tiny", "swin_t", "vit_b_16", "timm:vit_small_patch14_dinov2.lvd142m",
+             "timm:vit_base_patch16_clip_224.openai", "timm:vit_base_patch16_siglip_224",
+             "timm:convnextv2_tiny.fcmae_ft_in22k_in1k")
 
 
 def trunk_fps(name: str, crop: int, device: torch.device, precision: str, batch: int) -> float:

@@ -26,7 +26,8 @@ BACKBONE = "resnet34"
 PAPER_SHORT_SIDE = 256
 PAPER_CROP = 224
 
-DATASET_CHOICES = ("ucf101", "hmdb51", "folder")  # index formats (datasets/index.py)
+# Index formats (datasets/index.py dispatches; kinetics, ssv2 and list each have a module of their own there)
+DATASET_CHOICES = ("ucf101", "hmdb51", "folder", "kinetics", "ssv2", "list")
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_TEST_FRACTION = 0.3  # folder datasets without split files: share of each class held out for test
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # extract --precision; what each computes in: precision.py
@@ -170,8 +171,9 @@ class ExtractConfig:
     root: Path
     out: Path
     splits: Path | None = None
-    backbone: str = BACKBONE  # any torchvision classification model (mrrn extract --list-backbones)
-    backbone_weights: str = "imagenet"  # "imagenet", a torchvision weights name, "random" or a state_dict path
+    backbone: str = BACKBONE  # any torchvision classification model, or timm:NAME (mrrn extract --list-backbones)
+    # "imagenet", a torchvision weights name, "random" or a state_dict path (timm: "pretrained", "random" or a file)
+    backbone_weights: str = "imagenet"
     seed: int = 0  # seeds --backbone-weights random
     # --short-side and --crop: each, when set, overrides the weights' own preprocessing (the paper's for
     # random or local weights) and nothing else (extract/run.py merges them)
@@ -218,7 +220,8 @@ class ExtractConfig:
 # ----------------------------------------------------------------------------------------------
 # Stage 2 (MRRN section 4.2 and 5.2)
 
-MODELS = ("rrn", "lstm", "reslstm", "tresnet", "meanpool", "twostream")
+MODELS = ("rrn", "lstm", "reslstm", "tresnet", "attentive", "meanpool", "twostream")
+ATTENTION_HEAD_WIDTH = 64  # attentive: its attention heads are this wide (ViT / V-JEPA); one head below it
 STREAM_FUSIONS = ("sum", "product")  # twostream: how the top appearance and motion states are combined
 POOLS = ("mean", "max")  # eq. 8 and eq. 9
 PAPER_LR = {"low": 1e-4, "mid": 1e-4, "high": 1e-5}  # initial learning rate per level (section 5.2)
@@ -262,6 +265,7 @@ class TrainConfig:
     pool: str = "mean"
     dropout: float = 0.5  # before the per-step linear layer
     window: int = 5  # tresnet: frames each temporal residual block sees (the current and k-1 before it)
+    positions: bool = True  # attentive: a learned temporal position added to each frame; False: blind to order
     sru_dropout: float = 0.0  # between SRU layers
     epochs: int = 12
     batch_size: int = 28
@@ -297,6 +301,10 @@ class TrainConfig:
         if min(self.hidden, self.layers, self.epochs, self.batch_size, self.lr_step_epochs, self.window,
                self.eval_batch_size) < 1:
             raise ConfigError("hidden, layers, epochs, batch sizes, lr step and window must be >= 1")
+        width = ATTENTION_HEAD_WIDTH
+        if self.model == "attentive" and self.hidden > width and self.hidden % width:
+            raise ConfigError(f"--model attentive: --hidden {self.hidden} does not split into {width}-wide attention heads; "
+                              f"use a multiple of {width} such as {self.hidden // width * width}, or under {width} (one head)")
         _require_fraction("validation fraction", self.val_fraction)
         _require_fraction("dropout", self.dropout)
         _require_fraction("SRU dropout", self.sru_dropout)
@@ -313,6 +321,11 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return PAPER_LR[self.level] if self.lr is None else self.lr
+
+    @property
+    def attention_heads(self) -> int:
+        """attentive: hidden / 64 heads, 64 wide each; one head for a width under 64."""
+        return max(1, self.hidden // ATTENTION_HEAD_WIDTH)
 
     @property
     def streams(self) -> str:

@@ -29,7 +29,9 @@ def test_index_json(tmp_path):
     root, splits = ucf_tree(tmp_path)
     result = run("index", "--dataset", "ucf101", "--root", root, "--splits", splits, "--split", 1, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"classes": 2, "train": 3, "test": 2, "missing": 0}
+    assert json.loads(result.output) == {"dataset": "ucf101", "split": 1, "classes": 2,
+                                         "train": {"listed": 3, "found": 3, "missing": 0},
+                                         "test": {"listed": 2, "found": 2, "missing": 0}, "test_name": "test"}
 
 
 def test_index_text_and_missing_warning(tmp_path):
@@ -37,7 +39,8 @@ def test_index_text_and_missing_warning(tmp_path):
     (root / "Run" / "e.avi").unlink()
     result = run("index", "--dataset", "ucf101", "--root", root, "--splits", splits)
     assert result.exit_code == 0
-    assert "ucf101 split 1: 2 classes, 3 train, 1 test, 1 missing" in result.stdout
+    assert result.stdout == ("ucf101 split 1: 2 classes; train: 3 videos listed, 3 found, 0 missing; "
+                             "test: 2 videos listed, 1 found, 1 missing\n")
     assert "1 video(s) named by the split files are missing" in result.stderr
     assert "Run/e.avi" in result.stderr
 
@@ -61,7 +64,9 @@ def test_index_malformed_file_is_a_one_line_error(tmp_path):
 def test_index_folder_dataset(tmp_path):
     touch(tmp_path, *(f"cls{c}/v{i}.avi" for c in range(3) for i in range(10)))
     result = run("index", "--dataset", "folder", "--root", tmp_path, "--test-fraction", 0.2, "--json")
-    assert json.loads(result.output) == {"classes": 3, "train": 24, "test": 6, "missing": 0}
+    counts = json.loads(result.output)
+    assert (counts["classes"], counts["train"], counts["test"]) == (3, {"listed": 24, "found": 24, "missing": 0},
+                                                                    {"listed": 6, "found": 6, "missing": 0})
 
 
 def test_sample_data_command_writes_an_indexable_dataset(tmp_path):
@@ -70,7 +75,9 @@ def test_sample_data_command_writes_an_indexable_dataset(tmp_path):
     assert "wrote 80 videos (8 classes, 48 train / 32 test" in result.output
     index = run("index", "--dataset", "ucf101", "--root", tmp_path / "s" / "videos",
                 "--splits", tmp_path / "s" / "ucfTrainTestlist", "--json", "--strict")
-    assert json.loads(index.output) == {"classes": 8, "train": 48, "test": 32, "missing": 0}
+    counts = json.loads(index.output)
+    assert (counts["classes"], counts["train"], counts["test"]) == (8, {"listed": 48, "found": 48, "missing": 0},
+                                                                    {"listed": 32, "found": 32, "missing": 0})
 
 
 def test_cli_runs_as_a_script():

@@ -31,7 +31,7 @@ def test_a_successful_command_delivers_all_its_output_through_a_pipe(tmp_path):
     result = _mrrn("index", "--dataset", "folder", "--root", str(root), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["train"] + summary["test"] == 6 and summary["classes"] == 2
+    assert summary["train"]["found"] + summary["test"]["found"] == 6 and summary["classes"] == 2
 
 
 def test_a_failing_command_ends_the_usual_way_with_one_line(tmp_path):

@@ -1,11 +1,13 @@
-"""Dataset indexes: UCF-101, HMDB-51 and plain class folders -> ``(key, path, label)`` per split.
+"""Dataset indexes: each format's annotations and folders -> ``(key, path, label)`` per split.
 
-Indexing reads the split files and lists the dataset folders; it never opens a video.
-A video's *key* is its path relative to the dataset root with ``/`` separators
+This module dispatches: UCF-101, HMDB-51 and plain class folders are read here (their split files by
+``splitfiles.py``), Kinetics by ``kinetics.py``, Something-Something v2 by ``ssv2.py`` and MMAction2-style
+video lists by ``videolists.py``. Indexing reads the annotations and lists the dataset folders; it never
+opens a video. A video's *key* is its path relative to the dataset root with ``/`` separators
 (``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi``), so names repeated across classes stay apart.
 
-Split files are checked strictly: a bad line, an unknown class, a duplicate entry or a video in both
-train and test raises :class:`SplitFileError` naming the file and line. Videos a split file names but
+Annotations are checked strictly: a bad line, an unknown class, a duplicate entry or a video in both
+train and test raises :class:`SplitFileError` naming the file and line. Videos the annotations name but
 that are not on disk are left out of ``train``/``test`` and listed in ``SplitIndex.missing``.
 """
 from __future__ import annotations
@@ -15,58 +17,22 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from pipeline.config import DATASET_CHOICES, DEFAULT_TEST_FRACTION
-from pipeline.errors import ConfigError, MrrnError
-from pipeline.datasets.splitfiles import (SplitFileError, check_disjoint, read_class_index, read_hmdb_lists, read_ucf_list,
-                                          split_numbers, ucf_list_file)
+from pipeline.datasets import kinetics, ssv2, videolists
+# Some names are imported for those who import them from here (VIDEO_EXTENSIONS, SplitIndex, the errors ...)
+from pipeline.datasets.splitfiles import (SplitFileError, check_disjoint, read_class_index, read_hmdb_lists,  # noqa: F401
+                                          read_ucf_list, split_numbers, ucf_list_file)
+from pipeline.datasets.splitindex import (VIDEO_EXTENSIONS, DatasetError, FileLister, MissingVideosError,  # noqa: F401
+                                          SplitIndex, VideoEntry, describe_missing, index_listed, is_file,
+                                          make_split_index, refuse_one_file_under_two_keys, require_dir,
+                                          split_present)
+from pipeline.errors import ConfigError
 
 DATASETS = DATASET_CHOICES
-VIDEO_EXTENSIONS = frozenset(
-    {".avi", ".mp4", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".m4v", ".wmv", ".flv", ".3gp", ".ogv"}
-)
-
-
-class DatasetError(MrrnError, FileNotFoundError):
-    """A dataset root or split folder that is not there, or holds no videos."""
-
-
-class MissingVideosError(MrrnError, FileNotFoundError):
-    """Raised in strict mode when split files name videos that are not on disk."""
-
-
-class VideoEntry(NamedTuple):
-    key: str  # path relative to the dataset root, '/'-separated
-    path: Path  # root / key
-    label: int  # 0-based index into SplitIndex.classes
-
-
-@dataclass(frozen=True)
-class SplitIndex:
-    dataset: str
-    split: int
-    root: Path
-    classes: tuple[str, ...]
-    train: tuple[VideoEntry, ...]
-    test: tuple[VideoEntry, ...]
-    missing: tuple[str, ...]  # keys named by the split files but absent under root
-    listed: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # (train, test) keys as the split files list them
-
-    def summary(self) -> dict[str, int]:
-        return {
-            "classes": len(self.classes),
-            "train": len(self.train),
-            "test": len(self.test),
-            "missing": len(self.missing),
-        }
-
-
-def describe_missing(missing: tuple[str, ...] | list[str], root: Path, limit: int = 5) -> str:
-    """One line: how many videos are missing under ``root`` and the first few of their keys."""
-    shown = ", ".join(missing[:limit])
-    more = f", ... (+{len(missing) - limit} more)" if len(missing) > limit else ""
-    return f"{len(missing)} video(s) named by the split files are missing under {root}: {shown}{more}"
+# The formats of one split, train against val (or test): their index function and what their split 1 is
+ONE_SPLIT = {"kinetics": (kinetics.index_kinetics, kinetics.SPLIT_1), "ssv2": (ssv2.index_ssv2, ssv2.SPLIT_1),
+             "list": (videolists.index_video_lists, videolists.SPLIT_1)}
 
 
 def one_class_warning(classes: tuple[str, ...]) -> str | None:
@@ -76,83 +42,12 @@ def one_class_warning(classes: tuple[str, ...]) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Finding files on disk without opening them
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    """A directory entry that is (or links to) a regular file; a symlink loop or an entry that cannot be
-    examined counts as absent, like a dangling link."""
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
-class _FileLister:
-    """Answers 'is this key a file under root?' from one directory listing per folder."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._dirs: dict[str, frozenset[str]] = {}
-
-    def exists(self, key: str) -> bool:
-        folder, _, name = key.rpartition("/")
-        if folder not in self._dirs:
-            try:
-                with os.scandir(self.root / folder) as it:
-                    self._dirs[folder] = frozenset(e.name for e in it if _is_file(e))
-            except OSError:  # absent, not a folder, a loop or unreadable: its videos are missing
-                self._dirs[folder] = frozenset()
-        return name in self._dirs[folder]
-
-
-def _split_present(root: Path, entries: dict[str, tuple[int, int]], lister: _FileLister):
-    present, missing = [], []
-    for key, (label, _) in entries.items():
-        if lister.exists(key):
-            present.append(VideoEntry(key, root / key, label))
-        else:
-            missing.append(key)
-    return present, missing
-
-
-def _refuse_one_file_under_two_keys(root: Path, located: list[tuple[str, Path, int]]) -> None:
-    """``located``: (key, split file, line) of every video present. A file reached by two keys (through a
-    symbolic or hard link) would be one video counted twice, perhaps in train and test: refused."""
-    seen: dict[tuple[int, int], tuple[str, Path, int]] = {}
-    for key, file, line in located:
-        try:
-            st = os.stat(root / key)
-        except OSError:
-            continue
-        first = seen.setdefault((st.st_dev, st.st_ino), (key, file, line))
-        if first[0] != key:
-            raise SplitFileError(file, line, f"{key!r} is the same file as {first[0]!r} ({first[1].name}:{first[2]})")
-
-
-def _split_index(dataset, split, root, classes, train, test, *, missing, strict: bool, listed=None) -> SplitIndex:
-    """The index of one split; under ``strict``, refused when split files name videos not on disk.
-    ``listed``: (train, test) keys as the split files list them, missing ones included (default: those on disk)."""
-    if strict and missing:
-        raise MissingVideosError(describe_missing(missing, root))
-    listed = listed or (tuple(e.key for e in train), tuple(e.key for e in test))
-    return SplitIndex(dataset, split, root, tuple(classes), tuple(train), tuple(test), tuple(missing),
-                      (tuple(listed[0]), tuple(listed[1])))
-
-
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DatasetError(f"{path}: {what} not found (or not a directory)")
-    return path
-
-
-# ----------------------------------------------------------------------------------------------
-# The three dataset kinds
+# UCF-101, HMDB-51 and plain class folders
 
 
 def index_ucf101(root: Path, splits: Path, split: int = 1, *, strict: bool = False) -> SplitIndex:
     """UCF-101 as distributed: ``classInd.txt``, ``trainlist0N.txt``, ``testlist0N.txt`` in ``splits``."""
-    root, splits = _require_dir(Path(root), "dataset root"), _require_dir(Path(splits), "split folder")
+    root, splits = require_dir(Path(root), "dataset root"), require_dir(Path(splits), "split folder")
     classes = read_class_index(splits / "classInd.txt")
     return _index_from_ucf_lists("ucf101", root, splits, split, classes, strict)
 
@@ -162,13 +57,8 @@ def _index_from_ucf_lists(dataset, root, splits, split, classes, strict) -> Spli
     train_entries = read_ucf_list(train_file, classes)
     test_entries = read_ucf_list(test_file, classes)
     check_disjoint(train_file, train_entries, test_file, test_entries)
-    lister = _FileLister(root)
-    train, missing_train = _split_present(root, train_entries, lister)
-    test, missing_test = _split_present(root, test_entries, lister)
-    _refuse_one_file_under_two_keys(root, [(e.key, train_file, train_entries[e.key][1]) for e in train] +
-                                    [(e.key, test_file, test_entries[e.key][1]) for e in test])
-    return _split_index(dataset, split, root, classes, train, test, missing=missing_train + missing_test, strict=strict,
-                        listed=(tuple(train_entries), tuple(test_entries)))
+    return index_listed(dataset, root, classes, ((train_file, train_entries), (test_file, test_entries)),
+                        split=split, strict=strict)
 
 
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<split>\d+)\.txt$")
@@ -180,7 +70,7 @@ def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
     Labels follow the plain sort of the class names (``kick`` before ``kick_ball``). Published
     HMDB-51 label lists number some classes differently, so compare with them by class name.
     """
-    root, splits = _require_dir(Path(root), "dataset root"), _require_dir(Path(splits), "split folder")
+    root, splits = require_dir(Path(root), "dataset root"), require_dir(Path(splits), "split folder")
     by_class = {
         m["cls"]: p
         for p in splits.iterdir()
@@ -191,13 +81,13 @@ def index_hmdb51(root: Path, splits: Path, split: int = 1, *, strict: bool = Fal
     classes = tuple(sorted(by_class))
     files = [by_class[c] for c in classes]
     parts = read_hmdb_lists(files, classes)
-    lister = _FileLister(root)
-    train, missing_train = _split_present(root, parts["train"], lister)
-    test, missing_test = _split_present(root, parts["test"], lister)
-    _refuse_one_file_under_two_keys(root, [(e.key, files[e.label], parts[part][e.key][1])
-                                           for part, present in (("train", train), ("test", test)) for e in present])
-    return _split_index("hmdb51", split, root, classes, train, test, missing=missing_train + missing_test,
-                        strict=strict, listed=(tuple(parts["train"]), tuple(parts["test"])))
+    lister = FileLister(root)
+    train, missing_train = split_present(root, parts["train"], lister)
+    test, missing_test = split_present(root, parts["test"], lister)
+    refuse_one_file_under_two_keys(root, [(e.key, files[e.label], parts[part][e.key][1])
+                                          for part, present in (("train", train), ("test", test)) for e in present])
+    return make_split_index("hmdb51", split, root, classes, train, test, missing=missing_train + missing_test,
+                            strict=strict, listed=(tuple(parts["train"]), tuple(parts["test"])))
 
 
 def stable_fraction(key: str) -> float:
@@ -238,7 +128,7 @@ def index_folder(
     :func:`stable_fraction` of their key, the first ``round(n * test_fraction)`` (at least one when a
     class has two or more videos) go to test.
     """
-    root = _require_dir(Path(root), "dataset root")
+    root = require_dir(Path(root), "dataset root")
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test fraction must be in [0, 1), got {test_fraction}")
     skip = Path(splits).resolve() if splits is not None else None
@@ -247,11 +137,11 @@ def index_folder(
         if folder.resolve() == skip:
             continue
         with os.scandir(folder) as it:
-            names = [e.name for e in it if Path(e.name).suffix.lower() in VIDEO_EXTENSIONS and _is_file(e)]
+            names = [e.name for e in it if Path(e.name).suffix.lower() in VIDEO_EXTENSIONS and is_file(e)]
         if names:
             videos[folder.name] = names
     if splits is not None:
-        splits = _require_dir(Path(splits), "split folder")
+        splits = require_dir(Path(splits), "split folder")
         class_index = splits / "classInd.txt"
         classes = read_class_index(class_index) if class_index.is_file() else tuple(videos)
         return _index_from_ucf_lists("folder", root, splits, split, classes, strict)
@@ -263,7 +153,7 @@ def index_folder(
     test = [VideoEntry(k, root / k, label) for k, label in held]
     if not classes:
         raise DatasetError(f"{root}: no class folders with videos ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-    return _split_index("folder", split, root, classes, train, test, missing=[], strict=strict)
+    return make_split_index("folder", split, root, classes, train, test, missing=[], strict=strict)
 
 
 def build_index(
@@ -280,10 +170,15 @@ def build_index(
         raise ConfigError(f"split must be a positive number, got {split}")
     if dataset == "folder":
         return index_folder(root, splits, split, test_fraction=test_fraction, strict=strict)
-    if dataset not in ("ucf101", "hmdb51"):
+    if dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if splits is None:
         raise ConfigError(f"{dataset} needs its split folder (--splits)")
+    if dataset in ONE_SPLIT:
+        index_one_split, split_1 = ONE_SPLIT[dataset]
+        if split != 1:
+            raise ConfigError(f"{dataset} has one split, split 1 ({split_1}); there is no split {split}")
+        return index_one_split(Path(root), Path(splits), strict=strict)
     index = index_ucf101 if dataset == "ucf101" else index_hmdb51
     return index(root, splits, split, strict=strict)
 
@@ -314,14 +209,19 @@ def list_videos(
 ) -> VideoSet:
     """The union of every split the split folder holds (each split file is checked as in
     :func:`build_index`), with each split's train/test keys; for ``folder`` without split files,
-    every video in the class folders and one split made by :func:`index_folder`."""
+    every video in the class folders and one split made by :func:`index_folder`; for the formats of
+    one split (:data:`ONE_SPLIT`), its train and val/test videos (Kinetics' unlabelled test.csv is not a split)."""
     root = Path(root)
     if dataset == "folder" and splits is None:
         idx = index_folder(root, test_fraction=test_fraction)
         return VideoSet(dataset, idx.root, idx.classes, tuple(sorted(idx.train + idx.test)), (), {1: _keys(idx)})
+    if dataset in ONE_SPLIT:
+        idx = build_index(dataset, root, splits, 1, strict=strict)
+        return VideoSet(dataset, idx.root, idx.classes, tuple(sorted(idx.train + idx.test)), tuple(sorted(idx.missing)),
+                        {1: idx.listed})
     if splits is None:
         raise ConfigError(f"{dataset} needs its split folder (--splits)")
-    splits = _require_dir(Path(splits), "split folder")
+    splits = require_dir(Path(splits), "split folder")
     pattern = r"^.+_test_split(\d+)\.txt$" if dataset == "hmdb51" else r"^trainlist(\d+)\.txt$"
     numbers = split_numbers(splits, pattern)
     if not numbers:

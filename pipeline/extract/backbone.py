@@ -14,6 +14,17 @@ import torch
 import torchvision
 
 from pipeline.extract.taps import HEAD_NAMES, MultiLevelNet, Taps, build, family, find_taps, require_model
+from pipeline.extract.timm_backbones import (
+    PRETRAINED,
+    TimmMultiLevelNet,
+    TimmTaps,
+    cached_weights,
+    create_timm,
+    find_timm_taps,
+    is_timm,
+    model_name,
+    timm_preprocess,
+)
 from pipeline.config import BACKBONE, PAPER_CROP, Preprocess, Resize
 from pipeline.errors import ConfigError, MrrnError, first_line
 from pipeline.cache.identity import LevelSpec
@@ -29,16 +40,16 @@ class BackboneChoice:
     """What a backbone and its weights mean for a cache, known without loading any weights."""
 
     name: str
-    weights_id: str  # torchvision:<Weights.NAME>, random:seed=N or sha256:<hex>
-    weights: object  # the torchvision weights enum, "random", or a Path
-    taps: Taps
+    weights_id: str  # torchvision:<Weights.NAME>, timm:<name.tag>, random:seed=N or sha256:<hex>
+    weights: object  # the torchvision weights enum, "random", or a Path (timm: a file of its caches, or the user's)
+    taps: Taps | TimmTaps
     preprocess: Preprocess  # the weights' own preprocessing (the paper's for random or local weights)
     fixed_size: int | None = None  # the one input size the model takes (ViT: set by its weights), else None
 
 
 @dataclass(frozen=True)
 class LoadedBackbone:
-    model: MultiLevelNet
+    model: MultiLevelNet | TimmMultiLevelNet
     weights_id: str  # what the cache records: which weights, exactly
     levels: tuple[LevelSpec, ...]
 
@@ -76,7 +87,10 @@ def preprocess_of(weights) -> Preprocess:
 def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int = 0) -> BackboneChoice:
     """Backbone ``name`` with ``weights``: 'imagenet' (the model's default torchvision weights), a
     torchvision weights name, 'random' (seeded), or a path to a state_dict. Cheap: loads no weights,
-    hashes a local file, finds the taps on the meta device."""
+    hashes a local file, finds the taps on the meta device. ``timm:NAME``: a timm model (``timm_backbones.py``),
+    its weights 'pretrained' (or 'imagenet') from timm's local caches, 'random' or a local file."""
+    if is_timm(name):
+        return _choose_timm(name, weights, seed)
     require_model(name)
     vit_size = PAPER_CROP if family(name) == "vit" else None  # torchvision's ViTs without weights take 224 px
     if weights == "random":
@@ -94,6 +108,20 @@ def choose_backbone(name: str = BACKBONE, weights: str = "imagenet", seed: int =
     return BackboneChoice(name, f"torchvision:{enum}", enum, find_taps(name, pre.crop), pre, fixed)
 
 
+def _choose_timm(name: str, weights: str, seed: int) -> BackboneChoice:
+    taps = find_timm_taps(name)
+    pre, size = timm_preprocess(name)
+    fixed = None if taps.dynamic_size or taps.api != "forward_intermediates" else size
+    if weights == "random":
+        return BackboneChoice(name, f"random:seed={seed}", "random", taps, pre, fixed)
+    if weights in PRETRAINED:
+        return BackboneChoice(name, f"timm:{model_name(name)}", cached_weights(name), taps, pre, fixed)
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"{weights}: weights file not found (use 'pretrained', 'random' or a .safetensors/.pth file)")
+    return BackboneChoice(name, f"sha256:{sha256_file(path)}", path, taps, pre, fixed)
+
+
 def weights_from_id(weights_id: str, local: Path | None) -> tuple[str, int]:
     """The inverse of a weights id: ``load_backbone`` arguments (weights, seed) that rebuild the
     backbone a cache was made with; ``local`` is the state_dict file for a ``sha256:`` weights id.
@@ -104,6 +132,8 @@ def weights_from_id(weights_id: str, local: Path | None) -> tuple[str, int]:
     kind, _, value = weights_id.partition(":")
     if kind == "torchvision":
         return value, 0
+    if kind == "timm":
+        return "pretrained", 0
     if kind == "random":
         return "random", int(value.removeprefix("seed="))
     if kind == "sha256":
@@ -135,6 +165,10 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _model(choice: BackboneChoice, seed: int):
+    if isinstance(choice.taps, TimmTaps):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_timm(choice.name, choice.taps, None if choice.weights == "random" else choice.weights)
     if choice.weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -169,7 +203,8 @@ def load_backbone(weights: str = "imagenet", seed: int = 0, backbone: str = BACK
 def load_chosen(choice: BackboneChoice, seed: int = 0) -> LoadedBackbone:
     """The frozen multi-level backbone of a :func:`choose_backbone` result (its file hashed and its taps
     found already)."""
-    return LoadedBackbone(MultiLevelNet(_model(choice, seed), choice.taps), choice.weights_id, choice.taps.levels)
+    net = TimmMultiLevelNet if isinstance(choice.taps, TimmTaps) else MultiLevelNet
+    return LoadedBackbone(net(_model(choice, seed), choice.taps), choice.weights_id, choice.taps.levels)
 
 
 def resolve_device(device: str) -> torch.device:

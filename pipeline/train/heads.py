@@ -1,7 +1,10 @@
 """Heads on cached feature sequences: clip (B, T, C) -> class logits (B, K)."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import STREAM_FUSIONS, TrainConfig
@@ -136,6 +139,83 @@ class TwoStreamHead(nn.Module):
         return _pool(steps, self.pool)  # (B, K)
 
 
+def sinusoids(length: int, width: int) -> torch.Tensor:
+    """The transformer's sinusoidal encoding, (length, width): sin and cos of each position at width / 2
+    frequencies from 1 down to 1/10000 (Vaswani et al.)."""
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * torch.exp(
+        torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))  # (L, ceil(H / 2))
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :width]  # (L, H)
+
+
+class TemporalPositions(nn.Module):
+    """A learned position per frame of the training clip (``length`` rows), added to the frames; it starts as
+    the sinusoidal encoding, of the features' scale, so order is visible from the first step. A clip of
+    another length T reads the table linearly interpolated to T rows (the first and last frames keep the
+    first and last positions): a position says where in the clip a frame is, as in training."""
+
+    def __init__(self, length: int, width: int):
+        super().__init__()
+        self.table = nn.Parameter(sinusoids(length, width))  # (L, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.table  # (L, H)
+        if x.shape[1] != len(table):
+            table = F.interpolate(table.T[None], size=x.shape[1], mode="linear", align_corners=True)[0].T  # (T, H)
+        return x + table  # (B, T, H)
+
+
+class CrossAttentionBlock(nn.Module):
+    """The queries attend over the frames (multi-head scaled dot-product attention), then a GELU MLP of
+    4x the width; pre-LayerNorm, each with a residual connection on the queries (V-JEPA's probe block)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"{heads} attention heads do not divide the width {width}")
+        self.heads = heads
+        self.norm_q, self.norm_x, self.norm_mlp = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.kv, self.out = nn.Linear(width, width), nn.Linear(width, 2 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, N, H) -> (B, heads, N, H / heads)
+
+    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(self.norm_x(x)).chunk(2, dim=-1)  # (B, T, H) each
+        att = F.scaled_dot_product_attention(self._split(self.q(self.norm_q(q))), self._split(k), self._split(v))
+        q = q + self.out(att.transpose(1, 2).flatten(2))  # (B, heads, Q, H / heads) -> (B, Q, H)
+        return q + self.mlp(self.norm_mlp(q))  # (B, Q, H)
+
+
+class AttentiveProbeHead(nn.Module):
+    """The attentive probe (V-JEPA's frozen evaluation): the frames projected to the width ``hidden``, a
+    learned temporal position added to each (``positions=False``: none, and the head is blind to frame
+    order), ``layers`` cross-attention blocks of ``queries`` learned queries over them, the queries'
+    mean, then LayerNorm, dropout and a linear classifier."""
+
+    def __init__(self, input_size: int, num_classes: int, *, hidden: int = 1024, layers: int = 1, heads: int = 16,
+                 length: int = 30, positions: bool = True, queries: int = 1, dropout: float = 0.5):
+        super().__init__()
+        self.project = nn.Linear(input_size, hidden) if input_size != hidden else nn.Identity()
+        self.positions = TemporalPositions(length, hidden) if positions else None
+        self.queries = nn.Parameter(torch.empty(1, queries, hidden))  # (1, Q, H)
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.blocks = nn.ModuleList(CrossAttentionBlock(hidden, heads) for _ in range(layers))
+        self.norm, self.dropout = nn.LayerNorm(hidden), nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f"expected clips (B, T, C), got {tuple(x.shape)}")
+        frames = self.project(x)  # (B, T, H)
+        if self.positions is not None:
+            frames = self.positions(frames)  # (B, T, H)
+        q = self.queries.expand(len(x), -1, -1)  # (B, Q, H)
+        for block in self.blocks:
+            q = block(q, frames)  # (B, Q, H)
+        return self.classifier(self.dropout(self.norm(q.mean(dim=1))))  # (B, K)
+
+
 class MeanPoolHead(nn.Module):
     """The order-blind control: the average of the clip's features -> dropout -> linear."""
 
@@ -189,6 +269,9 @@ def build_model(cfg: TrainConfig, input_size: int, num_classes: int,
         head = ResLSTMHead(input_size, num_classes, **shape, dropout=cfg.dropout)
     elif cfg.model == "tresnet":
         head = TResNetHead(input_size, num_classes, **shape, pool=cfg.pool, dropout=cfg.dropout, window=cfg.window)
+    elif cfg.model == "attentive":
+        head = AttentiveProbeHead(input_size, num_classes, **shape, heads=cfg.attention_heads, length=cfg.clip.length,
+                                  positions=cfg.positions, dropout=cfg.dropout)
     elif cfg.model == "meanpool":
         head = MeanPoolHead(input_size, num_classes, dropout=cfg.dropout)
     elif cfg.model == "twostream":  # input: RGB and flow features side by side

@@ -34,6 +34,8 @@ def run_name(cfg: TrainConfig) -> str:
         return f"{prefix}{cfg.level}_meanpool"
     if cfg.model == "reslstm":  # classifies from the last time step: no pooling
         return f"{prefix}{cfg.level}_reslstm_h{cfg.hidden}_l{cfg.layers}"
+    if cfg.model == "attentive":  # pools by attention: no --pool; --no-positions named
+        return f"{prefix}{cfg.level}_attentive_h{cfg.hidden}_l{cfg.layers}{'' if cfg.positions else '_nopos'}"
     model = f"twostream_{cfg.stream_fusion}" if cfg.model == "twostream" else cfg.model
     return f"{prefix}{cfg.level}_{model}_h{cfg.hidden}_l{cfg.layers}_{cfg.pool}"
 
@@ -102,13 +104,20 @@ def row(cfg: TrainConfig, s: RunSummary, cache: dict) -> dict:
         "streams": cfg.streams, "level": cfg.level, "model": cfg.model,
         "stream_fusion": cfg.stream_fusion if cfg.model == "twostream" else "",
         "hidden": cfg.hidden if recurrent else "",
-        "layers": cfg.layers if recurrent else "", "pool": cfg.pool if recurrent and cfg.model != "reslstm" else "",
+        "layers": cfg.layers if recurrent else "", "pool": _pool(cfg),
         "video_top1": round(f["video_top1"], 4), "video_top5": round(f["video_top5"], 4),
         "mean_class_acc": round(f["mean_class_acc"], 4), "clip_acc": round(f["clip_acc"], 4),
         "epochs": s.epochs, "parameters": s.parameters, "seconds_per_epoch": round(s.seconds_per_epoch, 3),
         "run": Path(s.out).name,
         **_computed_on(s),
     }
+
+
+def _pool(cfg: TrainConfig) -> str:
+    """A run's temporal pooling as the tables name it: none for meanpool and reslstm, attention for attentive."""
+    if cfg.model == "attentive":
+        return "attention" if cfg.positions else "attention (no positions)"
+    return "" if cfg.model in ("meanpool", "reslstm") else cfg.pool
 
 
 def damaged_row(cfg: TrainConfig, cache: dict, reason: str) -> dict:
