@@ -10,7 +10,6 @@ epoch; only the order is more local than in memory (WebDataset's and tf.data's p
 from __future__ import annotations
 
 import ctypes
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -115,7 +114,6 @@ def _read_ahead(opened, read, plan: list):
     stop = threading.Event()
 
     def work():
-        _yield_to_compute()
         try:
             with opened() as source:
                 for item in plan:
@@ -142,20 +140,6 @@ def _read_ahead(opened, read, plan: list):
                 results.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
-
-
-READER_NICENESS = 10  # how much lower the reading thread's priority is than the training threads
-
-
-def _yield_to_compute() -> None:
-    """Lower this thread's scheduling priority (Linux: a thread's own nice value): reading a window takes a
-    fraction of the time training on the previous one does, so it can wait for idle moments, and the training
-    threads (which wait for each other at every parallel step) are not held up by it. Elsewhere a no-op."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + READER_NICENESS))
-    except (AttributeError, OSError):
-        pass
 
 
 def statistics(part: StreamedPart, all_views: bool, width: int) -> tuple[np.ndarray, np.ndarray, int]:
