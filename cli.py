@@ -609,6 +609,134 @@ def sweep(*, out, levels, models, hidden, layers, pool, modalities, stream_fusio
     click.echo(f"-> {out / 'results.csv'}, {out / 'results.md'}")
 
 
+def _range(ctx, param, value):
+    """A click callback turning 'LOW,HIGH' (or one number, which fixes the setting) into (low, high)."""
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not LOW,HIGH (two numbers) or one number") from None
+    if len(numbers) not in (1, 2) or not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter(f"{value!r} is not LOW,HIGH (two finite numbers) or one number")
+    return (numbers[0], numbers[-1])
+
+
+def _tune_space_options(f):
+    """The search space of `tune`: choices (comma-separated) and ranges; defaults around the paper's values
+    (pipeline/tune/space.py)."""
+    from pipeline.tune import space
+
+    def shown(values):
+        return ",".join(map(str, values))
+
+    options = [
+        click.option("--models", default=shown(space.DEFAULT_MODELS), show_default=True, callback=_csv(str, list(MODELS)),
+                     help="Heads to search (any of " + ", ".join(MODELS) + "; twostream needs --flow-cache)."),
+        click.option("--hidden", "hiddens", default=shown(space.DEFAULT_HIDDENS), show_default=True,
+                     callback=_csv(int, minimum=1), help="Hidden sizes to search."),
+        click.option("--layers", default=shown(space.DEFAULT_LAYERS), show_default=True, callback=_csv(int, minimum=1),
+                     help="Depths to search."),
+        click.option("--lr-range", default=None, callback=_range, metavar="LOW,HIGH",
+                     help="Learning rates, searched on a log scale [default: a tenth to 100 times the level's paper "
+                          "rate: 1e-6,1e-3 for high, 1e-5,1e-2 for low and mid]. One number fixes it."),
+        click.option("--dropout-range", default=shown(space.DEFAULT_DROPOUT_RANGE), show_default=True, callback=_range,
+                     metavar="LOW,HIGH", help="Dropout before the per-step linear layer. One number fixes it."),
+        click.option("--pool", "pools", default=shown(space.POOLS), show_default=True, callback=_csv(str, list(POOLS)),
+                     help="Temporal poolings to search (heads that pool)."),
+        click.option("--batch-size", "batch_sizes", default=shown(space.DEFAULT_BATCH_SIZES), show_default=True,
+                     callback=_csv(int, minimum=1), help="Batch sizes to search."),
+        click.option("--epochs", default=shown(space.DEFAULT_EPOCHS), show_default=True, callback=_csv(int, minimum=1),
+                     help="Epoch counts to search (the rate drops 10x after two thirds of them, as the paper's 8 of 12)."),
+        click.option("--train-views", default=None, callback=_csv(str, list(TRAIN_VIEWS)),
+                     help="A cache with several views: training views to search [default: random,center]."),
+        click.option("--test-views", default=None, callback=_csv(str, list(TEST_VIEWS)),
+                     help="A cache with several views: test views to search [default: all,center]."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=None, help="Feature cache (mrrn extract).")
+@click.option("--caches", default=None, callback=_csv(str),
+              help="Comma-separated caches of one dataset (backbones, views): a study each, into OUT/<cache name>/, "
+                   "and a table of each one's chosen configuration. Instead of --cache.")
+@click.option("--flow-cache", type=click.Path(path_type=Path), default=None,
+              help="A flow cache beside the RGB --cache, for --models twostream.")
+@click.option("--split", type=COUNT, default=default(TrainConfig, "split"), show_default=True,
+              help="Split recorded in the cache.")
+@click.option("--level", type=_choice(LEVELS), required=True, help="Feature level to train on.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Tune folder: one run directory per trial under trials/, trials.csv, results.md, plots, and the "
+                   "study's journal file (without --storage).")
+@click.option("--trials", type=COUNT, default=20, show_default=True,
+              help="Trials this command runs (per cache); commands sharing a study add theirs up.")
+@click.option("--workers", type=COUNT, default=1, show_default=True,
+              help="Trials at once on this machine: one process each, one per GPU (round robin) or with its share "
+                   "of the CPU cores; each reads the level once.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage: a journal file (also on a file system several machines share), sqlite:///FILE, "
+                   "or postgresql://USER:PASSWORD@HOST:PORT/DATABASE [default: OUT/study.journal].")
+@click.option("--study-name", default=None,
+              help="The study's name [default: from the cache, level, space and fixed settings, so the same command "
+                   "continues its study].")
+@click.option("--pruner", type=_choice(("median", "hyperband", "none")), default="median", show_default=True,
+              help="What stops hopeless trials, judged on each epoch's validation video top-1 (docs/tuning.md).")
+@click.option("--val-fraction", type=FRACTION, default=0.2, show_default=True,
+              help="Share of each class's training videos held out for validation: what trials are compared on "
+                   "(the test split never is); must be > 0.")
+@click.option("--timeout", type=POSITIVE, default=None, metavar="SECONDS",
+              help="Start no trial after this many seconds (running trials finish).")
+@_tune_space_options
+@click.option("--modality", type=_choice(MODALITIES), default=default(TrainConfig, "modality"), show_default=True,
+              help="The cache's modality (mrrn extract --modality).")
+@click.option("--normalize/--no-normalize", default=default(TrainConfig, "normalize"), show_default=True,
+              help="Standardise each feature dimension with training-set statistics (not in the paper).")
+@click.option("--clip-length", "length", type=COUNT, default=default(ClipSpec, "length"), show_default=True)
+@click.option("--clip-stride", "stride", type=COUNT, default=default(ClipSpec, "stride"), show_default=True)
+@click.option("--max-clips", type=COUNT, default=default(ClipSpec, "max_clips"), show_default=True)
+@click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True,
+              help="Seeds every trial's training (and, mixed with each worker's process, its sampler).")
+@click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=_choice(TRAIN_PRECISIONS), default=default(TrainConfig, "precision"),
+              show_default=True, help="Arithmetic of the projections on CUDA (as `train --precision`).")
+@click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
+              help="Train even if some split videos are not in the cache.")
+@click.option("--max-memory", type=str, default=None, callback=_size_option, metavar="SIZE",
+              help="Memory budget for the level's data per worker (e.g. 3G) [default: half the available memory].")
+def tune(*, cache, caches, flow_cache, out, trials, workers, storage, study_name, pruner, timeout, models, hiddens,
+         layers, lr_range, dropout_range, pools, batch_sizes, epochs, train_views, test_views, length, stride,
+         max_clips, **settings):
+    """Search training settings with Optuna, stopping hopeless trials early.
+
+    Each trial is a run directory under OUT/trials/, scored on validation videos; killed or shared by
+    several commands (--storage), the study goes on. Writes trials.csv, results.md and plots."""
+    from pipeline.tune.run import TuneRequest, run_tune
+    from pipeline.tune.space import SearchSpace, default_lr_range
+
+    if bool(caches) == (cache is not None):
+        raise click.UsageError("give either --cache or --caches")
+    for path in [*(caches or [cache]), flow_cache]:
+        _not_a_directory("--flow-cache" if path is flow_cache else "--cache", path)
+    with user_errors():
+        space = SearchSpace(models=tuple(models), hiddens=tuple(hiddens), layers=tuple(layers),
+                            lr_range=lr_range or default_lr_range(settings["level"]), dropout_range=dropout_range,
+                            pools=tuple(pools), batch_sizes=tuple(batch_sizes), epochs=tuple(epochs),
+                            train_views=tuple(train_views or ()), test_views=tuple(test_views or ()))
+        base = TrainConfig(cache=str(caches[0] if caches else cache), out=str(out),
+                           clip=ClipSpec(length, stride, max_clips), **settings)
+        request = TuneRequest(base=base, caches=tuple(str(c) for c in caches or [cache]), space=space, out=out,
+                              trials=trials, workers=workers, storage=storage, study_name=study_name, pruner=pruner,
+                              timeout=timeout, flow_cache=None if flow_cache is None else str(flow_cache))
+        with interrupted(lambda: f"every finished trial is kept in the study, the trial that was running is queued "
+                                 f"again; the tables so far are in {out / 'results.md'}"):
+            run_tune(request, log=_log)
+    click.echo((out / "results.md").read_text(), nl=False)
+    click.echo(f"-> {out / 'trials.csv'}, {out / 'results.md'}")
+
+
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Fuse directory.")

@@ -12,6 +12,10 @@ A run directory::
     scores_test.npz    the test videos' softmax scores (videos, K) with keys and labels: what fusion reads
     scores_val.npz     the same for the validation videos, with --val-fraction (fusion's weight search)
     summary.json       written last
+    events.out.tfevents.*  TensorBoard's view of metrics.jsonl, and the run's hyper-parameters once it is
+                       finished (``pipeline/train/tensorboard_log.py``)
+    pruned.json        only in a run `mrrn tune` stopped early (its pruner): the epoch it stopped after and why;
+                       such a run is unfinished (no summary.json), and `mrrn train --resume` would finish it
 
 A run is finished when it holds its record and its summary: training writes the record first and the
 summary last, and a fusion directory, which has a summary.json too, has no record.
@@ -47,12 +51,14 @@ METRICS = "metrics.jsonl"
 LAST_CHECKPOINT = "last.pt"  # the last epoch's: what --resume continues and what predict uses
 BEST_CHECKPOINT = "best.pt"
 RUN_SUMMARY = "summary.json"
+EVENT_FILE_PREFIX = "events.out.tfevents."  # TensorBoard reads every file whose name holds "tfevents"
+PRUNED_MARK = "pruned.json"  # {"epoch", "epochs", "reason"}: a run stopped early by `mrrn tune`'s pruner
 SCORE_PARTS = ("test", "val")
 
 SWEEP_TABLES = ("results.csv", "results.md")
 MADE_BY = "made_by.json"  # {"kind": "run" | "sweep" | "fusion", "command": "train" | "sweep" | "fuse", "mrrn_version"}
 DIRECTORY_LOCK = ".lock"
-KIND_COMMANDS = {"run": "train", "sweep": "sweep", "fusion": "fuse"}  # what makes each kind of directory
+KIND_COMMANDS = {"run": "train", "sweep": "sweep", "fusion": "fuse", "tune": "tune"}  # what makes each kind of directory
 
 FUSED_SCORES = "fused_scores.npz"
 FUSION_SUMMARY = "summary.json"
@@ -66,6 +72,11 @@ def scores_name(part: str) -> str:
     return f"scores_{part}.npz"
 
 
+def event_files(run: str | Path) -> list[Path]:
+    """A run directory's TensorBoard event files, oldest first (their names start with the time)."""
+    return sorted(Path(run).glob(f"{EVENT_FILE_PREFIX}*"))
+
+
 class RunFiles:
     """Where each file of one run directory is."""
 
@@ -74,6 +85,16 @@ class RunFiles:
         self.record_file = self.path / RUN_RECORD
         self.metrics_file = self.path / METRICS
         self.summary_file = self.path / RUN_SUMMARY
+        self.pruned_file = self.path / PRUNED_MARK
+
+    def pruned(self) -> dict | None:
+        """What ``pruned.json`` says (the epoch the run stopped after, of how many, and why); None when the run
+        was not pruned or the mark does not read back."""
+        try:
+            mark = json.loads(self.pruned_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return mark if isinstance(mark, dict) and {"epoch", "epochs", "reason"} <= mark.keys() else None
 
     def checkpoint_file(self, name: str) -> Path:
         return self.path / name
@@ -94,6 +115,10 @@ class RunFiles:
             if FusionFiles(self.path).is_fusion():
                 return f"{self.path}: a fusion directory, not a run; give the runs it fused instead"
             return f"{self.path}: not a finished run (no {RUN_RECORD}: not a directory `mrrn train` wrote)"
+        pruned = self.pruned()
+        if pruned:
+            return (f"{self.path}: not a finished run: pruned by `mrrn tune` after epoch {pruned['epoch']} of "
+                    f"{pruned['epochs']} ({pruned['reason']}); finish it with `mrrn train ... --resume`")
         return f"{self.path}: not a finished run (no {RUN_SUMMARY}); finish it with `mrrn train ... --resume`"
 
 

@@ -202,7 +202,8 @@ def _write_report(directory: Path) -> Path:
         summary = _single_run_summary(runs[0])
         final_scores, labels, title = runs[0].scores, runs[0].labels, runs[0].name
     else:
-        raise ReportError(f"{directory}: neither a fuse directory ({FUSED_SCORES}) nor a finished run "
+        pruned = RunFiles(directory).pruned() and RunFiles(directory).unfinished_reason()  # stopped by `mrrn tune`
+        raise ReportError(pruned or f"{directory}: neither a fuse directory ({FUSED_SCORES}) nor a finished run "
                           f"({scores_name('test')})")
     classes = runs[0].classes
     matrix = confusion(final_scores, labels, len(classes))

@@ -204,11 +204,11 @@ _LAST: list = []  # [(data key, LevelData)]: the last data read, which a sweep's
 
 def _data_key(cfg: TrainConfig, device: torch.device) -> tuple:
     """What the data of a run depends on: the caches as they are on disk, and the settings that choose and
-    index the videos (not the model's)."""
+    index the videos (not the model's). The training views matter only to --normalize's statistics."""
     files = tuple((str(p), os.stat(p).st_ino, os.stat(p).st_mtime_ns, os.stat(p).st_size)
                   for p in (cfg.cache, cfg.flow_cache) if p is not None)
     return (files, cfg.split, cfg.level, cfg.modality, cfg.model == "twostream", cfg.clip, cfg.val_fraction,
-            cfg.normalize, cfg.train_views, cfg.allow_missing, cfg.max_memory, cfg.seed, str(device),
+            cfg.normalize, cfg.train_views if cfg.normalize else None, cfg.allow_missing, cfg.max_memory, cfg.seed, str(device),
             distributed.current())
 
 

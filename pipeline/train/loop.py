@@ -34,6 +34,11 @@ from pipeline.evaluate.scores import RunScores, write_scores
 from pipeline.precision import autocast, precision_flags, training_precision
 
 
+class RunPruned(Exception):
+    """Raised by a ``fit(on_epoch=...)`` callback to stop a run early (a tuner's pruner judged it hopeless):
+    ``fit`` marks the run directory pruned (``RunDir.mark_pruned``) and raises it again to its caller."""
+
+
 class NonFiniteLoss(TrainError):
     """The loss became NaN or infinite: the weights are ruined from that batch on."""
 
@@ -248,9 +253,13 @@ def make_optimizer(model, cfg: TrainConfig, device: torch.device) -> torch.optim
                             fused=device.type == "cuda" or None)
 
 
-def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool = True) -> RunSummary:
+def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print, epoch_lines: bool = True, *,
+        on_epoch=None) -> RunSummary:
     """Train ``cfg`` into ``cfg.out``; with ``resume``, continue a killed run from its last checkpoint.
-    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``. The
+    ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``.
+    ``on_epoch(epoch, metrics)``, when given, is called on every rank after each epoch is saved; raising
+    :class:`RunPruned` there stops the run: its finished epochs are kept, the directory is marked pruned
+    (unfinished: ``--resume`` would continue it) and the exception reaches the caller. The
     process-wide flags of the run's arithmetic (TF32 on CUDA by default) hold while it trains and are put
     back when it ends."""
     rank = distributed.current()
@@ -267,7 +276,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
         fresh = not rundir.record_file.is_file()  # this call writes the record: nothing of the run is on disk yet
         try:
             return _fit(cfg, rundir, record, resume, step=StepContext(device, rank, record["precision"]),
-                        progress=progress, log=log, epoch_lines=epoch_lines)
+                        progress=progress, log=log, epoch_lines=epoch_lines, on_epoch=on_epoch)
         except OutOfMemory as err:
             kept = rundir.checkpoint_file(LAST_CHECKPOINT).is_file()
             if fresh and not kept and rank.is_main:
@@ -280,7 +289,7 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
 
 
 def _fit(cfg: TrainConfig, rundir: RunDir, record: dict, resume: bool, *, step: StepContext, progress: bool, log,
-         epoch_lines: bool) -> RunSummary:
+         epoch_lines: bool, on_epoch=None) -> RunSummary:
     """:func:`fit` once the run directory has been checked: read the data, build the model, train."""
     device, rank = step.device, step.rank
     with precision_flags(record["precision"]):
@@ -296,10 +305,10 @@ def _fit(cfg: TrainConfig, rundir: RunDir, record: dict, resume: bool, *, step: 
         state = _resume(training, log) if resume else _Progress()
         if rank.is_main:
             rundir.keep_metrics_until(state.start_epoch, log)
-        return _epochs(training, state, progress=progress, log=log if epoch_lines else _silent)
+        return _epochs(training, state, progress=progress, log=log if epoch_lines else _silent, on_epoch=on_epoch)
 
 
-def _epochs(training: _Training, state: _Progress, *, progress: bool, log) -> RunSummary:
+def _epochs(training: _Training, state: _Progress, *, progress: bool, log, on_epoch=None) -> RunSummary:
     """The epochs from ``state.start_epoch`` on, each saved by rank 0 and logged through ``log``; the summary."""
     cfg, rundir, rank = training.cfg, training.rundir, training.step.rank
     seconds, metrics = [], {}
@@ -312,6 +321,13 @@ def _epochs(training: _Training, state: _Progress, *, progress: bool, log) -> Ru
         if rank.is_main:
             _save_epoch(training, metrics, scores, state)
             log(_epoch_line(metrics, cfg.epochs))
+        if on_epoch is not None:
+            try:
+                on_epoch(epoch + 1, metrics)
+            except RunPruned as pruned:
+                if rank.is_main:
+                    rundir.mark_pruned(epoch + 1, cfg.epochs, str(pruned))
+                raise
     distributed.barrier()  # rank 0 has written the last epoch
     summary = RunSummary(out=str(rundir.path), epochs=cfg.epochs, final=metrics or rundir.last_metrics(),
                          parameters=count_parameters(training.model),

@@ -26,6 +26,7 @@ from pipeline.evaluate.layout import LAST_CHECKPOINT, MADE_BY, RUN_RECORD, RunFi
 from pipeline.evaluate.runfiles import DamagedRunFile, read_metrics, read_run_summary
 from pipeline.train.checkpoints import expected_shapes, model_problem
 from pipeline.train.heads import build_model
+from pipeline.train.tensorboard_log import RunEvents
 
 # Settings that may change when a run is resumed: they do not change what the run computes (the cache
 # is compared by its identity, so a moved cache file is still the same cache).
@@ -92,6 +93,10 @@ def _write_json(path: Path, obj) -> None:
 class RunDir(RunFiles):
     """One run directory: reading and writing its files (where they are: ``RunFiles``)."""
 
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        self.events = RunEvents(self.path)  # TensorBoard's view of metrics.jsonl (train/tensorboard_log.py)
+
     def read_record(self) -> dict | None:
         """The run record, None when there is none yet; a damaged one is refused."""
         if not self.record_file.is_file():
@@ -149,6 +154,7 @@ class RunDir(RunFiles):
         with writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             self.summary_file.unlink(missing_ok=True)
+            self.pruned_file.unlink(missing_ok=True)  # a pruned run continued (--resume) is no longer pruned
         mark_made_by(self.path, "run")
         _write_json(self.record_file, record)
 
@@ -157,8 +163,14 @@ class RunDir(RunFiles):
         that the same --out takes the run again with other settings; a directory left empty goes too."""
         for leftover in (self.record_file, self.metrics_file, self.path / MADE_BY):
             leftover.unlink(missing_ok=True)
+        self.events.remove()
         with contextlib.suppress(OSError):
             self.path.rmdir()
+
+    def mark_pruned(self, epoch: int, epochs: int, reason: str) -> None:
+        """The run stopped after ``epoch`` of ``epochs`` because a tuner's pruner judged it hopeless: said in
+        ``pruned.json``; the run stays unfinished (no summary), its finished epochs kept."""
+        _write_json(self.pruned_file, {"epoch": epoch, "epochs": epochs, "reason": reason})
 
     # -- metrics and summary
 
@@ -168,17 +180,20 @@ class RunDir(RunFiles):
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        self.events.add_epoch(metrics)
 
     def keep_metrics_until(self, epoch: int, log=print) -> None:
-        """Drop metrics lines of epochs after the checkpoint (a kill between the two writes), and damaged
-        lines (cut mid-line, edited), saying so: the epochs they held keep no numbers."""
-        if not self.metrics_file.exists():
-            return
-        metrics = read_metrics(self.metrics_file)
-        if metrics.damaged:
-            log(f"warning: {metrics.problem(self.metrics_file)}; dropped (the run goes on from its checkpoint of epoch {epoch})")
-        rows = [row for row in metrics.rows if row["epoch"] <= epoch]
-        write_text(self.metrics_file, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
+        """As training starts or resumes: drop metrics lines of epochs after the checkpoint (a kill between the
+        two writes), and damaged lines (cut mid-line, edited), saying so: the epochs they held keep no numbers.
+        The TensorBoard event files are written again with the lines kept; their warnings go through ``log``."""
+        rows = []
+        if self.metrics_file.exists():
+            metrics = read_metrics(self.metrics_file)
+            if metrics.damaged:
+                log(f"warning: {metrics.problem(self.metrics_file)}; dropped (the run goes on from its checkpoint of epoch {epoch})")
+            rows = [row for row in metrics.rows if row["epoch"] <= epoch]
+            write_text(self.metrics_file, "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
+        self.events.restart(rows, log)
 
     def last_metrics(self) -> dict:
         """The metrics of the epoch last.pt holds; refused when that line is lost (nothing to rebuild it from)."""
@@ -199,6 +214,7 @@ class RunDir(RunFiles):
 
     def write_summary(self, summary: RunSummary) -> None:
         _write_json(self.summary_file, {k: v for k, v in asdict(summary).items() if k != "already_complete"})
+        self.events.finish(summary.final)
 
     def read_summary(self) -> dict:
         """The summary's fields this version knows (newer ones are left out); a damaged file is refused."""
