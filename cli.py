@@ -438,8 +438,8 @@ def _train_options(f):
         click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True),
         click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--precision", type=_choice(TRAIN_PRECISIONS), default=default(TrainConfig, "precision"),
-                     show_default=True, help="Arithmetic of the projections on CUDA: auto = tf32; bf16 autocasts them. "
-                                             "CPU runs stay in float32. The run's config.json records what was used."),
+                     show_default=True, help="Arithmetic of the projections: on CUDA auto = tf32; bf16 autocasts them (also on the CPU, where "
+                                             "auto = fp32 and tf32 is refused). The run's config.json records what was used."),
         click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
                      help="Train even if some split videos are not in the cache (missing on disk, failed to "
                           "decode); every number then says what it is over ('over 31 of 32 test videos')."),
@@ -701,7 +701,7 @@ def _tune_space_options(f):
               help="Seeds every trial's training (and, mixed with each worker's process, its sampler).")
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=_choice(TRAIN_PRECISIONS), default=default(TrainConfig, "precision"),
-              show_default=True, help="Arithmetic of the projections on CUDA (as `train --precision`).")
+              show_default=True, help="Arithmetic of the projections (as `train --precision`).")
 @click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
               help="Train even if some split videos are not in the cache.")
 @click.option("--max-memory", type=str, default=None, callback=_size_option, metavar="SIZE",

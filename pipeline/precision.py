@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import torch
 
+from pipeline.errors import ConfigError
+
 REDUCED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precisions that compute in 16 bits
 TF32_ALLOWED = {"fp32": False, "tf32": True}  # fp32 means IEEE float32; bf16 and fp16 leave the switches alone
 
@@ -34,12 +36,24 @@ def prediction_precision(recorded: str, device: torch.device) -> str:
     return recorded if device.type == "cuda" else "fp32"
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively, as PyTorch's CPU capability checks report: AVX-512 BF16 (AMD
+    Zen 4 and later, Intel Cooper Lake) or AMX (Intel Sapphire Rapids and later), where oneDNN runs bf16
+    matrix products at about twice float32's rate. Without them bf16 is emulated and slower than float32."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
 def training_precision(requested: str, device: torch.device) -> str:
-    """What `mrrn train --precision` computes in on ``device``: the CPU always in fp32; on CUDA ``auto``
-    is tf32, any other value as asked."""
-    if device.type != "cuda":
-        return "fp32"
-    return "tf32" if requested == "auto" else requested
+    """What `mrrn train --precision` computes in on ``device``. On CUDA ``auto`` is tf32, any other value as
+    asked. On the CPU ``auto`` and ``fp32`` are fp32 and ``bf16`` is bf16 projections under CPU autocast (the
+    recurrence and the loss in float32, as on CUDA); ``tf32``, a CUDA tensor-core format, is refused."""
+    if device.type == "cuda":
+        return "tf32" if requested == "auto" else requested
+    if requested == "tf32":
+        raise ConfigError("--precision tf32: TF32 is computed by NVIDIA GPUs only; on the CPU use fp32 or bf16 "
+                          f"(bf16 is {'native' if cpu_computes_bf16() else 'emulated, slower than fp32,'} on this CPU)")
+    return "bf16" if requested == "bf16" else "fp32"
 
 
 def compute_dtype(precision: str) -> torch.dtype:

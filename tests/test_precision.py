@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import PRECISIONS, TRAIN_PRECISIONS
+from pipeline.config import PRECISIONS
+from pipeline.errors import ConfigError
 from pipeline.precision import (
     autocast,
     extraction_precision,
@@ -40,8 +41,11 @@ def test_on_the_cpu_extraction_auto_is_fp32_and_an_explicit_choice_stands():
         assert extraction_precision(precision, CPU) == precision
 
 
-def test_training_on_the_cpu_is_always_fp32():
-    assert [training_precision(p, CPU) for p in TRAIN_PRECISIONS] == ["fp32"] * len(TRAIN_PRECISIONS)
+def test_training_on_the_cpu_is_fp32_unless_bf16_is_asked_and_tf32_is_refused():
+    assert [training_precision(p, CPU) for p in ("auto", "fp32", "bf16")] == ["fp32", "fp32", "bf16"]
+    with pytest.raises(ConfigError, match="--precision tf32: TF32 is computed by NVIDIA GPUs only") as err:
+        training_precision("tf32", CPU)
+    assert "\n" not in str(err.value)
 
 
 def test_prediction_on_the_cpu_extracts_in_fp32_whatever_the_cache_records():

@@ -22,7 +22,7 @@ from pipeline.evaluate.metrics import video_metrics
 from pipeline.train.heads import MeanPoolHead, RRNHead
 from pipeline.errors import TrainError
 from pipeline.train.loop import fit
-from tests.conftest import copy_cache, QUIET, REPO, accuracy, folder_dataset, small_extract_config
+from tests.conftest import copy_cache, QUIET, REPO, accuracy, folder_dataset, one_line_error, run, small_extract_config
 from tests.conftest import small_train_config as small
 
 
@@ -269,6 +269,15 @@ def test_cuda_bf16_projections_learn_like_fp32(sample_cache, tmp_path):
     assert accuracy(tmp_path / "bf16", order_only=False) >= 0.7
 
 
-def test_cpu_runs_stay_in_float32_whatever_the_precision_asked(sample_cache, tmp_path):
-    fit(small(sample_cache, tmp_path / "r", epochs=1, precision="bf16", device="cpu"), **QUIET)
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["precision"] == "fp32"
+def test_cpu_bf16_projections_learn_like_fp32_and_tf32_is_refused_there(sample_cache, tmp_path):
+    """--precision bf16 on the CPU is recorded and trains under CPU autocast; auto stays fp32; tf32 is refused
+    in one line before anything is written."""
+    fit(small(sample_cache, tmp_path / "bf16", precision="bf16", device="cpu"), **QUIET)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    assert accuracy(tmp_path / "bf16", order_only=False) >= 0.7
+    fit(small(sample_cache, tmp_path / "auto", epochs=1, device="cpu"), **QUIET)
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["precision"] == "fp32"
+    result = run("train", "--cache", sample_cache, "--level", "high", "--device", "cpu", "--precision", "tf32",
+                 "--out", tmp_path / "tf32")
+    one_line_error(result, "--precision tf32", "NVIDIA GPUs only")
+    assert not (tmp_path / "tf32").exists()
