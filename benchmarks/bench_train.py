@@ -10,7 +10,9 @@
   median of --repeats timed batches after one warm-up batch, the three run in turns;
 - clips/s for a full epoch on a synthetic cache (random features, 300 videos of 60-200 frames, 20
   classes) through pipeline.train.loop, set up as `mrrn train` does (TF32 and fused Adam on CUDA; there
-  after an untimed warm-up epoch), and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take.
+  after an untimed warm-up epoch), and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take;
+  then the same epoch under `--precision bf16`, against it, in one run (and, on a CPU, whether it computes
+  bf16 natively).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from pipeline.train.level_data import load_level_data  # noqa: E402
 from pipeline.train.heads import build_model  # noqa: E402
 from pipeline.sru.modules import SRU  # noqa: E402
 from pipeline.train.loop import StepContext, make_optimizer, train_one_epoch  # noqa: E402
-from pipeline.precision import autocast, precision_flags, training_precision  # noqa: E402
+from pipeline.precision import autocast, cpu_computes_bf16, precision_flags, training_precision  # noqa: E402
 
 
 def sync(device):
@@ -194,6 +196,8 @@ def main() -> None:
             lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** | "
                          f"{1000 * t_mm:.1f} ms | **{t_sru / t_mm:.2f}x** |")
         clips_per_s, clips, loop_ops, loop_steps = epoch_figures(device, precision)
+    with precision_flags("bf16"):  # the same epoch with the projections under bf16 autocast (`--precision bf16`)
+        bf16_clips_per_s = epoch_figures(device, "bf16")[0]
     ucf_hours = 12 * 180_000 / clips_per_s / 3600
     what = "CUDA kernels" if device.type == "cuda" else "leaf ATen ops"
     append_results(
@@ -206,7 +210,11 @@ def main() -> None:
          *lines, "",
          f"Full training epoch, paper head (hidden 1024, 3 layers, batch 28) on a synthetic cache: "
          f"{clips} clips at **{clips_per_s:.1f} clips/s**; 12 epochs of UCF-101 split 1 (180,000 clips) would take "
-         f"**{ucf_hours:.1f} h** on this device."],
+         f"**{ucf_hours:.1f} h** on this device.", "",
+         f"The same epoch with `--precision bf16` (the projections under bf16 autocast; the recurrence and the loss "
+         f"in float32): **{bf16_clips_per_s:.1f} clips/s**, **{bf16_clips_per_s / clips_per_s:.2f}x** the {precision} "
+         f"epoch, in this run" + ("" if device.type == "cuda" else
+                                   f"; this CPU computes bf16 {'natively' if cpu_computes_bf16() else 'by emulation'}") + "."],
     )
 
 
