@@ -23,15 +23,19 @@ class SplitFileError(MrrnError, ValueError):
         super().__init__(f"{where}: {reason}")
 
 
-def read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file as ``(line_number, stripped_text)``; CRLF and BOM tolerated."""
+def read_text(path: Path) -> str:
+    """A split or annotation file's text, a leading BOM dropped; absent or not UTF-8 is a :class:`SplitFileError`."""
     if not path.is_file():
         raise SplitFileError(path, None, "file not found")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise SplitFileError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file as ``(line_number, stripped_text)``; CRLF and BOM tolerated."""
+    return [(n, line.strip()) for n, line in enumerate(read_text(path).splitlines(), start=1) if line.strip()]
 
 
 def _is_number(text: str) -> bool:

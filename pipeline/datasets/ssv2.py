@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.datasets.splitfiles import SplitFileError, _is_number
+from pipeline.datasets.splitfiles import SplitFileError, _is_number, read_text
 from pipeline.datasets.splitindex import FileLister, SplitIndex, index_listed, require_dir
 
 PREFIX = "something-something-v2-"  # the downloaded files' names begin with it, or not
@@ -50,10 +50,7 @@ def _refuse_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def load_json(path: Path):
     """The JSON value of ``path``; bad JSON is a :class:`SplitFileError` naming its line and column."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise SplitFileError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = read_text(path)
     try:
         return json.loads(text, object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as err:

@@ -158,8 +158,18 @@ def _count(n, noun: str) -> str:
     return f"{n} {noun}{'' if str(n) == '1' else 's'}"
 
 
-def _pct(value) -> str:
+def percent(value) -> str:
+    """A fraction as the tables print it (``0.9375`` -> ``93.75``); an empty cell stays empty."""
     return f"{100 * value:.2f}" if value != "" else ""
+
+
+def csv_table(rows: list[dict], columns) -> str:
+    """``rows`` as CSV text with a header of ``columns`` (results.csv, trials.csv)."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return table.getvalue()
 
 
 def _cache_name(r: dict) -> str:
@@ -189,7 +199,7 @@ def _by_cache(rows: list[dict], caches: list[str]) -> str:
                      if _cache_name(r) == name and (_model(r), r["hidden"], r["layers"], r["pool"]) == (model, hidden, n_layers, pool)}
             if cells:
                 out.append(f"| {name} | {model} | {hidden} | {n_layers} | {pool or '-'} | "
-                           + " | ".join(_pct(cells.get(lvl, "")) for lvl in levels) + " |")
+                           + " | ".join(percent(cells.get(lvl, "")) for lvl in levels) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -200,8 +210,8 @@ def _one_cache(rows: list[dict]) -> str:
     for r in rows:
         out.append(f"| {r.get('streams', 'rgb')} | {r['level']} | {_model(r, mark_flow=False)} | {r['hidden']} | {r['layers']} | {r['pool']} | "
                    + ("damaged | | | | | |" if r.get("damaged") else
-                      f"{_pct(r['video_top1'])} | {_pct(r['video_top5'])} | {_pct(r['mean_class_acc'])} | "
-                      f"{_pct(r['clip_acc'])} | {r['parameters']:,} | {r['seconds_per_epoch']} |"))
+                      f"{percent(r['video_top1'])} | {percent(r['video_top5'])} | {percent(r['mean_class_acc'])} | "
+                      f"{percent(r['clip_acc'])} | {r['parameters']:,} | {r['seconds_per_epoch']} |"))
     recurrent = [r for r in rows if r["model"] != "meanpool"]
     # Table 1 shape: hidden x layers, per (model, level, pool)
     for key in sorted({(_model(r), r["level"], r["pool"]) for r in recurrent}):
@@ -211,7 +221,7 @@ def _one_cache(rows: list[dict]) -> str:
             out += ["", f"Video top-1 (%), {key[0]}, {key[1]} level, {key[2]} pooling (paper table 1 shape):", "",
                     "| setting | " + " | ".join(_count(n, "layer") for n in layers) + " |",
                     "|---|" + "---|" * len(layers)]
-            out += [f"| {_count(h, 'hidden unit')} | " + " | ".join(_pct(cells.get((h, n), "")) for n in layers) + " |"
+            out += [f"| {_count(h, 'hidden unit')} | " + " | ".join(percent(cells.get((h, n), "")) for n in layers) + " |"
                     for h in hiddens]
     # Table 2 shape: (model, pooling) x level, per (hidden, layers)
     levels = [lvl for lvl in LEVELS if any(r["level"] == lvl for r in rows)]
@@ -225,7 +235,7 @@ def _one_cache(rows: list[dict]) -> str:
                     "| model | pooling | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]
             for model, pool in lines:
                 cells = {r["level"]: r["video_top1"] for r in group if (_model(r), r["pool"]) == (model, pool)}
-                out.append(f"| {model} | {pool or '-'} | " + " | ".join(_pct(cells.get(lvl, "")) for lvl in levels) + " |")
+                out.append(f"| {model} | {pool or '-'} | " + " | ".join(percent(cells.get(lvl, "")) for lvl in levels) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -265,10 +275,6 @@ def sweep_into(base: TrainConfig, out: Path, axes: SweepAxes, *, flow_cache: str
         on = rows[-1]["computed_on"]
         log(f"run {i}/{len(configs)} {name}: video top-1 {summary.final['video_top1']:.1%}{' ' + on if on else ''}"
             f"{' (already complete)' if summary.already_complete else ''}")
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "results.csv", table.getvalue())
+    write_text(out / "results.csv", csv_table(rows, COLUMNS))
     write_text(out / "results.md", markdown(rows))
     return rows

@@ -9,9 +9,7 @@ empty, so that the table cannot be used to pick a configuration on the test spli
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import math
 import os
 import warnings
@@ -21,6 +19,7 @@ from optuna.trial import TrialState
 
 from pipeline.atomic import write_text
 from pipeline.errors import first_line, writing
+from pipeline.train.sweep import csv_table, percent
 from pipeline.tune.trial import Search
 
 PARAMS = ("model", "hidden", "layers", "pool", "lr", "dropout", "batch_size", "epochs", "train_views", "test_views")
@@ -96,11 +95,7 @@ def tables_lock(folder: Path):
 
 
 def csv_text(rows: list[dict]) -> str:
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return table.getvalue()
+    return csv_table(rows, COLUMNS)
 
 
 def draw_plots(study, folder: Path) -> list[str]:
@@ -133,10 +128,6 @@ def draw_plots(study, folder: Path) -> list[str]:
     return notes
 
 
-def _pct(value) -> str:
-    return f"{100 * value:.2f}" if value != "" else ""
-
-
 def markdown(search: Search, rows: list[dict], notes: list[str]) -> str:
     """The chosen configuration (with its test score, the only one shown), then every trial."""
     base = search.base
@@ -155,7 +146,7 @@ def markdown(search: Search, rows: list[dict], notes: list[str]) -> str:
     for r in rows:
         out.append(f"| {r['trial']}{' (chosen)' if r['chosen'] else ''} | {r['state']} | {r['model']} | {r['hidden']} | "
                    f"{r['layers']} | {r['pool'] or '-'} | {r['lr']} | {r['dropout']} | {r['batch_size']} | "
-                   f"{r['epochs']} | {r['epochs_run']} | {_pct(r['val_video_top1'])} | {r['run']} | {r['note']} |")
+                   f"{r['epochs']} | {r['epochs_run']} | {percent(r['val_video_top1'])} | {r['run']} | {r['note']} |")
     drawn = [name for name in PLOTS if (search.out / name).is_file()]
     out += [""] + [f"![{name[:-4].replace('_', ' ')}]({name})" for name in drawn] + [f"{n}." for n in notes]
     return "\n".join(out) + "\n"
@@ -167,8 +158,8 @@ def _chosen(r: dict) -> list[str]:
     return ["## Chosen configuration", "",
             f"Trial {r['trial']} ({r['run']}): {settings}.", "",
             "| | video top-1 (%) |", "|---|---|",
-            f"| validation (what chose it), over {r['validation_videos']} videos | {_pct(r['val_video_top1'])} |",
-            f"| test (this chosen configuration only){tested} | {_pct(r['test_video_top1'])} |", "",
+            f"| validation (what chose it), over {r['validation_videos']} videos | {percent(r['val_video_top1'])} |",
+            f"| test (this chosen configuration only){tested} | {percent(r['test_video_top1'])} |", "",
             "The test score is reported for the chosen configuration only; no trial was chosen or pruned on it.", ""]
 
 
@@ -182,8 +173,8 @@ def overview(results: list[tuple[Search, list[dict]]]) -> str:
     for search, rows in results:
         r = next((r for r in rows if r["chosen"]), None)
         settings = ", ".join(f"{p.replace('_', ' ')} {r[p]}" for p in PARAMS if r[p] != "") if r else "-"
-        val = f"{_pct(r['val_video_top1'])} over {r['validation_videos']} videos" if r else ""
-        test = f"{_pct(r['test_video_top1'])} over {r['test_videos']} videos" if r else ""
+        val = f"{percent(r['val_video_top1'])} over {r['validation_videos']} videos" if r else ""
+        test = f"{percent(r['test_video_top1'])} over {r['test_videos']} videos" if r else ""
         out.append(f"| {search.label} | {len(rows)} | {r['trial'] if r else '-'} | {settings} | {val} | {test} | "
                    f"{search.out.name}/results.md |")
     return "\n".join(out) + "\n"
