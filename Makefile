@@ -27,9 +27,11 @@ FUSED   ?= $(RUNS)_mrrn
 FUSE_ARGS ?=
 SWEEP   ?= runs/sweep_$(DATASET)_split$(SPLIT)
 SWEEP_ARGS ?= --levels high --hidden 256,512,1024 --layers 3,4,5
+# The demo's arithmetic in both stages: auto (bf16 on CPUs and GPUs that compute it natively), or fp32 to compare
+DEMO_PRECISION ?= auto
 # The demo's stage-2 settings: small model, higher learning rate and feature standardisation,
 # because the demo backbone has random weights (its features are far from ImageNet's in scale).
-DEMO_TRAIN := --hidden 128 --layers 2 --epochs 30 --lr 1e-3 --lr-step 100 --normalize
+DEMO_TRAIN := --hidden 128 --layers 2 --epochs 30 --lr 1e-3 --lr-step 100 --normalize --precision $(DEMO_PRECISION)
 
 comma   := ,
 SAMPLE  := data/sample
@@ -102,6 +104,7 @@ sweep: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/bench_journal.py
 	$(PY) benchmarks/bench_shards.py
@@ -114,7 +117,7 @@ demo: $(SAMPLE_STAMP)
 	$(MRRN) index --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --split 1 --strict
 	@echo "== 2. extract: frozen ResNet-34 with RANDOM weights (seed 0; ImageNet weights are not downloaded for the demo), 96 px frames"
 	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_CACHE) \
-		--backbone-weights random --seed 0 --short-side 96 --crop 96 --quiet
+		--backbone-weights random --seed 0 --short-side 96 --crop 96 --precision $(DEMO_PRECISION) --quiet
 	$(MRRN) inspect $(DEMO_CACHE) --verify
 	@echo "== 3. train: SRU classifiers on the low, mid and high levels, each beside the order-blind meanpool control"
 	$(MRRN) sweep --cache $(DEMO_CACHE) --split 1 --out runs/demo --levels low,mid,high --models rrn,meanpool \
@@ -124,7 +127,7 @@ demo: $(SAMPLE_STAMP)
 		--out runs/demo/mrrn
 	@echo "== 5. motion stream: optical flow (Farneback at 64 px, smaller than the usual 256 to keep the demo short) through the same backbone"
 	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_FLOW_CACHE) \
-		--backbone-weights random --seed 0 --short-side 96 --crop 96 --modality flow --flow-size 64 --quiet
+		--backbone-weights random --seed 0 --short-side 96 --crop 96 --modality flow --flow-size 64 --precision $(DEMO_PRECISION) --quiet
 	@echo "== 6. compare the heads on the high level, RGB and flow, and the two-stream head on both"
 	$(MRRN) sweep --cache $(DEMO_CACHE) --flow-cache $(DEMO_FLOW_CACHE) --split 1 --out runs/demo-models --levels high \
 		--modalities rgb,flow --models rrn,lstm,reslstm,tresnet,meanpool,twostream $(DEMO_TRAIN) --quiet
@@ -134,14 +137,14 @@ demo: $(SAMPLE_STAMP)
 	@echo "== 8. cached views: each frame with its mirror image (--views center,flip); training draws one view per clip,"
 	@echo "   testing averages both. The high-level RRN on that cache beside the same RRN on the centre-only cache"
 	$(MRRN) extract --dataset ucf101 --root $(SAMPLE)/videos --splits $(SAMPLE)/ucfTrainTestlist --out $(DEMO_FLIP_CACHE) \
-		--backbone-weights random --seed 0 --short-side 96 --crop 96 --views center,flip --quiet
+		--backbone-weights random --seed 0 --short-side 96 --crop 96 --views center,flip --precision $(DEMO_PRECISION) --quiet
 	$(MRRN) sweep --caches $(DEMO_CACHE),$(DEMO_FLIP_CACHE) --split 1 --out runs/demo-views --levels high --models rrn \
 		$(DEMO_TRAIN) --quiet > /dev/null
 	head -6 runs/demo-views/results.md
 	@echo "== 9. search: mrrn tune, 6 trials over two heads and their sizes on the high level, the median pruner stopping"
 	@echo "   hopeless ones; trials scored on validation videos held out of training, the test score for the chosen one only"
 	$(MRRN) tune --cache $(DEMO_CACHE) --level high --out runs/demo-tune --trials 6 --models rrn,attentive --hidden 64,128 \
-		--layers 1,2 --lr-range 1e-3,3e-3 --dropout-range 0.5 --batch-size 16 --epochs 20 --val-fraction 0.25 --normalize
+		--layers 1,2 --lr-range 1e-3,3e-3 --dropout-range 0.5 --batch-size 16 --epochs 20 --val-fraction 0.25 --normalize --precision $(DEMO_PRECISION)
 	@echo "== demo done. Three pairs of the eight sample classes differ only in frame order: on RGB features meanpool"
 	@echo "   can at best get half of each pair right (5/8 = 62.5%); the temporal heads tell them apart, and flow"
 	@echo "   carries the direction of motion itself."

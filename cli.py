@@ -310,7 +310,9 @@ def _list_backbones(ctx, param, value):
               help="Frames kept per second of video, chosen by timestamp (every frame is still decoded; the backbone "
                    "sees the kept ones) [default: every frame, as in the paper]. RGB caches only.")
 @click.option("--precision", type=_choice(PRECISIONS), default=default(ExtractConfig, "precision"), show_default=True,
-              help="Inference precision: auto = bf16 on CUDA (fp16 without bf16), fp32 on CPU.")
+              help="Inference precision: auto = bf16 where the processor computes it natively (CUDA GPUs from "
+                   "Ampere on, CPUs with AVX-512 BF16 or AMX), else fp16 on GPUs and fp32 on CPUs; an existing "
+                   "cache keeps the precision it records.")
 @click.option("--test-fraction", type=FRACTION, default=default(ExtractConfig, "test_fraction"), show_default=True,
               help="folder without --splits: share of each class recorded as split 1's test set.")
 @click.option("--modality", type=_choice(MODALITIES), default=default(ExtractConfig, "modality"), show_default=True,
@@ -438,8 +440,10 @@ def _train_options(f):
         click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True),
         click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--precision", type=_choice(TRAIN_PRECISIONS), default=default(TrainConfig, "precision"),
-                     show_default=True, help="Arithmetic of the projections: on CUDA auto = tf32; bf16 autocasts them (also on the CPU, where "
-                                             "auto = fp32 and tf32 is refused). The run's config.json records what was used."),
+                     show_default=True, help="Arithmetic of the projections: auto = tf32 on CUDA, bf16 on CPUs that "
+                                             "compute it natively (AVX-512 BF16, AMX), else fp32; bf16 autocasts them, the "
+                                             "recurrence and loss stay float32; tf32 is CUDA only. config.json records "
+                                             "what was used, and --resume keeps it."),
         click.option("--allow-missing", is_flag=True, default=default(TrainConfig, "allow_missing"),
                      help="Train even if some split videos are not in the cache (missing on disk, failed to "
                           "decode); every number then says what it is over ('over 31 of 32 test videos')."),

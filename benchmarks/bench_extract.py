@@ -2,7 +2,7 @@
 mrrn's own trunk over the same number of frames at the same size, with decoding alone beside them.
 
     python benchmarks/bench_extract.py [--crop 64] [--clips N] [--frames 200] [--videos DIR] [--device auto]
-                                       [--steady | --no-steady]
+                                       [--steady | --no-steady] [--precisions fp32,auto]
 
 The load is UCF-101-like: 320x240 MPEG-4 AVIs at 25 fps (up to 60 distinct clips generated here with
 OpenCV's writer, repeated through links up to --clips videos, each decoded in full), or every file in
@@ -16,6 +16,11 @@ OpenCV's writer, repeated through links up to --clips videos, each decoded in fu
   default on a GPU, where start-up is seconds against a fraction of a second of work), it runs again on
   the load twice over: the difference is the steady rate, the rest the start-up, and UCF-101's 2.5
   million frames are projected from both.
+
+The trunk and the whole command are measured at each of ``--precisions`` in one run (by default fp32 and
+what ``auto`` picks on this device when that differs: bf16 on GPUs and on CPUs that compute it natively),
+the whole commands first, then the trunks, so that each pair shares the machine's state; the report says
+whether this CPU computes bf16 natively.
 
 By default 60 clips at crops up to 112 px (about 12,000 frames) and 12 at larger ones on a CPU; 1,000
 (200,000 frames) on a GPU.
@@ -40,7 +45,7 @@ from pipeline.extract.backbone import FeatureExtractor, load_backbone, resolve_d
 from pipeline.config import ExtractConfig, Preprocess, default, default_workers  # noqa: E402
 from pipeline.datasets.index import VIDEO_EXTENSIONS  # noqa: E402
 from pipeline.extract.video import VideoReader, preprocess  # noqa: E402
-from pipeline.precision import autocast, extraction_precision, precision_flags  # noqa: E402
+from pipeline.precision import autocast, cpu_computes_bf16, extraction_precision, precision_flags  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,9 +78,9 @@ def write_clips(folder: Path, count: int = 6, frames: int = 200) -> list[Path]:
     return paths
 
 
-def doubled(root: Path, paths: list[Path]) -> Path:
+def doubled(root: Path, paths: list[Path], name: str) -> Path:
     """A dataset folder holding the load twice over (links), for the steady rate."""
-    folder = root.with_name(root.name + "_x2") / "clips"
+    folder = root.with_name(f"{root.name}_x2_{name}") / "clips"
     folder.mkdir(parents=True)
     for copy in range(2):
         for p in paths:
@@ -150,11 +155,11 @@ def decode_only(paths: list[Path], pre: Preprocess | None) -> float:
     return frames / elapsed
 
 
-def whole_command(root: Path, out: Path, args, short_side: int) -> float:
+def whole_command(root: Path, out: Path, args, short_side: int, precision: str) -> float:
     """Seconds for `mrrn extract` as a user runs it: a new process, imports, workers, cache and all."""
     cmd = [sys.executable, str(REPO / "cli.py"), "extract", "--dataset", "folder", "--root", str(root),
            "--out", str(out), "--backbone-weights", "random", "--short-side", str(short_side), "--crop", str(args.crop),
-           "--device", args.device, "--quiet"]
+           "--device", args.device, "--precision", precision, "--quiet"]
     cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     cmd += ["--workers", str(args.workers)] if args.workers is not None else []
     start = time.perf_counter()
@@ -190,52 +195,85 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="[default: extract's own]")
     ap.add_argument("--workers", type=int, default=None, help="[default: extract's own]")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precisions", default="fp32,auto",
+                    help="extract --precision values to compare, comma-separated (auto: what it picks here)")
     ap.add_argument("--steady", action=argparse.BooleanOptionalAction, default=None,
                     help="also time the load twice over, for the steady rate and the start-up [default: on a GPU]")
     args = ap.parse_args()
-    short_side = round(args.crop * 256 / 224)
-    pre = Preprocess(short_side=short_side, crop=args.crop)
     device = resolve_device(args.device)
-    on_gpu = device.type == "cuda"
-    precision = extraction_precision("auto", device)
-    steady = on_gpu if args.steady is None else args.steady
-    clips = args.clips or (1000 if on_gpu else 60 if args.crop <= 112 else 12)
-    batch = args.batch_size or default(ExtractConfig, "batch_size")
-    workers = args.workers if args.workers is not None else default_workers(device.type)
+    precisions = list(dict.fromkeys(extraction_precision(p, device) for p in args.precisions.split(",")))
+    clips = args.clips or (1000 if device.type == "cuda" else 60 if args.crop <= 112 else 12)
     with tempfile.TemporaryDirectory() as tmp:
         root, paths, source = load(Path(tmp), args, clips)
-        frames, pool_fps = decode_pool(paths, max(1, workers))
-        seconds = whole_command(root, Path(tmp) / "bench.h5", args, short_side)
-        twice = whole_command(doubled(root, paths), Path(tmp) / "bench2.h5", args, short_side) if steady else None
-        bare_fps = bare_forward(device, args.crop, batch, frames, precision)
-        trunk_fps = trunk_forward(device, args.crop, batch, frames, precision)
-        decode_fps = decode_only(paths[:DISTINCT_CLIPS], None)
-        decode_pre_fps = decode_only(paths[:DISTINCT_CLIPS], pre if not on_gpu else None)
-    command_fps = frames / seconds
-    rows = [("bare ResNet-34 forward (torchvision as built, random tensors of the crop size)", bare_fps),
-            ("mrrn's trunk alone (what extract runs, frames already on the device)", trunk_fps),
-            ("the whole `mrrn extract` command (new process, decode, preprocess, backbone, cache)", command_fps),
-            *([(f"decode only, {workers} workers (the extraction's pool)", pool_fps)] if workers > 1 else []),
-            ("decode only, one worker", decode_fps),
-            (f"decode + preprocess, one worker{'' if not on_gpu else ' (preprocessing runs on the GPU)'}",
-             decode_pre_fps)]
-    summary = [f"Whole command / bare forward: **{command_fps / bare_fps:.2f}**; whole command / mrrn's trunk: "
-               f"**{command_fps / trunk_fps:.2f}**."]
-    if twice is not None and twice > seconds:
-        steady_fps = frames / (twice - seconds)
-        startup = max(0.0, seconds - frames / steady_fps)
-        rows.insert(3, ("the whole command's steady rate (the load twice over, minus once)", steady_fps))
-        summary.append(f"Steady rate / mrrn's trunk: **{steady_fps / trunk_fps:.2f}**; start-up {startup:.1f} s. "
+        measured = measure(root, paths, Path(tmp), args, device, precisions)
+    report(args, device, precisions, source, measured)
+
+
+def measure(root: Path, paths: list[Path], tmp: Path, args, device, precisions: list[str]) -> dict:
+    """Every rate of the report: the whole commands first (and twice over with --steady), then the trunks,
+    then the bare forward at the last precision, then decoding."""
+    short_side = round(args.crop * 256 / 224)
+    steady = device.type == "cuda" if args.steady is None else args.steady
+    batch = args.batch_size or default(ExtractConfig, "batch_size")
+    workers = args.workers if args.workers is not None else default_workers(device.type)
+    frames, pool_fps = decode_pool(paths, max(1, workers))
+    seconds = {p: whole_command(root, tmp / f"bench_{p}.h5", args, short_side, p) for p in precisions}
+    twice = {p: whole_command(doubled(root, paths, p), tmp / f"bench2_{p}.h5", args, short_side, p)
+             for p in precisions} if steady else {}
+    trunk = {p: trunk_forward(device, args.crop, batch, frames, p) for p in precisions}
+    pre = Preprocess(short_side=short_side, crop=args.crop) if device.type != "cuda" else None
+    return dict(frames=frames, pool_fps=pool_fps, seconds=seconds, twice=twice, trunk=trunk, batch=batch,
+                workers=workers, short_side=short_side,
+                bare=bare_forward(device, args.crop, batch, frames, precisions[-1]),
+                decode=decode_only(paths[:DISTINCT_CLIPS], None), decode_pre=decode_only(paths[:DISTINCT_CLIPS], pre))
+
+
+def precision_rows(m: dict, precision: str, named: bool) -> tuple[list[tuple[str, float]], list[str]]:
+    """The trunk's and the whole command's rates at one precision, and the sentences about them."""
+    at = f", {precision}" if named else ""
+    command_fps, trunk_fps = m["frames"] / m["seconds"][precision], m["trunk"][precision]
+    rows = [(f"mrrn's trunk alone (what extract runs, frames already on the device){at}", trunk_fps),
+            (f"the whole `mrrn extract` command (new process, decode, preprocess, backbone, cache){at}", command_fps)]
+    summary = [f"Whole command / mrrn's trunk{at}: **{command_fps / trunk_fps:.2f}**."]
+    twice = m["twice"].get(precision)
+    if twice is not None and twice > m["seconds"][precision]:
+        steady_fps = m["frames"] / (twice - m["seconds"][precision])
+        startup = max(0.0, m["seconds"][precision] - m["frames"] / steady_fps)
+        rows.append((f"the whole command's steady rate (the load twice over, minus once){at}", steady_fps))
+        summary.append(f"Steady rate / mrrn's trunk{at}: **{steady_fps / trunk_fps:.2f}**; start-up {startup:.1f} s. "
                        f"UCF-101's 2.5 million frames: {duration(startup + UCF101_FRAMES / steady_fps)} projected.")
     else:
         if twice is not None:
             summary.append("(No steady rate: the load twice over took no longer than once; use more --clips.)")
-        summary.append(f"UCF-101's 2.5 million frames at the whole command's rate: "
+        summary.append(f"UCF-101's 2.5 million frames at the whole command's rate{at}: "
                        f"{duration(UCF101_FRAMES / command_fps)}.")
+    return rows, summary
+
+
+def report(args, device, precisions: list[str], source: str, m: dict) -> None:
+    rows, summary = [], []
+    for precision in precisions:
+        more_rows, more_summary = precision_rows(m, precision, named=len(precisions) > 1)
+        rows += more_rows
+        summary += more_summary
+    last = precisions[-1]
+    rows.insert(0, (f"bare ResNet-34 forward (torchvision as built, random tensors of the crop size), {last}", m["bare"]))
+    rows += [*([(f"decode only, {m['workers']} workers (the extraction's pool)", m["pool_fps"])] if m["workers"] > 1 else []),
+             ("decode only, one worker", m["decode"]),
+             (f"decode + preprocess, one worker{' (preprocessing runs on the GPU)' if device.type == 'cuda' else ''}",
+              m["decode_pre"])]
+    summary.append(f"Whole command / bare forward, {last}: **{m['frames'] / m['seconds'][last] / m['bare']:.2f}**.")
+    if len(precisions) > 1:
+        first = precisions[0]
+        summary.append(f"{last} against {first}, in this run: the trunk **{m['trunk'][last] / m['trunk'][first]:.2f}x**, "
+                       f"the whole command **{m['seconds'][first] / m['seconds'][last]:.2f}x**.")
+    if device.type == "cpu":
+        summary.append(f"This CPU computes bf16 {'natively' if cpu_computes_bf16() else 'only by emulation'} "
+                       f"(PyTorch's CPU checks); `--precision auto` picks {extraction_precision('auto', device)} here.")
     append_results(
-        f"bench_extract on {device} ({precision}), {args.crop} px",
-        [f"Input: {source}, {frames} frames; short side {short_side}, crop {args.crop}, batch {batch}, "
-         + (f"{workers} decoding worker(s)" if workers else "decoding between batches (no workers)")
+        f"bench_extract on {device} ({', '.join(precisions)}), {args.crop} px",
+        [f"Input: {source}, {m['frames']} frames; short side {m['short_side']}, crop {args.crop}, batch {m['batch']}, "
+         + (f"{m['workers']} decoding worker(s)" if m["workers"] else "decoding between batches (no workers)")
          + ", random weights.", "", "| measure | frames/s |", "|---|---|",
          *(f"| {what} | {fps:.1f} |" for what, fps in rows), "", *summary],
     )

@@ -11,8 +11,9 @@
 - clips/s for a full epoch on a synthetic cache (random features, 300 videos of 60-200 frames, 20
   classes) through pipeline.train.loop, set up as `mrrn train` does (TF32 and fused Adam on CUDA; there
   after an untimed warm-up epoch), and the time 12 epochs of UCF-101 split 1 (180,000 clips) would take;
-  then the same epoch under `--precision bf16`, against it, in one run (and, on a CPU, whether it computes
-  bf16 natively).
+  all under the default `--precision auto` (tf32 on a GPU; bf16 on a CPU that computes it natively, fp32
+  on others); then the same epoch under `--precision fp32` and `bf16` where auto is neither, against it, in
+  one run (and, on a CPU, whether it computes bf16 natively).
 """
 from __future__ import annotations
 
@@ -152,9 +153,13 @@ def synthetic_cache(path: Path, videos: int = 300, classes: int = 20) -> None:
         w.finish()
 
 
+PRECISION_NOTES = {"fp32": " (IEEE float32 throughout)",
+                   "bf16": " (the projections under bf16 autocast; the recurrence and the loss in float32)"}
+
+
 def epoch_figures(device, precision: str) -> tuple[float, int, float, int]:
     """clips/s of a full epoch of pipeline.train.loop's loop on a synthetic cache, set up as `mrrn train` does
-    (on a GPU after one untimed warm-up epoch: Triton compilation, cuBLAS), the epoch's clips, and the
+    (after an untimed warm-up: a whole epoch on a GPU for Triton and cuBLAS, 8 steps on a CPU), the epoch's clips, and the
     kernel-launching ops per step of that loop (its batch gathering and on-device bookkeeping included)
     over a short epoch, with its steps."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,15 +173,14 @@ def epoch_figures(device, precision: str) -> tuple[float, int, float, int]:
             train_one_epoch(model, optimizer, data.features, clips, StepContext(device, precision=precision),
                             batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(0))
 
-        if device.type == "cuda":
-            epoch(data.train)
+        n = cfg.batch_size * 8  # 8 full steps
+        short = dataclasses.replace(data.train, clip_rows=data.train.clip_rows[:n], clip_video=data.train.clip_video[:n])
+        epoch(data.train if device.type == "cuda" else short)  # untimed warm-up
         sync(device)
         start = time.perf_counter()
         epoch(data.train)
         sync(device)
         clips_per_s = data.train.num_clips / (time.perf_counter() - start)
-        n = cfg.batch_size * 8  # 8 full steps
-        short = dataclasses.replace(data.train, clip_rows=data.train.clip_rows[:n], clip_video=data.train.clip_video[:n])
         return clips_per_s, data.train.num_clips, count_ops(lambda: epoch(short), device) / 8, 8
 
 
@@ -196,8 +200,10 @@ def main() -> None:
             lines.append(f"| {batch} | {1000 * t_sru:.1f} ms | {1000 * t_lstm:.1f} ms | **{t_lstm / t_sru:.2f}x** | "
                          f"{1000 * t_mm:.1f} ms | **{t_sru / t_mm:.2f}x** |")
         clips_per_s, clips, loop_ops, loop_steps = epoch_figures(device, precision)
-    with precision_flags("bf16"):  # the same epoch with the projections under bf16 autocast (`--precision bf16`)
-        bf16_clips_per_s = epoch_figures(device, "bf16")[0]
+    others = {}  # the same epoch in IEEE float32 and with bf16 projections, where auto is neither
+    for other in (p for p in ("fp32", "bf16") if p != precision):
+        with precision_flags(other):
+            others[other] = epoch_figures(device, other)[0]
     ucf_hours = 12 * 180_000 / clips_per_s / 3600
     what = "CUDA kernels" if device.type == "cuda" else "leaf ATen ops"
     append_results(
@@ -211,10 +217,11 @@ def main() -> None:
          f"Full training epoch, paper head (hidden 1024, 3 layers, batch 28) on a synthetic cache: "
          f"{clips} clips at **{clips_per_s:.1f} clips/s**; 12 epochs of UCF-101 split 1 (180,000 clips) would take "
          f"**{ucf_hours:.1f} h** on this device.", "",
-         f"The same epoch with `--precision bf16` (the projections under bf16 autocast; the recurrence and the loss "
-         f"in float32): **{bf16_clips_per_s:.1f} clips/s**, **{bf16_clips_per_s / clips_per_s:.2f}x** the {precision} "
-         f"epoch, in this run" + ("" if device.type == "cuda" else
-                                   f"; this CPU computes bf16 {'natively' if cpu_computes_bf16() else 'by emulation'}") + "."],
+         *(f"The same epoch with `--precision {other}`{PRECISION_NOTES[other]}: **{rate:.1f} clips/s**; the default "
+           f"(`auto`, {precision} here) runs at **{clips_per_s / rate:.2f}x** its rate, in this run."
+           for other, rate in others.items()), "",
+         f"On this device `--precision auto` is {precision}" + ("." if device.type == "cuda" else
+                                                              f"; this CPU computes bf16 {'natively' if cpu_computes_bf16() else 'only by emulation'}.")],
     )
 
 

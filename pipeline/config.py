@@ -180,7 +180,7 @@ class ExtractConfig:
     short_side: int | None = None
     crop: int | None = None
     dtype: str = "float16"  # how features are stored
-    precision: str = "auto"  # inference precision; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU
+    precision: str = "auto"  # inference precision; auto: bf16 where computed natively, see precision.py
     device: str = "auto"
     batch_size: int = 64
     workers: int | None = None  # decoding processes; None: default_workers(the device), shared among the ranks
@@ -280,7 +280,7 @@ class TrainConfig:
     allow_missing: bool = False
     eval_batch_size: int = 256
     val_fraction: float = 0.0  # share of each class's training videos held out for validation (0: none)
-    precision: str = "auto"  # the projections' arithmetic on CUDA; CPU runs stay in float32
+    precision: str = "auto"  # the projections' arithmetic; auto: tf32 on CUDA, bf16 on native-bf16 CPUs
     train_views: str = "random"  # a cache with several views: one drawn per clip, or the centre crop only
     test_views: str = "all"  # a cache with several views: video scores averaged over all, or the centre only
     max_memory: int | None = None  # bytes of level data each rank may hold; None: train/shares.py's default budget

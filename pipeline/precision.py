@@ -19,21 +19,25 @@ REDUCED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # precisions t
 TF32_ALLOWED = {"fp32": False, "tf32": True}  # fp32 means IEEE float32; bf16 and fp16 leave the switches alone
 
 
-def extraction_precision(requested: str, device: torch.device) -> str:
-    """What `mrrn extract --precision` computes in on ``device``: ``auto`` is bf16 on CUDA GPUs that compute
-    it natively (Ampere and later), fp16 on older ones, fp32 on the CPU; any other value as asked."""
+def extraction_precision(requested: str, device: torch.device, recorded: str | None = None) -> str:
+    """What `mrrn extract --precision` computes in on ``device``. ``auto`` continues a cache in the precision
+    it records (``recorded``), so that one cache never mixes two; for a new cache it is bf16 where the
+    processor computes it natively (CUDA GPUs from Ampere on, CPUs with AVX-512 BF16 or AMX), fp16 on older
+    GPUs and fp32 on other CPUs. Any other value as asked."""
     if requested != "auto":
         return requested
+    if recorded is not None:
+        return recorded
     if device.type == "cuda":  # bf16 where the GPU computes it natively, not emulated
         with torch.cuda.device(device):
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    return "fp32"
+    return "bf16" if cpu_computes_bf16() else "fp32"
 
 
 def prediction_precision(recorded: str, device: torch.device) -> str:
-    """What `mrrn predict` extracts new videos in: on CUDA the precision the runs' cache records, so that
-    their features are computed as the cache's were; on the CPU fp32."""
-    return recorded if device.type == "cuda" else "fp32"
+    """What `mrrn predict` extracts new videos in: the precision the runs' cache records, so that their
+    features are computed as the cache's were; fp32 for an fp16 cache on the CPU, which has no fast fp16."""
+    return "fp32" if device.type == "cpu" and recorded == "fp16" else recorded
 
 
 def cpu_computes_bf16() -> bool:
@@ -44,16 +48,22 @@ def cpu_computes_bf16() -> bool:
     return any(check is not None and check() for check in checks)
 
 
-def training_precision(requested: str, device: torch.device) -> str:
-    """What `mrrn train --precision` computes in on ``device``. On CUDA ``auto`` is tf32, any other value as
-    asked. On the CPU ``auto`` and ``fp32`` are fp32 and ``bf16`` is bf16 projections under CPU autocast (the
-    recurrence and the loss in float32, as on CUDA); ``tf32``, a CUDA tensor-core format, is refused."""
-    if device.type == "cuda":
-        return "tf32" if requested == "auto" else requested
-    if requested == "tf32":
+def training_precision(requested: str, device: torch.device, recorded: str | None = None) -> str:
+    """What `mrrn train --precision` computes in on ``device``. ``auto`` continues a run in the precision its
+    record names (``recorded``, when this device computes it); for a new run it is tf32 on CUDA, bf16 on a CPU
+    that computes bf16 natively (:func:`cpu_computes_bf16`; never emulated bf16) and fp32 on other CPUs. bf16
+    means bf16 projections under autocast, with the recurrence and the loss in float32, on either device.
+    ``tf32``, a CUDA tensor-core format, is refused on the CPU."""
+    if requested == "auto":
+        if recorded is not None:  # a run begun on a GPU in tf32 goes on in IEEE float32 on the CPU
+            return "fp32" if device.type == "cpu" and recorded == "tf32" else recorded
+        if device.type == "cuda":
+            return "tf32"
+        return "bf16" if cpu_computes_bf16() else "fp32"
+    if device.type == "cpu" and requested == "tf32":
         raise ConfigError("--precision tf32: TF32 is computed by NVIDIA GPUs only; on the CPU use fp32 or bf16 "
                           f"(bf16 is {'native' if cpu_computes_bf16() else 'emulated, slower than fp32,'} on this CPU)")
-    return "bf16" if requested == "bf16" else "fp32"
+    return requested
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -100,8 +100,10 @@ def test_positions_tell_the_order_only_pairs_apart_and_without_them_the_probe_is
     keys, scores = list(map(str, d["keys"])), d["scores"]
     pairs = [(k, k.replace(a, b)) for a, b in REVERSED for k in keys if k.startswith(f"{a}/") and "_g02_c02" not in k]
     assert len(pairs) == 9
+    # the same up to rounding: bf16 products sum the frames in another order when they come reversed
+    atol = {"fp32": 1e-4, "bf16": 3e-3}[json.loads((probes / "blind" / "config.json").read_text())["precision"]]
     for key, reversed_key in pairs:
-        np.testing.assert_allclose(scores[keys.index(reversed_key)], scores[keys.index(key)], atol=1e-4)
+        np.testing.assert_allclose(scores[keys.index(reversed_key)], scores[keys.index(key)], atol=atol)
 
 
 def test_an_attentive_run_predicts_its_stored_scores_and_reloads_a_record_without_positions(probes, sample_dir,

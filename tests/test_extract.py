@@ -83,10 +83,30 @@ def test_cached_features_equal_a_direct_torchvision_forward(sample_cache, sample
     x = preprocess(torch.from_numpy(frames), Preprocess(short_side=64, crop=64))
     ref = torchvision_levels(seeded_resnet(0), x)
     with FeatureCache(sample_cache) as c:
+        tolerance = {"fp32": 2e-3, "bf16": 3e-2}[c.identity.precision]  # bf16: 8 significant bits per product
         for level in ("low", "mid", "high"):
             got = torch.from_numpy(c.video_features(key, level).astype(np.float32))
             scale = ref[level].abs().max()
-            torch.testing.assert_close(got, ref[level], rtol=2e-3, atol=2e-3 * float(scale))
+            torch.testing.assert_close(got, ref[level], rtol=tolerance, atol=tolerance * float(scale))
+
+
+def test_auto_makes_bf16_caches_only_on_native_bf16_cpus_and_extends_a_cache_in_its_own_precision(tmp_path,
+                                                                                                  monkeypatch):
+    """Detection forced off, auto makes an fp32 cache; on a native-bf16 CPU the same command then extends it
+    in fp32 (never refused, never mixed), while a new cache is bf16, and an explicit other precision is refused."""
+    root = folder_dataset(tmp_path / "data", per_class=1)
+    out, new = tmp_path / "c.h5", tmp_path / "new.h5"
+    monkeypatch.setattr("pipeline.precision.cpu_computes_bf16", lambda: False)
+    assert CliRunner().invoke(main, extract_args(root, out)).exit_code == 0
+    write_video(root / "walk" / "walk9.avi", 12, seed=9)
+    monkeypatch.setattr("pipeline.precision.cpu_computes_bf16", lambda: True)
+    extended = CliRunner().invoke(main, extract_args(root, out))
+    assert extended.exit_code == 0 and "2 were already done" in extended.output
+    assert CliRunner().invoke(main, extract_args(root, new)).exit_code == 0
+    with FeatureCache(out) as c, FeatureCache(new) as n:
+        assert (c.identity.precision, len(c.videos), n.identity.precision) == ("fp32", 3, "bf16")
+    refused = CliRunner().invoke(main, extract_args(root, out, "--precision", "bf16"))
+    assert refused.exit_code == 1 and "precision: cache fp32, this run bf16" in refused.stderr
 
 
 MODALITY_ARGS = {"rgb": [], "flow": ["--modality", "flow", "--flow-size", "64"]}

@@ -35,21 +35,40 @@ def callers_flags():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
 
 
-def test_on_the_cpu_extraction_auto_is_fp32_and_an_explicit_choice_stands():
-    assert extraction_precision("auto", CPU) == "fp32"
+@pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])
+def native_bf16(request, monkeypatch):
+    """This CPU as one that computes bf16 natively, and as one that does not (detection forced)."""
+    monkeypatch.setattr("pipeline.precision.cpu_computes_bf16", lambda: request.param)
+    return request.param
+
+
+def test_on_the_cpu_auto_is_bf16_only_where_the_cpu_computes_it_natively(native_bf16):
+    auto = "bf16" if native_bf16 else "fp32"
+    assert extraction_precision("auto", CPU) == auto
+    assert training_precision("auto", CPU) == auto
     for precision in PRECISIONS[1:]:
         assert extraction_precision(precision, CPU) == precision
+    assert [training_precision(p, CPU) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
 
 
-def test_training_on_the_cpu_is_fp32_unless_bf16_is_asked_and_tf32_is_refused():
-    assert [training_precision(p, CPU) for p in ("auto", "fp32", "bf16")] == ["fp32", "fp32", "bf16"]
+def test_auto_continues_what_a_cache_or_a_run_records(native_bf16):
+    """An existing cache is extended, and a run resumed, in the precision it records, whatever auto would pick
+    for new work; a run begun in tf32 on a GPU goes on in IEEE float32 on the CPU."""
+    for recorded in ("fp32", "bf16", "fp16"):
+        assert extraction_precision("auto", CPU, recorded) == recorded
+        assert extraction_precision("fp32", CPU, recorded) == "fp32"  # an explicit choice stands (and is checked)
+    assert [training_precision("auto", CPU, r) for r in ("fp32", "bf16", "tf32")] == ["fp32", "bf16", "fp32"]
+
+
+def test_tf32_is_refused_on_the_cpu_in_one_line():
     with pytest.raises(ConfigError, match="--precision tf32: TF32 is computed by NVIDIA GPUs only") as err:
         training_precision("tf32", CPU)
     assert "\n" not in str(err.value)
 
 
-def test_prediction_on_the_cpu_extracts_in_fp32_whatever_the_cache_records():
-    assert [prediction_precision(p, CPU) for p in ("fp32", "bf16", "fp16")] == ["fp32"] * 3
+def test_prediction_on_the_cpu_extracts_as_the_cache_was_made():
+    """bf16 and fp32 caches are matched; fp16 (a GPU's) is computed in fp32, the CPU having no fast fp16."""
+    assert [prediction_precision(p, CPU) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp32"]
 
 
 def test_fp32_and_tf32_compute_without_autocast():

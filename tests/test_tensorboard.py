@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from pipeline.evaluate.layout import LAST_CHECKPOINT, event_files
+from pipeline.precision import training_precision
 from pipeline.train import tensorboard_log
 from pipeline.train.loop import fit
 from pipeline.train.rundir import RunDir
@@ -82,7 +84,8 @@ def test_a_run_s_event_files_read_back_as_its_metrics_with_its_hyper_parameters(
     assert ended and hparams == as_stored(run_hparams(record))
     assert hparams["model"] == "rrn" and hparams["level"] == "high" and hparams["hidden"] == 16
     assert hparams["lr"] == pytest.approx(1e-3) and hparams["epochs"] == 3 and hparams["clip_length"] == 30
-    assert hparams["precision"] == "fp32" and hparams["backbone"] == "resnet34" and "out" not in hparams
+    assert hparams["precision"] == training_precision("auto", torch.device("cpu"))  # what it computed in, not "auto"
+    assert hparams["backbone"] == "resnet34" and "out" not in hparams
 
 
 def test_a_resumed_and_extended_run_s_event_files_follow_metrics_jsonl(sample_cache, tmp_path, monkeypatch):

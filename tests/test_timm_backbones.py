@@ -44,7 +44,7 @@ def _assert_rows(cache: FeatureCache, key: str, want: dict[str, torch.Tensor]) -
 def test_a_vit_cache_holds_timms_forward_intermediates_class_token_after_evenly_spaced_blocks(tmp_path):
     root = folder_dataset(tmp_path / "data", per_class=1, frames=6)
     out = tmp_path / "vit.h5"
-    run_extract(small_extract_config(root, out, backbone=VIT, seed=5), **QUIET)
+    run_extract(small_extract_config(root, out, backbone=VIT, seed=5, precision="fp32"), **QUIET)  # timm's own: fp32
     with FeatureCache(out) as c:
         assert [(s.tap, s.width) for s in c.identity.levels] == [(f"blocks.{b}:class-token", 192) for b in (3, 7, 11)]
         assert c.identity.preprocess.resize.interpolation == "bicubic"  # from the model's pretrained_cfg
@@ -60,7 +60,7 @@ def test_a_vit_cache_holds_timms_forward_intermediates_class_token_after_evenly_
 def test_a_cnn_cache_holds_timms_features_only_last_three_stages_averaged(tmp_path):
     root = folder_dataset(tmp_path / "data", per_class=1, frames=6)
     out = tmp_path / "cnn.h5"
-    run_extract(small_extract_config(root, out, backbone=CNN, seed=2), **QUIET)
+    run_extract(small_extract_config(root, out, backbone=CNN, seed=2, precision="fp32"), **QUIET)  # timm's own: fp32
     with FeatureCache(out) as c:
         assert [(s.tap, s.width) for s in c.identity.levels] == [
             ("layer2:spatial-mean", 128), ("layer3:spatial-mean", 256), ("layer4:spatial-mean", 512)]

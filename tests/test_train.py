@@ -270,14 +270,27 @@ def test_cuda_bf16_projections_learn_like_fp32(sample_cache, tmp_path):
 
 
 def test_cpu_bf16_projections_learn_like_fp32_and_tf32_is_refused_there(sample_cache, tmp_path):
-    """--precision bf16 on the CPU is recorded and trains under CPU autocast; auto stays fp32; tf32 is refused
-    in one line before anything is written."""
+    """--precision bf16 on the CPU is recorded and trains under CPU autocast; tf32 is refused in one line
+    before anything is written."""
     fit(small(sample_cache, tmp_path / "bf16", precision="bf16", device="cpu"), **QUIET)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
     assert accuracy(tmp_path / "bf16", order_only=False) >= 0.7
-    fit(small(sample_cache, tmp_path / "auto", epochs=1, device="cpu"), **QUIET)
-    assert json.loads((tmp_path / "auto" / "config.json").read_text())["precision"] == "fp32"
     result = run("train", "--cache", sample_cache, "--level", "high", "--device", "cpu", "--precision", "tf32",
                  "--out", tmp_path / "tf32")
     one_line_error(result, "--precision tf32", "NVIDIA GPUs only")
     assert not (tmp_path / "tf32").exists()
+
+
+def test_cpu_auto_is_bf16_only_with_native_bf16_and_a_resumed_run_keeps_its_precision(sample_cache, tmp_path,
+                                                                                       monkeypatch):
+    """auto records fp32 on a CPU without native bf16 (detection forced off) and bf16 on one with it; a run
+    begun in fp32 and resumed on a native-bf16 CPU goes on in fp32."""
+    record = tmp_path / "r" / "config.json"
+    monkeypatch.setattr("pipeline.precision.cpu_computes_bf16", lambda: False)
+    fit(small(sample_cache, tmp_path / "r", epochs=1, device="cpu"), **QUIET)
+    assert json.loads(record.read_text())["precision"] == "fp32"
+    monkeypatch.setattr("pipeline.precision.cpu_computes_bf16", lambda: True)
+    fit(small(sample_cache, tmp_path / "new", epochs=1, device="cpu"), **QUIET)
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["precision"] == "bf16"
+    extended = fit(small(sample_cache, tmp_path / "r", epochs=2, device="cpu"), resume=True, **QUIET)
+    assert extended.resumed_from == 1 and json.loads(record.read_text())["precision"] == "fp32"

@@ -257,6 +257,13 @@ def read_identity(path: Path) -> CacheIdentity:
         return cache.identity
 
 
+def recorded_precision(path: Path, rank: int = 0, world: int = 1) -> str | None:
+    """The precision the cache at ``path`` records, or (under ``world`` ranks) rank ``rank``'s shard of it; None
+    while neither exists: what ``--precision auto`` continues, so that one cache never mixes precisions."""
+    paths = (path, shard_path(path, rank, world)) if world > 1 else (path,)
+    return next((read_identity(p).precision for p in paths if p.is_file()), None)
+
+
 def require_identity(path: Path, identity: CacheIdentity) -> None:
     """Refuse an existing cache of another identity, naming what differs."""
     have = read_identity(path)

@@ -29,6 +29,7 @@ from pipeline.cache.reader import (
     FailedRecord,
     FeatureCache,
     VideoRecord,
+    recorded_precision,
     remove_cache_files,
     require_identity,
     shard_dir,
@@ -252,7 +253,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True, log=print) -> Extract
         log(f"warning: {one_class_warning(videos.classes)}")
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
-    precision = extraction_precision(cfg.precision, device)
+    precision = extraction_precision(cfg.precision, device, recorded_precision(Path(cfg.out), rank.rank, rank.world))
     if cfg.workers is None:  # the default depends on the device; on GPUs the ranks share the cores
         workers = default_workers(device.type)
         cfg = replace(cfg, workers=max(1, workers // rank.world) if workers else 0)

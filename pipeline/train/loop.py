@@ -259,16 +259,16 @@ def fit(cfg: TrainConfig, resume: bool = False, progress: bool = True, log=print
     ``progress``: a bar per epoch; ``epoch_lines``: a one-line summary per epoch through ``log``.
     ``on_epoch(epoch, metrics)``, when given, is called on every rank after each epoch is saved; raising
     :class:`RunPruned` there stops the run: its finished epochs are kept, the directory is marked pruned
-    (unfinished: ``--resume`` would continue it) and the exception reaches the caller. The
-    process-wide flags of the run's arithmetic (TF32 on CUDA by default) hold while it trains and are put
-    back when it ends."""
+    (unfinished: ``--resume`` would continue it) and the exception reaches the caller. The process-wide
+    flags of the run's arithmetic (TF32 on CUDA by default) hold while it trains and are put back after."""
     rank = distributed.current()
     device = rank.device(resolve_device(cfg.device))
     rank = distributed.init(device)
     if not rank.is_main:
         log, progress = _silent, False
     rundir, record = RunDir(cfg.out), run_record(cfg)  # the caches' headers only
-    record["precision"] = training_precision(cfg.precision, device)  # what this device computes in, for the record
+    # what this device computes in, for the record; a run continued (--resume) keeps the precision it recorded
+    record["precision"] = training_precision(cfg.precision, device, (rundir.read_record() or {}).get("precision"))
     with claimed(rundir.path, "run") if rank.is_main else contextlib.nullcontext():  # one writer, refused at once
         finished = rundir.check(record, cfg.epochs, resume, log)
         if finished is not None:
