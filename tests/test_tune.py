@@ -115,6 +115,47 @@ def test_a_pruned_trial_s_run_directory_says_so_and_resume_would_finish_it(sampl
     assert not (trial_dir / "pruned.json").exists() and (trial_dir / "summary.json").is_file()
 
 
+def test_a_trial_with_the_choices_of_a_finished_one_takes_its_result_untrained(sample_cache, tmp_path):
+    from pipeline.config import TrainConfig
+    from pipeline.tune.space import SearchSpace
+    from pipeline.tune.study import open_storage
+    from pipeline.tune.tables import write_outputs
+    from pipeline.tune.trial import Search, make_objective
+
+    base = TrainConfig(cache=str(sample_cache), out=str(tmp_path), level="high", val_fraction=0.2, normalize=True)
+    space = SearchSpace(hiddens=(16,), layers=(1,), epochs=(2,), batch_sizes=(16,), lr_range=(1e-3, 1e-3),
+                        dropout_range=(0.5, 0.5), pools=("mean",))  # one configuration: the second trial repeats it
+    for pruner in (optuna.pruners.NopPruner(), optuna.pruners.ThresholdPruner(upper=-1.0)):  # the latter: epoch 1
+        out = tmp_path / type(pruner).__name__
+        search = Search(base=base, space=space, out=out, study_name="twins", storage=None, storage_home=out,
+                        pruner="median", label="sample")
+        study = optuna.create_study(storage=open_storage(None, out), study_name="twins", direction="maximize",
+                                    pruner=pruner)
+        study.optimize(make_objective(search, 4, log=lambda m: None), n_trials=2)
+        first, second = write_outputs(search, study, log=lambda m: None)
+        assert first["state"] == second["state"] and first["val_video_top1"] == second["val_video_top1"]
+        assert (first["epochs_run"], second["epochs_run"]) == ((2, 0) if first["state"] == "complete" else (1, 0))
+        assert "the same choices as trial 0" in second["note"] and second["run"] == first["run"]
+        assert [d.name for d in (out / "trials").iterdir()] == ["trial_0000"]  # trained once
+        assert first["chosen"] == ("yes" if first["state"] == "complete" else "") and not second["chosen"]
+
+
+def test_a_search_alone_proposes_the_same_trials_every_time_and_a_continued_one_draws_on(tmp_path):
+    from pipeline.tune.study import load_study, open_storage
+
+    def search(folder, trials, seed=3):
+        study = load_study(open_storage(None, folder), "alone", seed=seed, pruner="none")
+        study.optimize(lambda t: t.suggest_float("x", 0, 1) + 0.1 * (t.suggest_categorical("c", ("a", "b")) == "a"),
+                       n_trials=trials)
+        return [t.params["x"] for t in study.trials]
+
+    first = search(tmp_path / "a", 8)  # past TPE's 5 random first trials
+    assert search(tmp_path / "b", 8) == first and len(set(first)) == 8  # and every trial number draws its own
+    assert search(tmp_path / "c", 8, seed=4) != first
+    continued = search(tmp_path / "a", 3)  # the study goes on from trial 8: no draw of trials 0-7 again
+    assert continued[:8] == first and not set(continued[8:]) & set(first)
+
+
 def test_a_sqlite_storage_holds_the_study(sample_cache, tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     result = tune(sample_cache, tmp_path / "tune", "--trials", "2", "--storage", url)

@@ -133,8 +133,10 @@ class SampleSummary:
     classes: int
 
 
-def write_sample_dataset(out: Path, seed: int = 0) -> SampleSummary:
-    """Write the sample dataset under ``out`` (see the module docstring). Deterministic in ``seed``."""
+def write_sample_dataset(out: Path, seed: int = 0, *, clips_per_group: int = CLIPS_PER_GROUP) -> SampleSummary:
+    """Write the sample dataset under ``out`` (see the module docstring). Deterministic in ``seed``.
+    ``clips_per_group`` above the default adds videos ``c03``, ``c04``, ... to every group (a larger dataset
+    of the same classes, for benchmarks); the default's videos are the same at any value."""
     out = Path(out)
     video_dir, split_dir = out / "videos", out / "ucfTrainTestlist"
     with writing(split_dir):
@@ -142,7 +144,7 @@ def write_sample_dataset(out: Path, seed: int = 0) -> SampleSummary:
     train_lines, test_lines, frames_total = [], [], 0
     for label, cls in enumerate(CLASSES, start=1):
         for group in range(1, GROUPS + 1):
-            for clip in range(1, CLIPS_PER_GROUP + 1):
+            for clip in range(1, clips_per_group + 1):
                 # The seed names the kind, not the class: the two classes of a pair share videos.
                 rng = np.random.default_rng([seed, KINDS.index(cls.kind), group, clip])
                 lengths = SHORT_LENGTHS if (group, clip) in SHORT_VIDEOS else LENGTHS

@@ -42,6 +42,11 @@ class TuneRequest:
     pruner: str = "median"
     timeout: float | None = None  # seconds after which no trial starts
     flow_cache: str | None = None
+    sampler_seed: int | None = None  # None: base.seed (--seed); benchmarks repeat a search with other samplers
+
+    @property
+    def seed_of_sampler(self) -> int:
+        return self.base.seed if self.sampler_seed is None else self.sampler_seed
 
 
 def plan(request: TuneRequest) -> list[Search]:
@@ -89,14 +94,14 @@ def run_tune(request: TuneRequest, log) -> list[tuple[Search, list[dict]]]:
                 folder.mkdir(parents=True, exist_ok=True)
             mark_made_by(folder, "tune")
     for search in searches:  # the study opens (or is created) here, so that a bad storage is said once
-        study = load_study(open_storage(search.storage, out), search.study_name, seed=request.base.seed,
+        study = load_study(open_storage(search.storage, out), search.study_name, seed=request.seed_of_sampler,
                            pruner=search.pruner)
         done = len(study.trials)
         log(f"{search.label}: study {search.study_name} in {search.storage or out / 'study.journal'}"
             + (f": continuing after {done} trial{'s' * (done != 1)}" if done else ": new"))
     deadline = None if request.timeout is None else time.time() + request.timeout
     try:
-        run_workers(Work(tuple(searches), request.trials, deadline, request.base.seed), request.workers,
+        run_workers(Work(tuple(searches), request.trials, deadline, request.seed_of_sampler), request.workers,
                     request.base.device, log)
     except KeyboardInterrupt:  # the tables of what the study holds, then the command's own message
         _write_tables(searches, out, request, log)
@@ -108,7 +113,7 @@ def _write_tables(searches: list[Search], out: Path, request: TuneRequest, log) 
     """Each search's tables from its study as the storage holds it now (other commands' trials included)."""
     results = []
     for search in searches:
-        study = load_study(open_storage(search.storage, out), search.study_name, seed=request.base.seed,
+        study = load_study(open_storage(search.storage, out), search.study_name, seed=request.seed_of_sampler,
                            pruner=search.pruner)
         results.append((search, write_outputs(search, study, log)))
     if len(searches) > 1:

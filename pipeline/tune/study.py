@@ -140,13 +140,11 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return _retry_callback()
 
 
-def load_study(storage, name: str, *, seed: int, pruner: str, sampler_seed_offset: int = 0):
+def load_study(storage, name: str, *, seed: int, pruner: str):
     """The study ``name`` in ``storage``, created when new (maximising validation video top-1) and continued
-    otherwise. The sampler is TPE, seeded by ``seed``, the worker (``sampler_seed_offset``) and this process,
-    so that workers and commands started together do not propose the same first trials."""
-    mixed = zlib.crc32(f"{seed}:{sampler_seed_offset}:{socket.gethostname()}:{os.getpid()}".encode())
+    otherwise, with the TPE sampler of ``seed`` (``TrialSeededTPE``) and the pruner named."""
     # constant liar: a running trial counts as a poor one, so that trials running at once spread out
-    sampler = optuna.samplers.TPESampler(seed=mixed, n_startup_trials=5, constant_liar=True)
+    sampler = TrialSeededTPE(seed=seed, n_startup_trials=5, constant_liar=True)
     try:
         return optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                    pruner=make_pruner(pruner), load_if_exists=True)
@@ -154,6 +152,27 @@ def load_study(storage, name: str, *, seed: int, pruner: str, sampler_seed_offse
         if isinstance(err, MrrnError):
             raise
         raise StorageError(f"study {name}: cannot be created or read ({first_line(err)})") from None
+
+
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random numbers for a trial come from ``seed`` and the trial's number alone.
+
+    The storage gives every trial of a study its own number, so: one process searching alone proposes the
+    same trials every time it runs (its trials' scores are seeded too); a study continued later draws on
+    for the numbers after its last trial, not the first ones again; and workers or commands sharing a study
+    never draw the same numbers (their trials' numbers differ), without mixing in a process id. Which
+    trials workers running at once propose still depends on which finishes first."""
+
+    def __init__(self, *, seed: int, **options):
+        super().__init__(seed=seed, **options)
+        self._trial_seed = seed
+
+    def before_trial(self, study, trial) -> None:
+        seeded = zlib.crc32(f"{self._trial_seed}:{trial.number}".encode())
+        # Optuna's own generators (TPE's and its random sampler's for the first trials), reseeded in place
+        self._rng.rng.seed(seeded)
+        self._random_sampler._rng.rng.seed(seeded)
+        super().before_trial(study, trial)
 
 
 PRUNERS = ("median", "hyperband", "none")

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from pipeline.atomic import write_text
 from pipeline.errors import first_line, writing
 from pipeline.train.sweep import csv_table, percent
-from pipeline.tune.trial import Search
+from pipeline.tune.trial import SAME_AS, Search
 
 PARAMS = ("model", "hidden", "layers", "pool", "lr", "dropout", "batch_size", "epochs", "train_views", "test_views")
 COLUMNS = ("cache", "trial", "state", *PARAMS, "epochs_run", "val_video_top1", "validation_videos",
@@ -59,15 +59,18 @@ def _param(value):
 
 
 def _note(t) -> str:
-    """Why a trial has no final score: pruned, failed (and why), a retry of a killed trial."""
+    """Why a trial has no final score or was not trained: pruned, failed (and why), a retry of a killed trial,
+    the same choices as an earlier trial."""
     attrs = t.system_attrs
     retry = f"retry of trial {attrs['failed_trial']}" if "failed_trial" in attrs else ""
+    same = f"the same choices as trial {t.user_attrs[SAME_AS]}: its result, not trained again" \
+        if SAME_AS in t.user_attrs else ""
     if t.state == TrialState.FAIL:
         why = t.user_attrs.get("failed") or "its process ended mid-way; queued again"
         return "; ".join(p for p in (retry, f"failed: {why}") if p)
     if t.state == TrialState.PRUNED:
-        return "; ".join(p for p in (retry, "pruned (val video top-1 is that of its last epoch)") if p)
-    return retry
+        return "; ".join(p for p in (retry, same, "pruned (val video top-1 is that of its last epoch)") if p)
+    return "; ".join(p for p in (retry, same) if p)
 
 
 def write_outputs(search: Search, study, log) -> list[dict]:

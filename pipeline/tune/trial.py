@@ -4,7 +4,8 @@ after every epoch so that the pruner can stop it.
 
 A trial is scored on the validation videos held out of the training videos (``--val-fraction``), never
 on the test split. A retried trial (its first attempt was killed) continues the first attempt's run
-directory from its last checkpoint.
+directory from its last checkpoint. A trial whose choices a finished trial already had is not trained
+again: it takes that trial's result (a discrete space's searches repeat configurations).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from pipeline.config import TrainConfig
 from pipeline.errors import TrainError, first_line
@@ -24,6 +26,7 @@ from pipeline.tune.study import claim
 
 TRIALS_FOLDER = "trials"  # OUT/trials/trial_0007: one run directory per trial
 SCORE = "val_video_top1"  # what trials are compared on: validation video top-1
+SAME_AS = "same_as"  # user attribute: the number of the finished trial whose choices this one repeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,9 @@ def make_objective(search: Search, validation_videos: int, log):
         retried = _report_finished_epochs(trial, out)
         where = f"trial {trial.number}" + (f" (retry of trial {retried})" if retried is not None else "")
         log(f"{search.label}: {where}: {describe(chosen)}")
+        twin = _finished_twin(trial) if retried is None else None
+        if twin is not None:
+            return _as_twin(trial, twin, lambda m: log(f"{search.label}: {where}: {m}"))
         try:
             summary = fit(cfg, resume=True, progress=False, log=_silent, epoch_lines=False,
                           on_epoch=_pruning(trial, cfg, search.pruner, validation_videos))
@@ -90,6 +96,36 @@ def make_objective(search: Search, validation_videos: int, log):
         return float(final[SCORE])
 
     return objective
+
+
+def _finished_twin(trial: optuna.Trial):
+    """The first finished (complete or pruned) trial of the study with exactly this trial's choices, or None.
+    Such choices only recur in a discrete space (no continuous range, or one-value ranges): TPE proposes the
+    best-looking configurations again and again there."""
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def _as_twin(trial: optuna.Trial, twin, log) -> float:
+    """A trial whose choices a finished trial already trained is not trained again: every setting and the
+    seed are the same, so it would repeat that run. It takes the twin's result: the twin's score when
+    complete; pruned again at once (with the twin's last score) when the twin was pruned."""
+    trial.set_user_attr(SAME_AS, twin.number)
+    trial.set_user_attr("epochs_run", 0)
+    trial.set_user_attr("run", twin.user_attrs.get("run", ""))
+    if twin.state == TrialState.PRUNED:
+        steps = sorted(twin.intermediate_values)
+        if steps:  # the twin's last score, at the twin's last epoch: what the sampler and the tables see
+            trial.report(twin.intermediate_values[steps[-1]], steps[-1])
+        log(f"the same choices as trial {twin.number}, which was pruned: pruned too, not trained again")
+        raise optuna.TrialPruned(f"the same choices as trial {twin.number}, which was pruned")
+    for key in ("test_video_top1", "test_videos"):
+        if key in twin.user_attrs:
+            trial.set_user_attr(key, twin.user_attrs[key])
+    log(f"the same choices as trial {twin.number}: its val video top-1 {twin.value:.3f}, not trained again")
+    return float(twin.value)
 
 
 def _pruning(trial: optuna.Trial, cfg: TrainConfig, pruner: str, validation_videos: int):

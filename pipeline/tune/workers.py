@@ -24,7 +24,7 @@ from pipeline.tune.trial import Search, make_objective
 @dataclasses.dataclass(frozen=True)
 class Work:
     """What every worker does: the searches in order (one per cache), the command's trials for each, when
-    to stop starting trials, and the seed of the samplers."""
+    to stop starting trials, and the seed of the samplers (``--seed``, unless the caller gives another)."""
 
     searches: tuple[Search, ...]
     trials: int  # per search, shared by the workers
@@ -71,7 +71,7 @@ def run_workers(work: Work, workers: int, device: str, log) -> None:
     stops the command with its one-line error once the others have finished their trials."""
     devices = worker_devices(workers, device)
     if workers == 1:
-        work_in_this_process(work, Tickets(None, len(work.searches), work.trials), 0, devices[0], log)
+        work_in_this_process(work, Tickets(None, len(work.searches), work.trials), devices[0], log)
         return
     ctx = multiprocessing.get_context("spawn")
     tickets = Tickets(ctx, len(work.searches), work.trials)
@@ -111,7 +111,7 @@ def _worker_process(work: Work, tickets: Tickets, *, index: int, device: str, th
 
     torch.set_num_threads(threads)
     try:
-        work_in_this_process(work, tickets, index, device, lambda m: print(f"worker {index}: {m}", file=sys.stderr,
+        work_in_this_process(work, tickets, device, lambda m: print(f"worker {index}: {m}", file=sys.stderr,
                                                                               flush=True))
     except MrrnError as err:
         errors.put(first_line(err))
@@ -121,12 +121,12 @@ def _worker_process(work: Work, tickets: Tickets, *, index: int, device: str, th
     os._exit(0)  # no interpreter teardown (torch's takes seconds); every file is closed by now
 
 
-def work_in_this_process(work: Work, tickets: Tickets, index: int, device: str, log) -> None:
+def work_in_this_process(work: Work, tickets: Tickets, device: str, log) -> None:
     """Every search in turn: open its study, read its level once, run trials while tickets last."""
     for number, search in enumerate(work.searches):
         search = dataclasses.replace(search, base=dataclasses.replace(search.base, device=device))
         study = load_study(open_storage(search.storage, search.storage_home), search.study_name, seed=work.seed,
-                           pruner=search.pruner, sampler_seed_offset=index)
+                           pruner=search.pruner)
         objective = make_objective(search, validation_videos(search), log)
         while not _past(work.deadline) and tickets.take(number):
             failed = fail_dead_trials(study)
