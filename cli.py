@@ -702,7 +702,7 @@ def _tune_space_options(f):
 @click.option("--clip-stride", "stride", type=COUNT, default=default(ClipSpec, "stride"), show_default=True)
 @click.option("--max-clips", type=COUNT, default=default(ClipSpec, "max_clips"), show_default=True)
 @click.option("--seed", type=int, default=default(TrainConfig, "seed"), show_default=True,
-              help="Seeds every trial's training (and, mixed with each worker's process, its sampler).")
+              help="Seeds every trial's training and, with the trial's number, what its sampler proposes.")
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=_choice(TRAIN_PRECISIONS), default=default(TrainConfig, "precision"),
               show_default=True, help="Arithmetic of the projections (as `train --precision`).")
