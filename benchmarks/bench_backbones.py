@@ -1,10 +1,11 @@
 """Stage 1 per backbone, and per number of cached views, in one run.
 
     python benchmarks/bench_backbones.py [--crops 112,224] [--backbones resnet34,...] [--device auto]
+                                         [--precisions auto]
 
 1. frames/s of each backbone's multi-level trunk as `mrrn extract` runs it (taps found from the model,
-   batch norms folded, channels-last, random weights) on random frames of each crop size; ViTs take
-   224 px only.
+   batch norms folded, channels-last, random weights) on random frames of each crop size, at each of
+   ``--precisions`` (``fp32,auto`` compares float32 with what `extract` picks here); ViTs take 224 px only.
 2. frames/s of the whole extraction (decode, preprocess, backbone, cache) of the same generated clips
    with --views center, center,flip, five and ten, at 64 px with ResNet-34: what views cost.
 """
@@ -75,20 +76,24 @@ def main() -> None:
     parser.add_argument("--no-views", dest="views", action="store_false", help="Skip the views part.")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--precisions", default="auto",
+                        help="extract --precision values, comma-separated (auto: what extract picks on this device)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    precision = extraction_precision("auto", device)
+    precisions = list(dict.fromkeys(extraction_precision(p, device) for p in args.precisions.split(",")))
     crops = [int(c) for c in args.crops.split(",")]
     batch = 64 if device.type == "cuda" else 8
+    columns = [(c, p) for c in crops for p in precisions]
 
-    lines = [f"Random weights, {precision}, batch {batch}; frames/s of the three levels (`extract`'s trunk).", "",
-             "| backbone | levels (low / mid / high) | " + " | ".join(f"{c} px" for c in crops) + " |",
-             "|---|---|" + "---|" * len(crops)]
+    lines = [f"Random weights, batch {batch}; frames/s of the three levels (`extract`'s trunk); `--precision auto` "
+             f"is {extraction_precision('auto', device)} here.", "",
+             "| backbone | levels (low / mid / high) | " + " | ".join(f"{c} px, {p}" for c, p in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for name in args.backbones.split(","):
         choice = choose_backbone(name, "random")
         widths = " / ".join(str(s.width) for s in choice.taps.levels)
         cells = []
-        for crop in crops:
+        for crop, precision in columns:
             fixed = choice.fixed_size
             cells.append("-" if fixed and crop != fixed else f"{trunk_fps(name, crop, device, precision, batch):.1f}")
         lines.append(f"| {name} | {widths} | " + " | ".join(cells) + " |")
