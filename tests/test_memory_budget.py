@@ -16,7 +16,16 @@ from pipeline.train.level_data import load_level_data
 from pipeline.train.loop import StepContext, evaluate, fit
 from pipeline.train.heads import build_model
 from pipeline.train.share_epochs import evaluate_share
-from pipeline.train.shares import PARTITIONED, REPLICATED, STREAMED, choose_mode, parse_size, partition
+from pipeline.train.shares import (
+    FINITE_BLOCK,
+    PARTITIONED,
+    REPLICATED,
+    STREAMED,
+    all_finite,
+    choose_mode,
+    parse_size,
+    partition,
+)
 from pipeline.train.streaming import SHUFFLE_GROUPS
 from tests.conftest import REPO, one_line_error, run, small_train_config as small
 
@@ -44,6 +53,22 @@ def test_a_partition_is_by_video_balanced_by_frames_seeded_and_complete():
     totals = [sum(frames[k] for k in s) for s in shares]
     assert max(totals) - min(totals) <= max(frames.values())
     assert partition(keys, frames, 3, seed=0) == shares  # every rank computes the same
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_finite_check_finds_a_non_finite_value_in_any_block(dtype):
+    """Streamed windows and held levels are checked block by block: a value anywhere, at a block's edges
+    included, is found; the largest finite values are not non-finite."""
+    x = np.random.default_rng(0).normal(size=(2 * FINITE_BLOCK + 7) // 4 * 4).astype(dtype).reshape(-1, 4)
+    assert all_finite(x) and all_finite(x[:0]) and all_finite(x[:, ::2])  # a strided view: numpy's own check
+    for value in (np.inf, -np.inf, np.nan):
+        for at in (0, FINITE_BLOCK - 1, FINITE_BLOCK, x.size - 1):
+            y = x.copy()
+            y.reshape(-1)[at] = value
+            assert not all_finite(y) and not all_finite(y.T)  # y.T: not contiguous
+    y = x.copy()
+    y[0, :2] = np.finfo(dtype).max, -np.finfo(dtype).max
+    assert all_finite(y)
 
 
 def test_evaluation_scores_every_video_the_same_whether_held_or_streamed(sample_cache, tmp_path):

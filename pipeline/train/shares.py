@@ -106,13 +106,22 @@ def frame_sums(features: np.ndarray, rows: np.ndarray, block: int = 1 << 16) -> 
 
 
 _EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
+FINITE_BLOCK = 1 << 18  # values checked at a time: the block and its masked copy stay in the core's cache
 
 
 def all_finite(features: np.ndarray) -> bool:
-    """Whether every value of a float16 or float32 array is finite: its largest exponent field is not all ones
-    (infinity and NaN), an integer reduction about 4x faster than ``np.isfinite(x).all()``."""
+    """Whether every value of a float16 or float32 array is finite: no exponent field is all ones (infinity
+    and NaN), an integer test about 4x faster than ``np.isfinite(x).all()``. Block by block through one small
+    buffer: a masked copy of a whole streamed window (hundreds of MiB of fresh pages, faulted in while torch's
+    threads run) cost the reader of the 8 GB benchmark's epoch 8-11 s, mostly in the kernel; blocks, 0.3 s."""
     if features.dtype not in _EXPONENT or not features.flags.c_contiguous:
         return bool(np.isfinite(features).all())
     bits, mask = _EXPONENT[features.dtype]
-    return features.size == 0 or int((features.view(bits) & mask).max()) != mask
-
+    flat = features.reshape(-1).view(bits)
+    buffer = np.empty(min(len(flat), FINITE_BLOCK), bits)
+    for start in range(0, len(flat), FINITE_BLOCK):
+        block = buffer[: min(FINITE_BLOCK, len(flat) - start)]
+        np.bitwise_and(flat[start : start + FINITE_BLOCK], mask, out=block)
+        if int(block.max()) == mask:
+            return False
+    return True
