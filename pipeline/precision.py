@@ -50,7 +50,7 @@ def cpu_computes_bf16() -> bool:
 
 def training_precision(requested: str, device: torch.device, recorded: str | None = None) -> str:
     """What `mrrn train --precision` computes in on ``device``. ``auto`` continues a run in the precision its
-    record names (``recorded``, when this device computes it); for a new run it is tf32 on CUDA, bf16 on a CPU
+    record names (``recorded``; a tf32 run goes on in fp32 on the CPU); for a new run it is tf32 on CUDA, bf16 on a CPU
     that computes bf16 natively (:func:`cpu_computes_bf16`; never emulated bf16) and fp32 on other CPUs. bf16
     means bf16 projections under autocast, with the recurrence and the loss in float32, on either device.
     ``tf32``, a CUDA tensor-core format, is refused on the CPU."""

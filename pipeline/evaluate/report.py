@@ -202,7 +202,8 @@ def _write_report(directory: Path) -> Path:
         summary = _single_run_summary(runs[0])
         final_scores, labels, title = runs[0].scores, runs[0].labels, runs[0].name
     else:
-        pruned = RunFiles(directory).pruned() and RunFiles(directory).unfinished_reason()  # stopped by `mrrn tune`
+        files = RunFiles(directory)
+        pruned = files.pruned() and files.unfinished_reason()  # a trial run stopped by `mrrn tune`
         raise ReportError(pruned or f"{directory}: neither a fuse directory ({FUSED_SCORES}) nor a finished run "
                           f"({scores_name('test')})")
     classes = runs[0].classes
